@@ -1,0 +1,133 @@
+"""Sessions for axolotl-savefix.
+
+The sessions that need Axolotl share one environment per Axolotl version
+(``.nox/axolotl-<version>``), built once and reused while its requirements stay
+the same: installing Axolotl takes minutes, so CI and ``nox -s tests demo``
+install it once. ``unit`` needs no Axolotl and runs in its own small venv.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "pyyaml"]
+# Axolotl version -> (Python, pinned install steps). torch first, so pip keeps the CPU build.
+AXOLOTL = {
+    "0.19.0": ("3.11", [["torch==2.13.0"], ["axolotl==0.19.0"]]),
+    "0.21.0": ("3.12", [["torch==2.14.1"], ["axolotl==0.21.0"]]),
+}
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "WANDB_MODE": "disabled",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def _python(version: str) -> str:
+    found = shutil.which(f"python{version}")
+    if found is None:
+        raise RuntimeError(
+            f"python{version} is not on PATH. With pyenv: PYENV_VERSION={version}.x or "
+            f"`pyenv global 3.11.7 3.12.1`."
+        )
+    return found
+
+
+def axolotl_env(session: nox.Session, version: str = "0.19.0") -> Path:
+    """The shared venv for ``axolotl==version`` with this package installed; its python."""
+    python, steps = AXOLOTL[version]
+    venv = ROOT / ".nox" / f"axolotl-{version}"
+    bin_dir = venv / "bin"
+    stamp_text = json.dumps({"python": python, "steps": steps, "test": TEST_DEPS})
+    stamp = venv / ".savefix-stamp"
+    if not (stamp.exists() and stamp.read_text() == stamp_text):
+        session.log(f"building the shared Axolotl {version} environment in {venv} (minutes, once)")
+        session.run(_python(python), "-m", "venv", "--clear", str(venv), external=True)
+        pip = [str(bin_dir / "python"), "-m", "pip", "install", "--quiet"]
+        session.run(*pip, "--upgrade", "pip", external=True)
+        for step in steps:
+            session.run(*pip, *step, external=True)
+        session.run(*pip, *TEST_DEPS, external=True)
+        stamp.write_text(stamp_text)
+    # this package changes between runs: always reinstall it (fast, no dependencies)
+    session.run(str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(ROOT), external=True)
+    return bin_dir / "python"
+
+
+def tests_impl(
+    session: nox.Session,
+    *paths: str,
+    axolotl: str | None = "0.19.0",
+    env: dict[str, str] | None = None,
+) -> None:
+    """Run pytest on ``paths`` (knobs: which Axolotl; extra environment)."""
+    run_env = {**OFFLINE, **(env or {})}
+    if axolotl is None:
+        session.install("-e", ".", *TEST_DEPS)
+        python = "python"
+    else:
+        python = str(axolotl_env(session, axolotl))
+        run_env["PATH"] = str(Path(python).parent) + os.pathsep + os.environ.get("PATH", "")
+    session.run(python, "-m", "pytest", "-p", "no:anyio", *(paths or ["tests"]), *session.posargs,
+                env=run_env, external=True)
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """Everything that runs on this machine: unit, patching, Trainer, and the CPU e2e matrix."""
+    tests_impl(session, "tests")
+
+
+@nox.session(python="3.11")
+def unit(session: nox.Session) -> None:
+    """The pure schedule, checks and patch registry: no Axolotl, seconds."""
+    tests_impl(session, "tests/unit", axolotl=None)
+
+
+@nox.session(venv_backend="none")
+def e2e_cpu(session: nox.Session) -> None:
+    """Real Axolotl fine-tunes on the CPU, stock vs patched, exact checkpoints."""
+    tests_impl(session, "tests/axolotl", "tests/e2e")
+
+
+@nox.session(venv_backend="none")
+def e2e_gpu(session: nox.Session) -> None:
+    """The same matrix on CUDA; skips, saying so, where there is no GPU."""
+    python = str(axolotl_env(session))
+    probe = "import torch; print(torch.cuda.is_available())"
+    if session.run(python, "-c", probe, silent=True, external=True).strip() != "True":
+        session.skip("e2e_gpu: no CUDA device visible to torch here; run it on a machine with a GPU")
+    tests_impl(session, "tests/e2e", env={"SAVEFIX_DEVICE": "cuda-bf16"})
+
+
+@nox.session(venv_backend="none")
+def demo(session: nox.Session) -> None:
+    """A tiny stock run and a patched run side by side, through `axolotl train`."""
+    python = str(axolotl_env(session))
+    session.run(python, str(ROOT / "tests" / "e2e" / "demo.py"), *session.posargs,
+                env={**OFFLINE, "PATH": str(Path(python).parent) + os.pathsep + os.environ.get("PATH", "")},
+                external=True)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "patches", "tests", "noxfile.py")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run with nox")

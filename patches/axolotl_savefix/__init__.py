@@ -1,0 +1,99 @@
+"""axolotl-savefix: the checkpoints you asked for, in Axolotl.
+
+Enable with one YAML line::
+
+    plugins:
+      - axolotl_savefix.SaveFixPlugin
+
+or from Python, before the config is loaded::
+
+    import axolotl_savefix
+    axolotl_savefix.apply()
+    ...
+    axolotl_savefix.revert()
+
+:mod:`axolotl_savefix.schedule` is pure arithmetic and imports neither Axolotl
+nor torch; the patch modules are imported only when :func:`apply` runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._log import log_once
+from ._patching import is_patched, undo_all
+from ._targets import PatchTargetError, axolotl_version, upstream_fixed
+from .checks import SaveFixConfigError
+
+__version__ = "0.1.0"
+__all__ = [
+    "PatchTargetError",
+    "SaveFixConfigError",
+    "SaveFixPlugin",
+    "apply",
+    "is_applied",
+    "revert",
+]
+
+
+def apply(*, save_steps: bool = True, save_decision: bool = True, save_limit: bool = True) -> bool:
+    """Patch the installed Axolotl. Idempotent; returns True when the patches are in place.
+
+    Each knob enables one patch. ``save_steps`` (no float ratio) needs
+    ``save_decision`` (the callback that then makes the saves). Returns False,
+    patching nothing, where the installed Axolotl already has the fix.
+    Raises :class:`PatchTargetError`, patching nothing, where a target moved.
+    """
+    if save_steps and not save_decision:
+        raise ValueError(
+            "apply(save_steps=True, save_decision=False) would leave saves_per_epoch runs "
+            "saving only at the end: enable save_decision too, or set save_steps=False."
+        )
+    if is_patched():
+        return True
+    if upstream_fixed():
+        log_once(
+            "upstream",
+            f"axolotl {axolotl_version()} already saves per epoch exactly; axolotl_savefix steps aside.",
+        )
+        return False
+    from . import save_decision as decision_patch
+    from . import save_limit as limit_patch
+    from . import save_steps as steps_patch
+
+    chosen = [
+        (save_steps, steps_patch),
+        (save_decision, decision_patch),
+        (save_limit, limit_patch),
+    ]
+    try:
+        for enabled, module in chosen:
+            if enabled:
+                module.apply()
+    except BaseException:
+        undo_all()  # all or nothing
+        raise
+    names = ", ".join(m.__name__.rsplit(".", 1)[1] for enabled, m in chosen if enabled)
+    log_once("applied", f"patched axolotl {axolotl_version()}: {names}")
+    return True
+
+
+def revert() -> None:
+    """Undo every patch: each attribute gets back the very object it had. Idempotent."""
+    undo_all()
+
+
+def is_applied() -> bool:
+    return is_patched()
+
+
+def __getattr__(name: str) -> Any:
+    # Axolotl resolves `plugins: [axolotl_savefix.SaveFixPlugin]` with getattr on this
+    # package; importing the plugin (and Axolotl) only then keeps `schedule` light.
+    if name == "SaveFixPlugin":
+        from .plugin import SaveFixPlugin
+
+        return SaveFixPlugin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+

@@ -1,0 +1,109 @@
+"""The registry of originals: patch an attribute, rebind its copies, undo exactly.
+
+Modelled on gevent's ``monkey`` (a ``saved`` registry, ``get_original``) and
+pytest's ``MonkeyPatch`` (an undo stack):
+
+* :func:`patch_item` records what was there (the very object, or its absence)
+  and sets the replacement. It also rebinds every *module-level copy* of the
+  original: ``from axolotl.utils.config import normalize_config`` made one in
+  ``axolotl.cli.config``, and a patch of the source module alone would miss it.
+* :func:`undo_all` walks the stack backwards, so layered patches of the same
+  attribute unwind to the original object (identity, not equality).
+
+Nothing here rewrites source text.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable
+
+_MISSING = object()
+
+# (owner id, name) -> the original object, recorded the first time it is patched
+_originals: dict[tuple[int, str], Any] = {}
+
+
+@dataclass
+class _Change:
+    owner: Any
+    name: str
+    previous: Any  # the object that was there, or _MISSING
+
+
+_stack: list[_Change] = []
+
+
+def _set(owner: Any, name: str, value: Any) -> None:
+    if value is _MISSING:
+        delattr(owner, name)
+    else:
+        setattr(owner, name, value)
+
+
+def _raw(owner: Any, name: str) -> Any:
+    """The attribute as stored on ``owner`` itself (no inheritance, no descriptor binding)."""
+    return vars(owner).get(name, _MISSING)
+
+
+def get_original(owner: Any, name: str) -> Any:
+    """The object ``owner.name`` held before this package first patched it."""
+    return _originals.get((id(owner), name), _raw(owner, name))
+
+
+def module_copies(original: Any, *, skip: Any = None) -> list[tuple[ModuleType, str]]:
+    """Every ``(module, name)`` whose module-level global *is* ``original``."""
+    found = []
+    for module in list(sys.modules.values()):
+        if module is None or module is skip:
+            continue
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for key, value in list(namespace.items()):
+            if value is original:
+                found.append((module, key))
+    return found
+
+
+def patch_item(owner: Any, name: str, replacement: Any, *, rebind_copies: bool = False) -> None:
+    """Set ``owner.name = replacement``, remembering what was there.
+
+    With ``rebind_copies``, module-level copies of the current object (made by
+    ``from owner import name`` before the patch) are rebound too, each one
+    recorded so that :func:`undo_all` restores it.
+    """
+    current = _raw(owner, name)
+    _originals.setdefault((id(owner), name), current)
+    targets = [(owner, name)]
+    if rebind_copies and current is not _MISSING:
+        targets += module_copies(current, skip=owner)
+    for target, key in targets:
+        _stack.append(_Change(target, key, _raw(target, key)))
+        _set(target, key, replacement)
+
+
+def undo_all() -> None:
+    """Restore every patched attribute and copy to exactly what was there."""
+    while _stack:
+        change = _stack.pop()
+        _set(change.owner, change.name, change.previous)
+    _originals.clear()
+
+
+def is_patched() -> bool:
+    return bool(_stack)
+
+
+def wraps(original: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``functools.wraps`` that also marks the wrapper as ours (name, doc, signature kept)."""
+
+    def decorate(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+        wrapper = functools.wraps(original)(wrapper)
+        wrapper.__savefix_original__ = original  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate

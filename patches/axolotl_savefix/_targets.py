@@ -1,0 +1,81 @@
+"""Find a patch target in the installed Axolotl, or fail naming the version.
+
+Each patch module names its targets as ``module``, ``attribute path`` and the
+parameters it relies on; when a release moves or reshapes one, the user gets
+one clear error instead of a silently unpatched run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from importlib import metadata
+from typing import Any
+
+SUPPORTED = "0.19.0 to 0.21.0"
+
+# The upstream fix (docs/upstream/) adds this module. Where it exists, the
+# installed Axolotl already saves per epoch exactly and our patches step aside.
+UPSTREAM_FIX_MODULE = "axolotl.utils.callbacks.per_epoch"
+
+
+class PatchTargetError(RuntimeError):
+    """The installed Axolotl does not have what a patch replaces."""
+
+
+def axolotl_version() -> str:
+    try:
+        return metadata.version("axolotl")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def savefix_version() -> str:
+    try:
+        return metadata.version("axolotl-savefix")
+    except metadata.PackageNotFoundError:
+        return "(source tree)"
+
+
+def upstream_fixed() -> bool:
+    """True where the installed Axolotl ships the exact per-epoch schedule itself."""
+    try:
+        return importlib.util.find_spec(UPSTREAM_FIX_MODULE) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def require(module_name: str, path: str, params: tuple[str, ...] = ()) -> tuple[Any, str, Any]:
+    """Return ``(owner, name, object)`` for ``module_name:path`` or raise :class:`PatchTargetError`.
+
+    ``path`` is dotted inside the module (``"TrainerBuilderBase.get_callbacks"``);
+    ``params`` are parameter names the target must accept.
+    """
+    where = f"{module_name}.{path}"
+
+    def fail(problem: str) -> PatchTargetError:
+        return PatchTargetError(
+            f"axolotl-savefix {savefix_version()} cannot patch axolotl {axolotl_version()}: "
+            f"{where} {problem}. axolotl-savefix supports axolotl {SUPPORTED}. "
+            "Install a supported axolotl, or remove axolotl_savefix.SaveFixPlugin from "
+            "`plugins` (and any axolotl_savefix.apply() call) to train without the fix."
+        )
+
+    try:
+        owner: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise fail(f"cannot be imported ({exc})") from exc
+    *parents, name = path.split(".")
+    for part in parents:
+        owner = getattr(owner, part, None)
+        if owner is None:
+            raise fail(f"is missing ({part!r} not found)")
+    target = getattr(owner, name, None)
+    if not callable(target):
+        raise fail("is missing")
+    accepted = inspect.signature(target).parameters
+    missing = [p for p in params if p not in accepted]
+    if missing:
+        raise fail(f"no longer takes {', '.join(missing)} (signature is {inspect.signature(target)})")
+    return owner, name, target

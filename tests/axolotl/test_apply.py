@@ -1,0 +1,128 @@
+"""apply() / revert() on the installed Axolotl's real objects."""
+
+import importlib.machinery
+import sys
+import types
+
+import pytest
+
+import axolotl.cli.config as cli_config
+import axolotl.utils.config as utils_config
+import axolotl_savefix
+from axolotl.core.builders.base import TrainerBuilderBase
+from axolotl.utils.dict import DictDefault
+from axolotl_savefix import PatchTargetError, SaveFixConfigError, _targets
+
+PATCHED = [
+    (utils_config, "normalize_config"),
+    (cli_config, "normalize_config"),  # the `from ... import normalize_config` copy
+    (TrainerBuilderBase, "_configure_save_and_eval_strategy"),
+    (TrainerBuilderBase, "get_callbacks"),
+]
+
+
+def _snapshot():
+    return [vars(owner)[name] for owner, name in PATCHED]
+
+
+def test_apply_patches_every_target_and_revert_restores_the_same_objects():
+    before = _snapshot()
+    assert axolotl_savefix.apply() is True
+    after = _snapshot()
+    assert all(a is not b for a, b in zip(after, before, strict=True))
+    assert cli_config.normalize_config is utils_config.normalize_config
+    axolotl_savefix.revert()
+    assert all(a is b for a, b in zip(_snapshot(), before, strict=True))
+    assert not axolotl_savefix.is_applied()
+
+
+def test_apply_is_idempotent_and_revert_too():
+    before = _snapshot()
+    axolotl_savefix.apply()
+    once = _snapshot()
+    axolotl_savefix.apply()
+    assert all(a is b for a, b in zip(_snapshot(), once, strict=True))
+    axolotl_savefix.revert()
+    axolotl_savefix.revert()
+    assert all(a is b for a, b in zip(_snapshot(), before, strict=True))
+
+
+def test_wrappers_keep_name_doc_and_signature():
+    import inspect
+
+    original = utils_config.normalize_config
+    axolotl_savefix.apply()
+    patched = utils_config.normalize_config
+    assert patched.__name__ == "normalize_config" and patched.__wrapped__ is original
+    assert inspect.signature(patched) == inspect.signature(original)
+
+
+def test_moved_target_fails_naming_the_version_and_patches_nothing(monkeypatch):
+    before = _snapshot()
+    monkeypatch.delattr(TrainerBuilderBase, "get_callbacks")
+    with pytest.raises(PatchTargetError) as err:
+        axolotl_savefix.apply()
+    message = str(err.value)
+    assert f"axolotl {_targets.axolotl_version()}" in message
+    assert "axolotl.core.builders.base.TrainerBuilderBase.get_callbacks" in message
+    assert not axolotl_savefix.is_applied()
+    monkeypatch.undo()
+    assert all(a is b for a, b in zip(_snapshot(), before, strict=True))
+
+
+def test_changed_signature_fails_clearly(monkeypatch):
+    monkeypatch.setattr(utils_config, "normalize_config", lambda config: None)
+    with pytest.raises(PatchTargetError, match="no longer takes cfg"):
+        axolotl_savefix.apply()
+
+
+def test_steps_aside_when_axolotl_already_has_the_fix(monkeypatch):
+    fixed = types.ModuleType(_targets.UPSTREAM_FIX_MODULE)
+    fixed.__spec__ = importlib.machinery.ModuleSpec(_targets.UPSTREAM_FIX_MODULE, None)
+    monkeypatch.setitem(sys.modules, _targets.UPSTREAM_FIX_MODULE, fixed)
+    before = _snapshot()
+    assert axolotl_savefix.apply() is False
+    assert all(a is b for a, b in zip(_snapshot(), before, strict=True))
+
+
+def test_save_steps_without_save_decision_is_refused():
+    with pytest.raises(ValueError, match="enable save_decision"):
+        axolotl_savefix.apply(save_decision=False)
+
+
+def test_patched_normalize_config_sets_no_float_ratio_and_checks_first():
+    axolotl_savefix.apply()
+    with pytest.raises(SaveFixConfigError, match="saves_per_epoch: 4 conflicts with save_strategy"):
+        utils_config.normalize_config(DictDefault(saves_per_epoch=4, save_strategy="epoch"))
+
+
+def test_builder_hands_saves_to_the_callback_and_fixes_the_limit():
+    from axolotl_savefix.save_decision import NEVER, SavesPerEpochCallback
+    from axolotl_savefix.save_limit import SaveLimitCallback
+
+    class Builder(TrainerBuilderBase):
+        def build(self, total_num_steps):  # abstract upstream
+            raise NotImplementedError
+
+    def configure(cfg):
+        builder = Builder.__new__(Builder)
+        builder.cfg = DictDefault(cfg)
+        builder.eval_dataset = None
+        kwargs = {}
+        builder._configure_save_and_eval_strategy(kwargs)
+        return builder, kwargs
+
+    _, stock = configure({"saves_per_epoch": 4, "save_total_limit": 0, "val_set_size": 0})
+    assert stock["save_total_limit"] == 4 and stock["save_strategy"] == "epoch"  # the defects
+
+    axolotl_savefix.apply()
+    _, kwargs = configure({"saves_per_epoch": 4, "save_total_limit": 0, "val_set_size": 0})
+    assert kwargs["save_strategy"] == "steps" and kwargs["save_steps"] == NEVER
+    assert kwargs["save_total_limit"] is None  # 0 keeps all
+    _, kwargs = configure({"save_total_limit": 3, "val_set_size": 0})
+    assert kwargs["save_total_limit"] == 3 and kwargs["save_strategy"] == "epoch"
+    builder, kwargs = configure({"saves_per_epoch": 2, "val_set_size": 0})
+    assert kwargs["save_total_limit"] == 4  # floor until the run's shape is known
+    builder.model = None
+    kinds = {type(cb) for cb in builder.get_callbacks()}
+    assert {SavesPerEpochCallback, SaveLimitCallback} <= kinds

@@ -1,0 +1,96 @@
+"""The save decision driven by a real transformers.Trainer on a tiny model (no Axolotl code runs)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import fixture
+import pytest
+import reference
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+from axolotl_savefix.save_decision import NEVER, SavesPerEpochCallback
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        ids = torch.tensor([1] + [4 + (i * 7 + j) % 100 for j in range(11)])
+        return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return fixture.build(tmp_path_factory.mktemp("fixture"))
+
+
+def _train(model_dir, out, *, samples, micro, accum, k, epochs, resume=None, limit=None):
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        num_train_epochs=epochs,
+        save_strategy="steps",
+        save_steps=NEVER,
+        save_total_limit=limit,
+        learning_rate=1e-3,
+        report_to=[],
+        logging_steps=1,
+        use_cpu=True,
+        seed=0,
+        dataloader_drop_last=False,
+    )
+    trainer = Trainer(
+        model=LlamaForCausalLM.from_pretrained(model_dir),
+        args=args,
+        train_dataset=Rows(samples),
+        callbacks=[SavesPerEpochCallback(k)],
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
+    saved = []
+
+    class Record(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            saved.append(state.global_step)
+
+    trainer.add_callback(Record())
+    trainer.train(resume_from_checkpoint=resume)
+    return saved, trainer.state.max_steps
+
+
+@pytest.mark.parametrize(
+    ("samples", "micro", "accum", "k", "epochs"),
+    [
+        (30, 2, 1, 4, 2),  # L = 15, not divisible by 4
+        (50, 2, 3, 4, 2),  # L = 25, G = 3: the last step of each epoch takes 1 batch
+        (24, 2, 1, 3, 1),  # L = 12, divisible: the naive equality rule would work here too
+        (12, 2, 2, 5, 1),  # k > S (S = 3): every step saves
+    ],
+)
+def test_trainer_saves_exactly_at_the_targets(model_dir, tmp_path, samples, micro, accum, k, epochs):
+    saved, max_steps = _train(model_dir, tmp_path, samples=samples, micro=micro, accum=accum, k=k, epochs=epochs)
+    L = -(-samples // micro)
+    assert saved == reference.patched_saves(L, accum, k, max_steps)
+    dirs = sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*"))
+    assert dirs == saved
+
+
+def test_resume_mid_epoch_saves_nothing_twice_and_skips_nothing(model_dir, tmp_path):
+    full, max_steps = _train(model_dir, tmp_path / "full", samples=30, micro=2, accum=1, k=4, epochs=2)
+    expected = reference.patched_saves(15, 1, 4, max_steps)
+    assert full == expected
+    stop = expected[1]  # a checkpoint in the middle of epoch 1
+    run = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "full" / f"checkpoint-{stop}", run / f"checkpoint-{stop}")
+    state = json.loads((run / f"checkpoint-{stop}" / "trainer_state.json").read_text())
+    assert 0 < state["epoch"] < 1
+    saved, _ = _train(
+        model_dir, run, samples=30, micro=2, accum=1, k=4, epochs=2, resume=str(run / f"checkpoint-{stop}")
+    )
+    assert saved == [s for s in expected if s > stop]

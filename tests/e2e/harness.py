@@ -1,0 +1,148 @@
+"""Run a case through real Axolotl: write the YAML, train, observe the saves.
+
+Saved steps are read from Axolotl's own log line ("Saving model checkpoint to
+.../checkpoint-N"), kept steps from the checkpoint folders left on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import fixture
+import yaml
+
+SAVE_LINE = re.compile(r"Saving model checkpoint to \S*checkpoint-(\d+)")
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@dataclass
+class Observed:
+    saved: list[int]
+    kept: list[int]
+    max_steps: int
+    log_history: list[dict]
+    output_dir: Path
+
+    def batches_per_epoch(self, grad_accum: int) -> int:
+        """L, read back from Transformers' logged epoch at step 1: ``epoch = G / L`` (G < L)."""
+        first = next(e for e in self.log_history if e.get("step") == 1 and "epoch" in e)
+        return round(grad_accum / first["epoch"])
+
+
+def write_config(case: dict, workdir: Path, *, plugin: bool, device: str = "cpu") -> Path:
+    """The YAML a user would write for ``case``; ``plugin`` adds the one line that enables the fix."""
+    model_dir = fixture.build(workdir.parent / "fixture")
+    data = fixture.write_dataset(workdir.parent / f"data-{case['samples']}.jsonl", case["samples"])
+    out = workdir / "out"
+    cfg = {
+        "base_model": str(model_dir),
+        "model_type": "LlamaForCausalLM",
+        "tokenizer_type": "AutoTokenizer",
+        "datasets": [{"path": str(data), "ds_type": "json", "type": "completion"}],
+        "dataset_prepared_path": str(workdir.parent / "prepared"),
+        "val_set_size": 0,
+        "dataset_num_proc": 1,
+        "sequence_len": 64,
+        "sample_packing": case["sample_packing"],
+        "micro_batch_size": case["micro_batch"],
+        "gradient_accumulation_steps": case["grad_accum"],
+        "num_epochs": case["num_epochs"],
+        "saves_per_epoch": case["saves_per_epoch"],
+        "optimizer": "adamw_torch",
+        "lr_scheduler": "constant",
+        "learning_rate": 0.001,
+        "output_dir": str(out),
+        "logging_steps": 1,
+        "seed": 42,
+        "bf16": device == "cuda-bf16",
+        "fp16": False,
+        "tf32": False,
+        "flash_attention": False,
+        "sdp_attention": False,
+    }
+    for key in ("max_steps", "save_total_limit"):
+        if case[key] is not None:
+            cfg[key] = case[key]
+    if case["sample_packing"]:
+        cfg["pad_to_sequence_len"] = True
+    if case["adapter"]:
+        cfg.update(adapter=case["adapter"], lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                   lora_target_modules=["q_proj", "v_proj"])
+    if plugin:
+        cfg["plugins"] = ["axolotl_savefix.SaveFixPlugin"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def observe(output_dir: Path, log_text: str) -> Observed:
+    saved = [int(m) for m in SAVE_LINE.findall(log_text)]
+    kept = sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*"))
+    state = json.loads((output_dir / f"checkpoint-{kept[-1]}" / "trainer_state.json").read_text()) if kept else {}
+    return Observed(saved, kept, state.get("max_steps", 0), state.get("log_history", []), output_dir)
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _capture_axolotl_log():
+    handler = _Capture()
+    logger = logging.getLogger("axolotl")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def run_in_process(config_path: Path) -> Observed:
+    """Train in this interpreter (Axolotl imported once for the whole matrix)."""
+    os.environ.update(OFFLINE)
+    from axolotl.cli.config import load_cfg
+    from axolotl.common.datasets import load_datasets
+    from axolotl.train import train
+
+    cfg = load_cfg(str(config_path))
+    with _capture_axolotl_log() as log:
+        train(cfg=cfg, dataset_meta=load_datasets(cfg=cfg))
+    return observe(Path(cfg.output_dir), "\n".join(log.lines))
+
+
+def run_cli(config_path: Path, *extra: str, launcher: list[str] | None = None, env: dict | None = None) -> Observed:
+    """``axolotl train CONFIG`` in a subprocess, exactly as a user runs it."""
+    bindir = str(Path(sys.executable).parent)
+    full_env = {**os.environ, **OFFLINE, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), **(env or {})}
+    cmd = launcher or [str(Path(bindir) / "axolotl"), "train", str(config_path), *extra]
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    (config_path.parent / "train.log").write_text(log)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log[-4000:]}")
+    out = Path(yaml.safe_load(config_path.read_text())["output_dir"])
+    return observe(out, log)

@@ -1,0 +1,76 @@
+"""The registry of originals, on throwaway modules (no Axolotl needed)."""
+
+import sys
+import types
+
+import pytest
+
+from axolotl_savefix import _patching
+
+
+@pytest.fixture
+def modules():
+    src = types.ModuleType("sf_fake_src")
+
+    def target(x):
+        """doc"""
+        return x
+
+    src.target = target
+    copy = types.ModuleType("sf_fake_copy")
+    copy.target = target  # what `from sf_fake_src import target` leaves behind
+    copy.renamed = target  # `from sf_fake_src import target as renamed`
+    sys.modules.update(sf_fake_src=src, sf_fake_copy=copy)
+    yield src, copy, target
+    _patching.undo_all()
+    for name in ("sf_fake_src", "sf_fake_copy"):
+        sys.modules.pop(name)
+
+
+def test_patch_rebinds_copies_and_undo_restores_identity(modules):
+    src, copy, original = modules
+
+    @_patching.wraps(original)
+    def replacement(x):
+        return original(x) + 1
+
+    _patching.patch_item(src, "target", replacement, rebind_copies=True)
+    assert src.target is replacement and copy.target is replacement and copy.renamed is replacement
+    assert src.target(1) == 2
+    assert replacement.__name__ == "target" and replacement.__doc__ == "doc"
+    assert replacement.__wrapped__ is original and replacement.__savefix_original__ is original
+    assert _patching.get_original(src, "target") is original
+    _patching.undo_all()
+    assert src.target is original and copy.target is original and copy.renamed is original
+    assert not _patching.is_patched()
+
+
+def test_layered_patches_unwind_to_the_original(modules):
+    src, _, original = modules
+    first, second = (lambda x: "first"), (lambda x: "second")
+    _patching.patch_item(src, "target", first)
+    _patching.patch_item(src, "target", second)
+    assert src.target is second
+    assert _patching.get_original(src, "target") is original
+    _patching.undo_all()
+    assert src.target is original
+
+
+def test_an_attribute_that_was_inherited_is_removed_again():
+    class Base:
+        def method(self):
+            return "base"
+
+    class Child(Base):
+        pass
+
+    _patching.patch_item(Child, "method", lambda self: "child")
+    assert Child().method() == "child"
+    _patching.undo_all()
+    assert "method" not in vars(Child) and Child().method() == "base"
+
+
+def test_without_rebind_copies_stay(modules):
+    src, copy, original = modules
+    _patching.patch_item(src, "target", lambda x: x)
+    assert copy.target is original
