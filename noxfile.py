@@ -8,7 +8,6 @@ install it once. ``unit`` needs no Axolotl and runs in its own small venv.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -41,8 +40,7 @@ def _python(version: str) -> str:
     found = shutil.which(f"python{version}")
     if found is None:
         raise RuntimeError(
-            f"python{version} is not on PATH. With pyenv: PYENV_VERSION={version}.x or "
-            f"`pyenv global 3.11.7 3.12.1`."
+            f"python{version} is not on PATH. With pyenv: PYENV_VERSION={version}.x or `pyenv global 3.11.7 3.12.1`."
         )
     return found
 
@@ -64,7 +62,17 @@ def axolotl_env(session: nox.Session, version: str = "0.19.0") -> Path:
         session.run(*pip, *TEST_DEPS, external=True)
         stamp.write_text(stamp_text)
     # this package changes between runs: always reinstall it (fast, no dependencies)
-    session.run(str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(ROOT), external=True)
+    session.run(
+        str(bin_dir / "python"),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "-e",
+        str(ROOT),
+        external=True,
+    )
     return bin_dir / "python"
 
 
@@ -82,8 +90,17 @@ def tests_impl(
     else:
         python = str(axolotl_env(session, axolotl))
         run_env["PATH"] = str(Path(python).parent) + os.pathsep + os.environ.get("PATH", "")
-    session.run(python, "-m", "pytest", "-p", "no:anyio", *(paths or ["tests"]), *session.posargs,
-                env=run_env, external=True)
+    session.run(
+        python,
+        "-m",
+        "pytest",
+        "-p",
+        "no:anyio",
+        *(paths or ["tests"]),
+        *session.posargs,
+        env=run_env,
+        external=True,
+    )
 
 
 @nox.session(venv_backend="none")
@@ -118,9 +135,27 @@ def e2e_gpu(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """A tiny stock run and a patched run side by side, through `axolotl train`."""
     python = str(axolotl_env(session))
-    session.run(python, str(ROOT / "tests" / "e2e" / "demo.py"), *session.posargs,
-                env={**OFFLINE, "PATH": str(Path(python).parent) + os.pathsep + os.environ.get("PATH", "")},
-                external=True)
+    session.run(
+        python,
+        str(ROOT / "tests" / "e2e" / "demo.py"),
+        *session.posargs,
+        env={**OFFLINE, "PATH": str(Path(python).parent) + os.pathsep + os.environ.get("PATH", "")},
+        external=True,
+    )
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """Training wall time patched/stock on one case, and the save decision's cost per step."""
+    python = str(axolotl_env(session))
+    out = session.posargs[0] if session.posargs else str(ROOT / ".nox" / "bench.json")
+    session.run(
+        python,
+        str(ROOT / "tests" / "e2e" / "bench.py"),
+        out,
+        env={**OFFLINE, "PATH": str(Path(python).parent) + os.pathsep + os.environ.get("PATH", "")},
+        external=True,
+    )
 
 
 @nox.session(python="3.11")

@@ -95,5 +95,3 @@ def __getattr__(name: str) -> Any:
 
         return SaveFixPlugin
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-

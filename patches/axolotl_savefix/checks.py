@@ -5,7 +5,8 @@ Pure: works on any mapping with ``.get`` (Axolotl's ``DictDefault``, a dict).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class SaveFixConfigError(ValueError):

@@ -21,11 +21,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .schedule import RunShape
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
 from .save_decision import CALLBACKS_TARGET, STRATEGY_TARGET
+from .schedule import RunShape
 
 UPSTREAM_DEFAULT = 4
 

@@ -53,9 +53,7 @@ def target_steps_in_epoch(batches_per_epoch: int, grad_accum: int, per_epoch: in
     return [min(-(-(j * L) // (k * G)), S) for j in range(1, k + 1)]
 
 
-def per_epoch_steps(
-    batches_per_epoch: int, grad_accum: int, per_epoch: int, max_steps: int
-) -> list[int]:
+def per_epoch_steps(batches_per_epoch: int, grad_accum: int, per_epoch: int, max_steps: int) -> list[int]:
     """Global steps of a run that saves ``per_epoch`` times per epoch, ending at ``max_steps``.
 
     Sorted, without duplicates, ``max_steps`` always last.

@@ -4,13 +4,13 @@ import importlib.machinery
 import sys
 import types
 
-import pytest
-
 import axolotl.cli.config as cli_config
 import axolotl.utils.config as utils_config
-import axolotl_savefix
+import pytest
 from axolotl.core.builders.base import TrainerBuilderBase
 from axolotl.utils.dict import DictDefault
+
+import axolotl_savefix
 from axolotl_savefix import PatchTargetError, SaveFixConfigError, _targets
 
 PATCHED = [

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import fixture
 import pytest
@@ -90,7 +89,5 @@ def test_resume_mid_epoch_saves_nothing_twice_and_skips_nothing(model_dir, tmp_p
     shutil.copytree(tmp_path / "full" / f"checkpoint-{stop}", run / f"checkpoint-{stop}")
     state = json.loads((run / f"checkpoint-{stop}" / "trainer_state.json").read_text())
     assert 0 < state["epoch"] < 1
-    saved, _ = _train(
-        model_dir, run, samples=30, micro=2, accum=1, k=4, epochs=2, resume=str(run / f"checkpoint-{stop}")
-    )
+    saved, _ = _train(model_dir, run, samples=30, micro=2, accum=1, k=4, epochs=2, resume=str(run / f"checkpoint-{stop}"))
     assert saved == [s for s in expected if s > stop]

@@ -81,8 +81,13 @@ def write_config(case: dict, workdir: Path, *, plugin: bool, device: str = "cpu"
     if case["sample_packing"]:
         cfg["pad_to_sequence_len"] = True
     if case["adapter"]:
-        cfg.update(adapter=case["adapter"], lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                   lora_target_modules=["q_proj", "v_proj"])
+        cfg.update(
+            adapter=case["adapter"],
+            lora_r=4,
+            lora_alpha=8,
+            lora_dropout=0.0,
+            lora_target_modules=["q_proj", "v_proj"],
+        )
     if plugin:
         cfg["plugins"] = ["axolotl_savefix.SaveFixPlugin"]
     workdir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +142,12 @@ def run_in_process(config_path: Path) -> Observed:
 def run_cli(config_path: Path, *extra: str, launcher: list[str] | None = None, env: dict | None = None) -> Observed:
     """``axolotl train CONFIG`` in a subprocess, exactly as a user runs it."""
     bindir = str(Path(sys.executable).parent)
-    full_env = {**os.environ, **OFFLINE, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), **(env or {})}
+    full_env = {
+        **os.environ,
+        **OFFLINE,
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+        **(env or {}),
+    }
     cmd = launcher or [str(Path(bindir) / "axolotl"), "train", str(config_path), *extra]
     proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr

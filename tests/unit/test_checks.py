@@ -10,8 +10,14 @@ from axolotl_savefix.checks import SaveFixConfigError, check_save_config
         ({"saves_per_epoch": -2}, ["saves_per_epoch: -2", "positive integer"]),
         ({"saves_per_epoch": 2.5}, ["saves_per_epoch: 2.5", "positive integer"]),
         ({"saves_per_epoch": "4"}, ["saves_per_epoch: '4'"]),
-        ({"saves_per_epoch": 4, "save_steps": 10}, ["saves_per_epoch: 4", "save_steps: 10", "remove save_steps"]),
-        ({"saves_per_epoch": 4, "save_strategy": "epoch"}, ["save_strategy: 'epoch'", "Remove save_strategy"]),
+        (
+            {"saves_per_epoch": 4, "save_steps": 10},
+            ["saves_per_epoch: 4", "save_steps: 10", "remove save_steps"],
+        ),
+        (
+            {"saves_per_epoch": 4, "save_strategy": "epoch"},
+            ["save_strategy: 'epoch'", "Remove save_strategy"],
+        ),
         ({"saves_per_epoch": 4, "save_strategy": "no"}, ["save_strategy: 'no'"]),
         ({"saves_per_epoch": 4, "save_strategy": "best"}, ["save_strategy: 'best'"]),
         ({"save_total_limit": -1}, ["save_total_limit: -1", "0 to keep every checkpoint"]),
