@@ -13,6 +13,16 @@ VOCAB_WORDS = [f"w{i}" for i in range(120)]
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 STAMP = "fixture-v1"
 
+# Every run of the harness keeps Axolotl and the Hugging Face libraries offline and untracked.
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
 
 def _build_tokenizer(out: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors

@@ -18,16 +18,9 @@ from pathlib import Path
 
 import fixture
 import yaml
+from fixture import OFFLINE
 
 SAVE_LINE = re.compile(r"Saving model checkpoint to \S*checkpoint-(\d+)")
-OFFLINE = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 
 @dataclass
