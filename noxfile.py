@@ -69,6 +69,18 @@ def axolotl_env(session: nox.Session, version: str = "0.19.0") -> Path:
     return bin_dir / "python"
 
 
+def venv_env(python: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a command in the shared venv: its bin first on PATH (axolotl, accelerate, torchrun)."""
+    path = str(Path(python).parent) + os.pathsep + os.environ.get("PATH", "")
+    return {**UNBUFFERED, "PATH": path, **(extra or {})}
+
+
+def run_script(session: nox.Session, script: str, *args: str) -> None:
+    """Run ``tests/e2e/<script>`` with the shared Axolotl venv's python."""
+    python = str(axolotl_env(session))
+    session.run(python, str(ROOT / "tests" / "e2e" / script), *args, env=venv_env(python), external=True)
+
+
 def tests_impl(
     session: nox.Session,
     *paths: str,
@@ -76,13 +88,12 @@ def tests_impl(
     env: dict[str, str] | None = None,
 ) -> None:
     """Run pytest on ``paths`` (knobs: which Axolotl; extra environment)."""
-    run_env = {**UNBUFFERED, **(env or {})}
     if axolotl is None:
         session.install("-e", ".", *TEST_DEPS)
-        python = "python"
+        python, run_env = "python", {**UNBUFFERED, **(env or {})}
     else:
         python = str(axolotl_env(session, axolotl))
-        run_env["PATH"] = str(Path(python).parent) + os.pathsep + os.environ.get("PATH", "")
+        run_env = venv_env(python, env)
     session.run(
         python,
         "-m",
@@ -127,28 +138,13 @@ def e2e_gpu(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
     """A tiny stock run and a patched run side by side, through `axolotl train`."""
-    python = str(axolotl_env(session))
-    session.run(
-        python,
-        str(ROOT / "tests" / "e2e" / "demo.py"),
-        *session.posargs,
-        env={**UNBUFFERED, "PATH": str(Path(python).parent) + os.pathsep + os.environ.get("PATH", "")},
-        external=True,
-    )
+    run_script(session, "demo.py", *session.posargs)
 
 
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """Training wall time patched/stock on one case, and the save decision's cost per step."""
-    python = str(axolotl_env(session))
-    out = session.posargs[0] if session.posargs else str(ROOT / ".nox" / "bench.json")
-    session.run(
-        python,
-        str(ROOT / "tests" / "e2e" / "bench.py"),
-        out,
-        env={**UNBUFFERED, "PATH": str(Path(python).parent) + os.pathsep + os.environ.get("PATH", "")},
-        external=True,
-    )
+    run_script(session, "bench.py", session.posargs[0] if session.posargs else str(ROOT / ".nox" / "bench.json"))
 
 
 @nox.session(python="3.11")
