@@ -135,6 +135,17 @@ def e2e_gpu(session: nox.Session) -> None:
     tests_impl(session, "tests/e2e", env={"SAVEFIX_DEVICE": "cuda-bf16"})
 
 
+# The patched subset that must pass on every supported Axolotl release.
+COMPAT_TESTS = ["tests/axolotl", "tests/e2e/test_matrix.py", "tests/e2e/test_cli.py", "-k", "not stock"]
+
+
+@nox.session(venv_backend="none")
+@nox.parametrize("axolotl", list(AXOLOTL))
+def compat(session: nox.Session, axolotl: str) -> None:
+    """The patched e2e subset on each supported Axolotl release (0.21.0 needs python3.12: PYENV_VERSION=3.11.7:3.12.1)."""
+    tests_impl(session, *COMPAT_TESTS, axolotl=axolotl)
+
+
 @nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
     """A tiny stock run and a patched run side by side, through `axolotl train`."""

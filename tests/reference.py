@@ -79,3 +79,56 @@ def stock_limit(save_total_limit: int | None) -> int:
 def axolotl_max_steps(samples: int, micro_batch: int, grad_accum: int, num_epochs: float, world: int = 1) -> int:
     """Axolotl's ``calculate_total_num_steps`` without packing: ceil(samples * epochs / batch size)."""
     return math.ceil(samples * num_epochs / (micro_batch * grad_accum * world))
+
+
+def patched_evals(batches_per_epoch: int, grad_accum: int, per_epoch: int, max_steps: int) -> list[int]:
+    """Step 0 (``eval_on_start``, kept as upstream), then the same rule as the saves."""
+    return [0, *patched_saves(batches_per_epoch, grad_accum, per_epoch, max_steps)]
+
+
+def stock_evals(batches_per_epoch: int, grad_accum: int, per_epoch: int, num_epochs: float, max_steps: int) -> list[int]:
+    """Stock: ``eval_steps = 1 / (k * num_epochs)`` when below 1, else no ``eval_steps`` at all.
+
+    With the ratio, Axolotl sets ``eval_on_start`` (step 0) and Transformers
+    evaluates every ``ceil(max_steps * ratio)`` steps and at the last step
+    (Transformers 5: "evaluate at the end if ... not already"). Without it
+    Axolotl sets no eval strategy and Transformers' default is ``no``.
+    """
+    ratio = 1.0 / (per_epoch * num_epochs)
+    if ratio >= 1.0:
+        return []
+    interval = math.ceil(max_steps * ratio)
+    return [0, *(s for s, *_ in walk(batches_per_epoch, grad_accum, max_steps) if s % interval == 0 or s == max_steps)]
+
+
+def best_step(saved: list[int], eval_loss: dict[int, float]) -> int | None:
+    """The checkpoint ``load_best_model_at_end`` ends up with (Transformers' rule).
+
+    Every eval in the loop (not the step-0 ``eval_on_start`` one) may move the
+    best step to its own step, when its loss is strictly lower. A save makes its
+    checkpoint the best one only if the best step is then that very step; a
+    better eval with no save at its step leaves the best checkpoint where it was.
+    """
+    best_eval: int | None = None
+    best_checkpoint: int | None = None
+    for step in sorted(set(saved) | set(eval_loss)):
+        if step in eval_loss and step > 0 and (best_eval is None or eval_loss[step] < eval_loss[best_eval]):
+            best_eval = step
+        if step in saved and best_eval == step:
+            best_checkpoint = step
+    return best_checkpoint
+
+
+def kept_with_best(saved: list[int], limit: int | None, best: int | None) -> list[int]:
+    """Rotation that never deletes the best checkpoint nor the newest (Transformers' rule)."""
+    if not limit or len(saved) <= limit:
+        return list(saved)
+    protected = {saved[-1], best} - {None}
+    keep = max(limit, len(protected))
+    survivors = list(saved)
+    for step in list(saved):  # oldest first
+        if len(survivors) <= keep:
+            break
+        if step not in protected:
+            survivors.remove(step)
+    return survivors

@@ -36,10 +36,19 @@ __all__ = [
 ]
 
 
-def apply(*, save_steps: bool = True, save_decision: bool = True, save_limit: bool = True) -> bool:
+def apply(
+    *,
+    save_steps: bool = True,
+    save_decision: bool = True,
+    save_limit: bool = True,
+    eval_decision: bool = True,
+) -> bool:
     """Patch the installed Axolotl. Idempotent; returns True when the patches are in place.
 
-    Each knob enables one patch. ``save_steps`` (no float ratio) needs
+    Each knob enables one patch: ``save_steps`` (no float ratio for
+    ``saves_per_epoch``), ``save_decision`` (the callback that saves at the
+    epoch fractions), ``save_limit`` (the ``save_total_limit`` default),
+    ``eval_decision`` (the same for ``evals_per_epoch``). ``save_steps`` needs
     ``save_decision`` (the callback that then makes the saves). Returns False,
     patching nothing, where the installed Axolotl already has the fix.
     Raises :class:`PatchTargetError`, patching nothing, where a target moved.
@@ -57,6 +66,7 @@ def apply(*, save_steps: bool = True, save_decision: bool = True, save_limit: bo
             f"axolotl {axolotl_version()} already saves per epoch exactly; axolotl_savefix steps aside.",
         )
         return False
+    from . import eval_decision as eval_patch
     from . import save_decision as decision_patch
     from . import save_limit as limit_patch
     from . import save_steps as steps_patch
@@ -65,6 +75,7 @@ def apply(*, save_steps: bool = True, save_decision: bool = True, save_limit: bo
         (save_steps, steps_patch),
         (save_decision, decision_patch),
         (save_limit, limit_patch),
+        (eval_decision, eval_patch),
     ]
     try:
         for enabled, module in chosen:

@@ -55,3 +55,54 @@ def check_save_total_limit(cfg: Mapping[str, Any]) -> None:
 def check_save_config(cfg: Mapping[str, Any]) -> None:
     check_per_epoch(cfg, "saves_per_epoch", "save_steps", "save_strategy")
     check_save_total_limit(cfg)
+
+
+def check_eval_config(cfg: Mapping[str, Any]) -> None:
+    check_per_epoch(cfg, "evals_per_epoch", "eval_steps", "eval_strategy")
+
+
+def _multiples(k: int) -> str:
+    return ", ".join(str(k * n) for n in (1, 2, 3)) + ", ..."
+
+
+def _divisors(k: int) -> str:
+    return ", ".join(str(d) for d in range(1, k + 1) if k % d == 0)
+
+
+def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
+    """``load_best_model_at_end`` / ``early_stopping_patience`` need an evaluation at every save.
+
+    With per-epoch schedules that holds exactly when every save target j/k_save
+    is an eval target, i.e. when ``saves_per_epoch`` divides ``evals_per_epoch``.
+    Runs without a validation set are left alone (Axolotl turns both off there).
+    """
+    patience = cfg.get("early_stopping_patience")
+    if not (cfg.get("load_best_model_at_end") or patience):
+        return
+    if not (cfg.get("val_set_size") or cfg.get("test_datasets")):
+        return
+    k_save, k_eval = cfg.get("saves_per_epoch"), cfg.get("evals_per_epoch")
+    if not (k_save or k_eval) or cfg.get("save_strategy") == "best":
+        return
+    if k_save and k_eval and k_eval % k_save == 0:
+        return
+    why = f"early_stopping_patience: {patience}" if patience else "load_best_model_at_end: true"
+    if k_save and k_eval:
+        raise SaveFixConfigError(
+            f"{why} needs an evaluation at every save, but saves_per_epoch: {k_save} does not divide "
+            f"evals_per_epoch: {k_eval}. Set evals_per_epoch to a multiple of {k_save} ({_multiples(k_save)}) "
+            f"or saves_per_epoch to a divisor of {k_eval} ({_divisors(k_eval)})."
+        )
+    if k_save:
+        other = cfg.get("eval_steps") or cfg.get("eval_strategy")
+        raise SaveFixConfigError(
+            f"{why} needs an evaluation at every save: with saves_per_epoch: {k_save}, set evals_per_epoch "
+            f"to a multiple of {k_save} ({_multiples(k_save)})"
+            + (f" instead of {'eval_steps' if cfg.get('eval_steps') else 'eval_strategy'}: {other!r}." if other else ".")
+        )
+    other = cfg.get("save_steps") or cfg.get("save_strategy")
+    raise SaveFixConfigError(
+        f"{why} needs an evaluation at every save: with evals_per_epoch: {k_eval}, set saves_per_epoch "
+        f"to a divisor of {k_eval} ({_divisors(k_eval)})"
+        + (f" instead of {'save_steps' if cfg.get('save_steps') else 'save_strategy'}: {other!r}." if other else ".")
+    )

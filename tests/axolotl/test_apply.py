@@ -16,6 +16,8 @@ from axolotl_savefix import PatchTargetError, SaveFixConfigError, _targets
 PATCHED = [
     (utils_config, "normalize_config"),
     (cli_config, "normalize_config"),  # the `from ... import normalize_config` copy
+    (utils_config, "validate_config"),
+    (cli_config, "validate_config"),
     (TrainerBuilderBase, "_configure_save_and_eval_strategy"),
     (TrainerBuilderBase, "get_callbacks"),
 ]
@@ -53,7 +55,7 @@ def test_wrappers_keep_name_doc_and_signature():
     original = utils_config.normalize_config
     axolotl_savefix.apply()
     patched = utils_config.normalize_config
-    assert patched.__name__ == "normalize_config" and patched.__wrapped__ is original
+    assert patched.__name__ == "normalize_config" and inspect.unwrap(patched) is original
     assert inspect.signature(patched) == inspect.signature(original)
 
 
@@ -94,6 +96,64 @@ def test_patched_normalize_config_sets_no_float_ratio_and_checks_first():
     axolotl_savefix.apply()
     with pytest.raises(SaveFixConfigError, match="saves_per_epoch: 4 conflicts with save_strategy"):
         utils_config.normalize_config(DictDefault(saves_per_epoch=4, save_strategy="epoch"))
+
+
+def _builder(cfg, eval_dataset=None):
+    class Builder(TrainerBuilderBase):
+        def build(self, total_num_steps):  # abstract upstream
+            raise NotImplementedError
+
+    builder = Builder.__new__(Builder)
+    builder.cfg = DictDefault(cfg)
+    builder.eval_dataset = eval_dataset
+    builder.model = None
+    kwargs = {}
+    builder._configure_save_and_eval_strategy(kwargs)
+    return builder, kwargs
+
+
+def test_builder_hands_evals_to_the_callback():
+    from axolotl_savefix.per_epoch import NEVER, EvalsPerEpochCallback
+
+    evals = {"evals_per_epoch": 4, "val_set_size": 0.1, "saves_per_epoch": 2}
+    axolotl_savefix.apply()
+    builder, kwargs = _builder(evals, eval_dataset=[1])
+    assert (kwargs["eval_strategy"], kwargs["eval_steps"], kwargs["eval_on_start"]) == ("steps", NEVER, True)
+    assert kwargs["save_steps"] % kwargs["eval_steps"] == 0  # what load_best_model_at_end asks Transformers
+    assert EvalsPerEpochCallback in {type(cb) for cb in builder.get_callbacks()}
+    _, kwargs = _builder({**evals, "eval_on_start": False}, eval_dataset=[1])
+    assert kwargs["eval_on_start"] is False
+    # no validation set: no evaluation, as upstream
+    builder, kwargs = _builder({**evals, "val_set_size": 0})
+    assert kwargs["eval_strategy"] == "no"
+    assert EvalsPerEpochCallback not in {type(cb) for cb in builder.get_callbacks()}
+
+
+def _minimal_cfg(tmp_path, **extra):
+    return DictDefault(
+        base_model="tiny",
+        datasets=[{"path": "data.jsonl", "type": "completion"}],
+        micro_batch_size=1,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        num_epochs=1,
+        sequence_len=64,
+        output_dir=str(tmp_path),
+        val_set_size=0.1,
+        **extra,
+    )
+
+
+def test_early_stopping_with_aligned_per_epoch_keys_validates(tmp_path):
+    per_epoch = {"saves_per_epoch": 2, "evals_per_epoch": 4, "early_stopping_patience": 3}
+    with pytest.raises(ValueError, match="early_stopping_patience"):  # stock: needs save_steps and eval_steps
+        utils_config.validate_config(_minimal_cfg(tmp_path, **per_epoch))
+    axolotl_savefix.apply()
+    cfg = _minimal_cfg(tmp_path, **per_epoch)
+    validated = cli_config.validate_config(cfg)  # the copy load_cfg calls
+    assert validated.early_stopping_patience == 3 and cfg.early_stopping_patience == 3
+    with pytest.raises(SaveFixConfigError, match="saves_per_epoch: 3 does not divide evals_per_epoch: 4"):
+        cli_config.validate_config(_minimal_cfg(tmp_path, **{**per_epoch, "saves_per_epoch": 3}))
 
 
 def test_builder_hands_saves_to_the_callback_and_fixes_the_limit():

@@ -10,6 +10,10 @@ BASE = {
     "save_total_limit": None,
     "sample_packing": False,
     "adapter": None,
+    # evaluation (issue 5): a validation split and evals_per_epoch
+    "val_set_size": 0,
+    "evals_per_epoch": None,
+    "early_stopping_patience": None,
 }
 
 CASES = {
@@ -29,6 +33,22 @@ CASES = {
     "lora": {"samples": 40, "saves_per_epoch": 6, "num_epochs": 1, "adapter": "lora"},
 }
 
+# Runs with a validation split: 75 samples, 0.2 held out, 60 train (L = 30 with micro batch 2).
+EVAL = {"samples": 75, "val_set_size": 0.2, "saves_per_epoch": 2, "evals_per_epoch": 4}
+EVAL_CASES = {
+    # stock evaluates every ceil(60/8) = 8 steps: none at step 30, the end of epoch 1
+    "evals_reported": {},
+    # L = 30, G = 4: 8 steps per epoch, 3 evals per epoch off the step grid
+    "evals_accum": {"grad_accum": 4, "evals_per_epoch": 3, "saves_per_epoch": 1},
+    # 1 eval per epoch over 1 epoch: stock's ratio is 1, so stock never evaluates
+    "evals_once": {"num_epochs": 1, "evals_per_epoch": 1, "saves_per_epoch": 1},
+    # early stopping implies load_best_model_at_end: every save must follow an eval,
+    # and the best checkpoint must survive a limit of 2
+    "best_model": {"early_stopping_patience": 100, "save_total_limit": 2},
+}
+
 
 def case(name: str) -> dict:
-    return {**BASE, **CASES[name], "name": name}
+    table = CASES if name in CASES else EVAL_CASES
+    extra = {} if name in CASES else EVAL
+    return {**BASE, **extra, **table[name], "name": name}

@@ -30,6 +30,15 @@ class Observed:
     max_steps: int
     log_history: list[dict]
     output_dir: Path
+    best_model_checkpoint: str | None = None
+
+    @property
+    def evals(self) -> list[int]:
+        """Steps that evaluated, from ``trainer_state.json``'s log history (step 0: ``eval_on_start``)."""
+        return [e["step"] for e in self.log_history if "eval_loss" in e]
+
+    def eval_loss(self, step: int) -> float:
+        return next(e["eval_loss"] for e in self.log_history if "eval_loss" in e and e["step"] == step)
 
     def batches_per_epoch(self, grad_accum: int) -> int:
         """L, read back from Transformers' logged epoch at step 1: ``epoch = G / L`` (G < L)."""
@@ -48,7 +57,7 @@ def write_config(case: dict, workdir: Path, *, plugin: bool, device: str = "cpu"
         "tokenizer_type": "AutoTokenizer",
         "datasets": [{"path": str(data), "ds_type": "json", "type": "completion"}],
         "dataset_prepared_path": str(workdir.parent / "prepared"),
-        "val_set_size": 0,
+        "val_set_size": case["val_set_size"],
         "dataset_num_proc": 1,
         "sequence_len": 64,
         "sample_packing": case["sample_packing"],
@@ -68,11 +77,13 @@ def write_config(case: dict, workdir: Path, *, plugin: bool, device: str = "cpu"
         "flash_attention": False,
         "sdp_attention": False,
     }
-    for key in ("max_steps", "save_total_limit"):
+    for key in ("max_steps", "save_total_limit", "evals_per_epoch", "early_stopping_patience"):
         if case[key] is not None:
             cfg[key] = case[key]
     if case["sample_packing"]:
         cfg["pad_to_sequence_len"] = True
+    if case["early_stopping_patience"]:
+        cfg["metric_for_best_model"] = "eval_loss"
     if case["adapter"]:
         cfg.update(
             adapter=case["adapter"],
@@ -93,7 +104,14 @@ def observe(output_dir: Path, log_text: str) -> Observed:
     saved = [int(m) for m in SAVE_LINE.findall(log_text)]
     kept = sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*"))
     state = json.loads((output_dir / f"checkpoint-{kept[-1]}" / "trainer_state.json").read_text()) if kept else {}
-    return Observed(saved, kept, state.get("max_steps", 0), state.get("log_history", []), output_dir)
+    return Observed(
+        saved,
+        kept,
+        state.get("max_steps", 0),
+        state.get("log_history", []),
+        output_dir,
+        state.get("best_model_checkpoint"),
+    )
 
 
 class _Capture(logging.Handler):

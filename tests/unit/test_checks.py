@@ -1,6 +1,13 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from axolotl_savefix.checks import SaveFixConfigError, check_save_config
+from axolotl_savefix.checks import (
+    SaveFixConfigError,
+    check_best_model_alignment,
+    check_eval_config,
+    check_save_config,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,3 +50,69 @@ def test_bad_settings_name_key_value_and_fix(cfg, words):
 )
 def test_good_settings_pass(cfg):
     check_save_config(cfg)
+
+
+VAL = {"val_set_size": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("cfg", "words"),
+    [
+        (
+            {"load_best_model_at_end": True, "saves_per_epoch": 3, "evals_per_epoch": 4},
+            ["load_best_model_at_end: true", "saves_per_epoch: 3", "evals_per_epoch: 4", "3, 6, 9", "1, 2, 4"],
+        ),
+        (
+            {"early_stopping_patience": 3, "saves_per_epoch": 4, "evals_per_epoch": 2},
+            ["early_stopping_patience: 3", "saves_per_epoch: 4", "evals_per_epoch: 2", "4, 8, 12", "1, 2"],
+        ),
+        (
+            {"load_best_model_at_end": True, "saves_per_epoch": 2, "eval_steps": 10},
+            ["saves_per_epoch: 2", "evals_per_epoch", "2, 4, 6", "eval_steps: 10"],
+        ),
+        (
+            {"load_best_model_at_end": True, "evals_per_epoch": 6, "save_steps": 7},
+            ["evals_per_epoch: 6", "saves_per_epoch", "1, 2, 3, 6", "save_steps: 7"],
+        ),
+    ],
+)
+def test_best_model_needs_saves_that_follow_evals(cfg, words):
+    with pytest.raises(SaveFixConfigError) as err:
+        check_best_model_alignment({**VAL, **cfg})
+    for word in words:
+        assert word in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {**VAL, "load_best_model_at_end": True, "saves_per_epoch": 2, "evals_per_epoch": 4},
+        {**VAL, "early_stopping_patience": 2, "saves_per_epoch": 3, "evals_per_epoch": 3},
+        {**VAL, "load_best_model_at_end": True, "evals_per_epoch": 4, "save_strategy": "best"},
+        {**VAL, "saves_per_epoch": 3, "evals_per_epoch": 4},  # no best model: any mix is fine
+        {"load_best_model_at_end": True, "saves_per_epoch": 3, "evals_per_epoch": 4},  # no val set: Axolotl turns it off
+        {**VAL, "load_best_model_at_end": True, "save_steps": 10, "eval_steps": 5},  # upstream's own rules apply
+    ],
+)
+def test_aligned_or_unrelated_configs_pass(cfg):
+    check_best_model_alignment(cfg)
+
+
+@given(k_save=st.integers(1, 24), k_eval=st.integers(1, 24))
+def test_alignment_holds_exactly_when_every_save_target_is_an_eval_target(k_save, k_eval):
+    """k_save | k_eval  <=>  every j/k_save equals some i/k_eval (checked with exact fractions)."""
+    from fractions import Fraction
+
+    subset = {Fraction(j, k_save) for j in range(1, k_save + 1)} <= {Fraction(i, k_eval) for i in range(1, k_eval + 1)}
+    cfg = {**VAL, "load_best_model_at_end": True, "saves_per_epoch": k_save, "evals_per_epoch": k_eval}
+    if subset:
+        check_best_model_alignment(cfg)
+    else:
+        with pytest.raises(SaveFixConfigError):
+            check_best_model_alignment(cfg)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2"])
+def test_evals_per_epoch_must_be_a_positive_integer(value):
+    with pytest.raises(SaveFixConfigError, match=f"evals_per_epoch: {value!r}"):
+        check_eval_config({"evals_per_epoch": value})

@@ -1,0 +1,96 @@
+"""Defect 4: ``evals_per_epoch`` becomes a float ratio of the run, like ``saves_per_epoch``.
+
+Targets:
+
+* ``axolotl.utils.config.normalize_config`` (and its ``axolotl.cli.config``
+  copy): runs with ``evals_per_epoch`` hidden, so no ``eval_steps`` ratio is set;
+* ``axolotl.utils.config.validate_config`` (and its copy): checks that saves
+  line up with evals for ``load_best_model_at_end`` / ``early_stopping_patience``
+  (:func:`~axolotl_savefix.checks.check_best_model_alignment`), and lets
+  ``early_stopping_patience`` through with per-epoch keys (Axolotl's validator
+  asks for ``save_steps`` and ``eval_steps``, which a per-epoch run does not set);
+* ``TrainerBuilderBase._configure_save_and_eval_strategy``: Transformers keeps
+  the ``steps`` strategy with a never-reached interval, ``eval_on_start`` as
+  upstream (on, unless the config's ``eval_on_start`` says otherwise);
+* ``TrainerBuilderBase.get_callbacks``: adds
+  :class:`~axolotl_savefix.per_epoch.EvalsPerEpochCallback`.
+
+Evaluations then run at the first step that reaches each target
+j/``evals_per_epoch`` of every epoch, and once at the last step. Runs without a
+validation set, or with ``eval_strategy: no``, do not evaluate, as upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._patching import patch_item, wraps
+from ._targets import require
+from .checks import check_best_model_alignment, check_eval_config
+from .per_epoch import NEVER, EvalsPerEpochCallback
+from .save_decision import CALLBACKS_TARGET, STRATEGY_TARGET
+from .save_steps import TARGET as NORMALIZE_TARGET
+
+VALIDATE_TARGET = ("axolotl.utils.config", "validate_config", ("cfg",))
+
+
+def apply() -> None:
+    module, name, validate = require(*VALIDATE_TARGET)
+
+    @wraps(validate)
+    def validate_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        check_eval_config(cfg)
+        check_best_model_alignment(cfg)
+        patience = cfg.get("early_stopping_patience")
+        if not (patience and cfg.get("saves_per_epoch") and cfg.get("evals_per_epoch")):
+            return validate(cfg, *args, **kwargs)
+        # aligned per-epoch saves and evals (checked above): Axolotl's own check wants step intervals
+        cfg["early_stopping_patience"] = None
+        try:
+            validated = validate(cfg, *args, **kwargs)
+        finally:
+            cfg["early_stopping_patience"] = patience
+        validated["early_stopping_patience"] = patience
+        return validated
+
+    patch_item(module, name, validate_config, rebind_copies=True)
+
+    module, name, normalize = require(*NORMALIZE_TARGET)
+
+    @wraps(normalize)
+    def normalize_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        per_epoch = cfg.get("evals_per_epoch")
+        if not per_epoch:
+            return normalize(cfg, *args, **kwargs)
+        cfg["evals_per_epoch"] = None
+        try:
+            return normalize(cfg, *args, **kwargs)
+        finally:
+            cfg["evals_per_epoch"] = per_epoch
+
+    patch_item(module, name, normalize_config, rebind_copies=True)
+
+    owner, name, configure = require(*STRATEGY_TARGET)
+
+    @wraps(configure)
+    def _configure_save_and_eval_strategy(self: Any, training_args_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
+        result = configure(self, training_args_kwargs, *args, **kwargs)
+        if self.cfg.evals_per_epoch and training_args_kwargs.get("eval_strategy") != "no":
+            training_args_kwargs["eval_strategy"] = "steps"
+            training_args_kwargs["eval_steps"] = NEVER
+            on_start = self.cfg.get("eval_on_start")
+            training_args_kwargs["eval_on_start"] = True if on_start is None else bool(on_start)
+        return result
+
+    patch_item(owner, name, _configure_save_and_eval_strategy)
+
+    owner, name, get_callbacks = require(*CALLBACKS_TARGET)
+
+    @wraps(get_callbacks)
+    def get_callbacks_with_evals(self: Any, *args: Any, **kwargs: Any) -> Any:
+        callbacks = get_callbacks(self, *args, **kwargs)
+        if self.cfg.evals_per_epoch and self.eval_dataset is not None:
+            callbacks.append(EvalsPerEpochCallback(self.cfg.evals_per_epoch))
+        return callbacks
+
+    patch_item(owner, name, get_callbacks_with_evals)

@@ -1,0 +1,79 @@
+"""The per-epoch trigger: one action at the first step that reaches each target j/k of an epoch.
+
+Used for saves (``saves_per_epoch``) and evaluations (``evals_per_epoch``). It
+compares Transformers' float ``state.epoch`` with the targets j/k using
+:func:`math.isclose` for "reached" (:func:`schedule.targets_reached`) and keeps
+the count of targets already acted on as guard, so each target fires exactly
+once: also when the batches per epoch are not divisible by k, when one step
+crosses several targets, and after a resume (the guard is rebuilt from the
+restored ``state.epoch``). The last step of the run always fires.
+
+Transformers itself is kept on the ``steps`` strategy with an interval that is
+never reached (:data:`NEVER`), so everything it does for that strategy still
+holds: the last step, best-checkpoint tracking, and ``load_best_model_at_end``'s
+check (``NEVER % NEVER == 0`` when both saves and evals are per epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from transformers import TrainerCallback
+
+from . import schedule
+from ._log import log_once
+
+# Transformers' own step interval for a per-epoch schedule: never reached.
+NEVER = 2**62
+
+
+class PerEpochCallback(TrainerCallback):
+    """Set ``control.<flag>`` at the first step whose epoch progress reaches each target j/k."""
+
+    flag: ClassVar[str]  # the TrainerControl flag to set
+    key: ClassVar[str]  # the config key, for messages
+    verb: ClassVar[str]
+
+    def __init__(self, per_epoch: int) -> None:
+        self.per_epoch = per_epoch
+        self.targets_done = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kwargs: Any) -> Any:
+        # Fresh run: epoch 0. Resume: the restored epoch, so targets done before the stop stay done.
+        self.targets_done = schedule.targets_reached(state.epoch or 0.0, self.per_epoch)
+        if train_dataloader is not None and len(train_dataloader):
+            per_epoch = schedule.steps_per_epoch(len(train_dataloader), args.gradient_accumulation_steps)
+            if self.per_epoch > per_epoch:
+                log_once(
+                    f"k>S:{self.key}",
+                    f"{self.key}: {self.per_epoch} is more than the {per_epoch} optimizer steps per epoch; "
+                    f"{self.verb} every step ({per_epoch} per epoch). Set {self.key} to {per_epoch} or less.",
+                    logging.WARNING,
+                )
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        reached = schedule.targets_reached(state.epoch, self.per_epoch)
+        if reached > self.targets_done:
+            self.targets_done = reached
+            setattr(control, self.flag, True)
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            setattr(control, self.flag, True)
+        return control
+
+
+class SavesPerEpochCallback(PerEpochCallback):
+    """Save at the first step that reaches each target j/``saves_per_epoch``, and at the last step."""
+
+    flag = "should_save"
+    key = "saves_per_epoch"
+    verb = "saving"
+
+
+class EvalsPerEpochCallback(PerEpochCallback):
+    """Evaluate at the first step that reaches each target j/``evals_per_epoch``, and at the last step (once)."""
+
+    flag = "should_evaluate"
+    key = "evals_per_epoch"
+    verb = "evaluating"

@@ -1,0 +1,75 @@
+"""evals_per_epoch on real Axolotl with a validation split, stock vs patched.
+
+Eval steps are read from ``trainer_state.json``'s log history; expected steps
+come from tests/reference.py.
+"""
+
+import cases
+import harness
+import pytest
+import reference
+
+import axolotl_savefix
+
+pytestmark = pytest.mark.e2e
+
+
+def run(name, variant, root):
+    case = cases.case(name)
+    config = harness.write_config(case, root / f"{name}-{variant}", plugin=False)
+    if variant == "patched":
+        assert axolotl_savefix.apply()
+    try:
+        return case, harness.run_in_process(config)
+    finally:
+        axolotl_savefix.revert()
+
+
+@pytest.mark.parametrize("variant", ["stock", "patched"])
+@pytest.mark.parametrize("name", ["evals_reported", "evals_accum", "evals_once"])
+def test_exact_eval_steps(name, variant, e2e_root):
+    case, observed = run(name, variant, e2e_root)
+    L, G, M = observed.batches_per_epoch(case["grad_accum"]), case["grad_accum"], observed.max_steps
+    k_eval, k_save, epochs = case["evals_per_epoch"], case["saves_per_epoch"], case["num_epochs"]
+    if variant == "stock":
+        assert observed.evals == reference.stock_evals(L, G, k_eval, epochs, M)
+        assert observed.saved == reference.stock_saves(L, G, k_save, epochs, M)
+    else:
+        assert observed.evals == reference.patched_evals(L, G, k_eval, M)
+        assert observed.saved == reference.patched_saves(L, G, k_save, M)
+
+
+def test_best_checkpoint_follows_an_eval_and_survives_the_limit(e2e_root):
+    case, observed = run("best_model", "patched", e2e_root)
+    L, G, M = observed.batches_per_epoch(case["grad_accum"]), case["grad_accum"], observed.max_steps
+    saved = reference.patched_saves(L, G, case["saves_per_epoch"], M)
+    assert observed.saved == saved
+    assert observed.evals == reference.patched_evals(L, G, case["evals_per_epoch"], M)
+    assert set(saved) <= set(observed.evals)  # every save follows an eval at its own step
+    losses = {step: observed.eval_loss(step) for step in observed.evals}
+    best = reference.best_step(saved, losses)
+    assert best is not None
+    assert observed.best_model_checkpoint is not None
+    assert observed.best_model_checkpoint.endswith(f"checkpoint-{best}")
+    assert observed.kept == reference.kept_with_best(saved, case["save_total_limit"], best)
+    assert best in observed.kept
+
+
+def test_stock_best_model_sees_stale_metrics(e2e_root):
+    """The defect, on stock: saves every ceil(M/4) steps, evals every ceil(M/8): most saves have no eval."""
+    case = {**cases.case("best_model"), "early_stopping_patience": None}
+    config = harness.write_config(case, e2e_root / "best-stock", plugin=False)
+    cfg_text = config.read_text() + "load_best_model_at_end: true\nmetric_for_best_model: eval_loss\n"
+    config.write_text(cfg_text)
+    observed = harness.run_in_process(config)
+    L, G, M = observed.batches_per_epoch(case["grad_accum"]), case["grad_accum"], observed.max_steps
+    saved = reference.stock_saves(L, G, case["saves_per_epoch"], case["num_epochs"], M)
+    assert observed.saved == saved
+    assert observed.evals == reference.stock_evals(L, G, case["evals_per_epoch"], case["num_epochs"], M)
+    assert not set(saved[:-1]) <= set(observed.evals)
+    # and the best checkpoint is whatever Transformers' rule makes of that (often none at all)
+    best = reference.best_step(saved, {step: observed.eval_loss(step) for step in observed.evals})
+    if best is None:
+        assert observed.best_model_checkpoint is None
+    else:
+        assert observed.best_model_checkpoint.endswith(f"checkpoint-{best}")
