@@ -159,6 +159,14 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def bench_plan(session: nox.Session) -> None:
+    """`axolotl-savefix plan` on a 1M-step config: median time, JSON to .nox/bench-plan.json (no Axolotl)."""
+    session.install("-e", ".")
+    out = session.posargs[0] if session.posargs else str(ROOT / ".nox" / "bench-plan.json")
+    session.run("python", str(ROOT / "tests" / "bench_plan.py"), out, env=UNBUFFERED)
+
+
+@nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "patches", "tests", "noxfile.py")

@@ -2,7 +2,8 @@
 
 Axolotl registers plugins in every rank before it validates and normalizes the
 config, so applying the patches in :meth:`SaveFixPlugin.register` is early
-enough for ``normalize_config`` and the trainer builder.
+enough for ``validate_config``, ``normalize_config`` and the trainer builder.
+:meth:`get_input_args` adds ``savefix_disk_margin`` to Axolotl's schema.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from . import apply
 
 
 class SaveFixPlugin(BasePlugin):
-    """Exact ``saves_per_epoch`` checkpoints and a ``save_total_limit`` that keeps them."""
+    """Exact ``saves_per_epoch`` / ``evals_per_epoch`` steps and a ``save_total_limit`` that keeps them."""
+
+    def get_input_args(self) -> str:
+        return "axolotl_savefix.args.SaveFixArgs"
 
     def register(self, cfg: dict) -> None:  # noqa: ARG002 - Axolotl's hook signature
         apply()

@@ -5,70 +5,119 @@ Target: ``TrainerBuilderBase._configure_save_and_eval_strategy`` (the line
 
 Replacement:
 
-* an explicit positive value is kept;
+* an explicit positive value is kept, never changed;
 * ``0`` keeps every checkpoint (Transformers' meaning: no rotation);
-* unset: keep at least every checkpoint the run will save, never fewer than
-  upstream's 4. The number of saves is known once the Trainer knows its
-  batches per epoch, so the builder passes upstream's 4 as a floor and
-  :class:`SaveLimitCallback` raises it at ``on_train_begin``.
-  :func:`default_limit` is the one place that decides; a disk-space rule
-  plugs in there.
+* unset: keep every checkpoint the run will save (at least upstream's 4) when
+  they fit on ``output_dir``'s file system with a margin, else what fits, never
+  fewer than 2 (:mod:`axolotl_savefix.disk`). The builder passes upstream's 4;
+  :class:`PlanCallback` resolves the real value at ``on_train_begin`` from an
+  estimate of one checkpoint's size, then again from the measured size of the
+  first checkpoint written, and warns once if the disk lowered it.
+
+:class:`PlanCallback` also logs the run's plan (:mod:`axolotl_savefix.plan`) at
+the start of every patched run.
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from . import disk, plan
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
 from .save_decision import CALLBACKS_TARGET, STRATEGY_TARGET
-from .schedule import RunShape
 
-UPSTREAM_DEFAULT = 4
-
-
-def default_limit(planned_saves: int) -> int:
-    """``save_total_limit`` for a run that left it unset and will save ``planned_saves`` times."""
-    return max(UPSTREAM_DEFAULT, planned_saves)
+UPSTREAM_DEFAULT = disk.UPSTREAM_DEFAULT
 
 
-def planned_steps(cfg: Any, args: Any, shape: RunShape) -> list[int] | None:
-    """The steps this run saves at, or ``None`` where no schedule is known (``best``, ``no``)."""
-    if cfg.get("saves_per_epoch"):
-        steps = shape.per_epoch_steps(cfg["saves_per_epoch"])
-    elif str(getattr(args.save_strategy, "value", args.save_strategy)) == "steps":
-        steps = shape.interval_steps(args.save_steps)
-    elif str(getattr(args.save_strategy, "value", args.save_strategy)) == "epoch":
-        steps = shape.epoch_end_steps()
-    else:
-        return None
-    if cfg.get("save_first_step") and 1 not in steps:
-        steps = [1, *steps]
-    return steps
+def model_checkpoint_bytes(model: Any, optimizer: str | None, save_only_model: bool = False) -> int:
+    """Estimate one checkpoint of ``model`` (a torch module, or a PEFT model: adapter only)."""
+    total = trainable = 0
+    dtype_bytes = 4
+    for param in model.parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+        dtype_bytes = param.element_size()
+    return disk.estimate_checkpoint_bytes(
+        total,
+        trainable,
+        dtype_bytes,
+        optimizer,
+        adapter_only=hasattr(model, "peft_config"),
+        save_only_model=save_only_model,
+    )
 
 
-class SaveLimitCallback(TrainerCallback):
-    """Resolve an unset ``save_total_limit`` once the run's shape is known."""
+def _checkpoints_bytes(output_dir: str) -> int:
+    return sum(disk.dir_bytes(p) for p in Path(output_dir).glob("checkpoint-*") if p.is_dir())
+
+
+class PlanCallback(TrainerCallback):
+    """Log the plan at train begin; resolve an unset ``save_total_limit`` against the disk."""
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        self.settings = plan.Settings.from_config(cfg)
+        self.shape: tuple[int, int] | None = None
+        self.measured = False
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kwargs: Any) -> Any:
+    def _plan(self, args: Any, checkpoint_bytes: int | None, measured: bool) -> plan.Plan:
+        assert self.shape is not None
+        batches, max_steps = self.shape
+        available = disk.free_bytes(args.output_dir) + _checkpoints_bytes(args.output_dir)
+        return plan.make_plan(
+            self.settings,
+            batches,
+            max_steps,
+            checkpoint_bytes=checkpoint_bytes,
+            checkpoint_measured=measured,
+            free_bytes=available,
+        )
+
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, train_dataloader: Any = None, model: Any = None, **kwargs: Any
+    ) -> Any:
         if train_dataloader is None or not len(train_dataloader) or state.max_steps <= 0:
             return control
-        shape = RunShape(len(train_dataloader), args.gradient_accumulation_steps, state.max_steps)
-        steps = planned_steps(self.cfg, args, shape)
-        if steps is None:
+        self.shape = (len(train_dataloader), state.max_steps)
+        estimate = None
+        if model is not None:
+            estimate = model_checkpoint_bytes(model, str(getattr(args.optim, "value", args.optim)), args.save_only_model)
+        run_plan = self._plan(args, estimate, measured=False)
+        if self.cfg.get("save_total_limit") is None:
+            args.save_total_limit = run_plan.patched.limit
+        for n, line in enumerate(plan.log_lines(run_plan)):
+            log_once(f"plan{n}:{id(self)}", line)  # once per run
+        return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.measured or self.shape is None or self.cfg.get("save_total_limit") is not None:
             return control
-        args.save_total_limit = default_limit(len(steps))
-        log_once(
-            "limit",
-            f"save_total_limit unset: this run saves {len(steps)} checkpoints and keeps "
-            f"{args.save_total_limit} (set save_total_limit to keep fewer, 0 to keep all).",
-        )
+        size = disk.dir_bytes(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        if not size:  # not written by this process (another rank saves)
+            return control
+        self.measured = True
+        run_plan = self._plan(args, size, measured=True)
+        args.save_total_limit = run_plan.patched.limit
+        saves = len(run_plan.patched.saved or [])
+        if run_plan.limit_lowered_for_disk:
+            floor_note = ""
+            if (args.save_total_limit + 1) * size > (run_plan.free_bytes or 0) * (1 - run_plan.margin):
+                floor_note = f" Even {args.save_total_limit} (the floor, for a resume) may not fit: free space now."
+            log_once(
+                f"disk:{id(self)}",
+                f"save_total_limit unset: the {saves} scheduled checkpoints need {disk.human(size * saves)} "
+                f"({disk.human(size)} each, measured) but output_dir has {disk.human(run_plan.free_bytes or 0)} "
+                f"for checkpoints (margin {run_plan.margin:.0%}): keeping the newest {args.save_total_limit}. "
+                "Set save_total_limit to choose, free space, or lower savefix_disk_margin." + floor_note,
+                logging.WARNING,
+            )
         return control
 
 
@@ -80,7 +129,7 @@ def apply() -> None:
         result = configure(self, training_args_kwargs, *args, **kwargs)
         limit = self.cfg.save_total_limit
         if limit is None:
-            training_args_kwargs["save_total_limit"] = UPSTREAM_DEFAULT  # raised at train begin
+            training_args_kwargs["save_total_limit"] = UPSTREAM_DEFAULT  # resolved at train begin
         elif limit == 0:
             training_args_kwargs["save_total_limit"] = None  # keep every checkpoint
         else:
@@ -92,10 +141,9 @@ def apply() -> None:
     owner, name, get_callbacks = require(*CALLBACKS_TARGET)
 
     @wraps(get_callbacks)
-    def get_callbacks_with_limit(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def get_callbacks_with_plan(self: Any, *args: Any, **kwargs: Any) -> Any:
         callbacks = get_callbacks(self, *args, **kwargs)
-        if self.cfg.save_total_limit is None:
-            callbacks.append(SaveLimitCallback(self.cfg))
+        callbacks.append(PlanCallback(self.cfg))
         return callbacks
 
-    patch_item(owner, name, get_callbacks_with_limit)
+    patch_item(owner, name, get_callbacks_with_plan)

@@ -158,7 +158,7 @@ def test_early_stopping_with_aligned_per_epoch_keys_validates(tmp_path):
 
 def test_builder_hands_saves_to_the_callback_and_fixes_the_limit():
     from axolotl_savefix.save_decision import NEVER, SavesPerEpochCallback
-    from axolotl_savefix.save_limit import SaveLimitCallback
+    from axolotl_savefix.save_limit import PlanCallback
 
     class Builder(TrainerBuilderBase):
         def build(self, total_num_steps):  # abstract upstream
@@ -185,4 +185,4 @@ def test_builder_hands_saves_to_the_callback_and_fixes_the_limit():
     assert kwargs["save_total_limit"] == 4  # floor until the run's shape is known
     builder.model = None
     kinds = {type(cb) for cb in builder.get_callbacks()}
-    assert {SavesPerEpochCallback, SaveLimitCallback} <= kinds
+    assert {SavesPerEpochCallback, PlanCallback} <= kinds

@@ -1,0 +1,154 @@
+"""``axolotl-savefix plan CONFIG.yml``: the checkpoint plan before paying for the run.
+
+* ``--steps-per-epoch N``: no Axolotl import, no data: the plan from the YAML
+  and N optimizer steps per epoch (the run stops at ``max_steps`` or
+  ``ceil(num_epochs * N)``); answers at once.
+* otherwise: the config is loaded and the data set prepared by Axolotl itself
+  (``load_cfg``, ``load_datasets``: packing, filtering and
+  ``dataset_prepared_path`` count), the step count is Axolotl's, and one
+  checkpoint's size is estimated from the model's shapes (built on the meta
+  device: no weights are loaded).
+
+Exit status: 0 when every requested checkpoint is saved and kept by this run,
+1 when the run would lose one, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import disk
+from .plan import Plan, Settings, make_plan, render
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"axolotl-savefix plan: {path} is not a YAML mapping of config keys")
+    return data
+
+
+def plan_from_steps(raw: dict[str, Any], steps_per_epoch: int) -> Plan:
+    settings = Settings.from_config(raw)
+    max_steps = settings.max_steps or math.ceil(settings.num_epochs * steps_per_epoch)
+    output_dir = raw.get("output_dir") or "./model-out"
+    return make_plan(
+        settings,
+        steps_per_epoch * settings.grad_accum,
+        max_steps,
+        free_bytes=disk.free_bytes(output_dir),
+    )
+
+
+def _lora_params(model: Any, cfg: Any) -> int:
+    import torch
+
+    targets = set(cfg.lora_target_modules or [])
+    r = int(cfg.lora_r or 8)
+    count = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or name.endswith("lm_head"):
+            continue
+        if cfg.lora_target_linear or name.rsplit(".", 1)[-1] in targets:
+            count += r * (module.in_features + module.out_features)
+    return count
+
+
+def estimate_bytes(cfg: Any) -> int:
+    """One checkpoint's size from the model's shapes (meta device) and the config."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(cfg.base_model_config or cfg.base_model, trust_remote_code=bool(cfg.trust_remote_code))
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    adapter = cfg.adapter in ("lora", "qlora")
+    trainable = _lora_params(model, cfg) if adapter else total
+    dtype = getattr(cfg, "torch_dtype", None)
+    dtype_bytes = getattr(dtype, "itemsize", 4) if dtype is not None else 4
+    return disk.estimate_checkpoint_bytes(
+        total, trainable, dtype_bytes, cfg.optimizer, adapter_only=adapter, save_only_model=bool(cfg.save_only_model)
+    )
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Axolotl logs to stdout; the plan (and --json) must be the only thing there."""
+    moved = []
+    for logger in [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+                handler.setStream(sys.stderr)
+                moved.append(handler)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler in moved:
+            handler.setStream(sys.stdout)
+
+
+def plan_from_data(path: Path, raw: dict[str, Any]) -> Plan:
+    with _stdout_to_stderr():
+        from axolotl.cli.config import load_cfg
+        from axolotl.common.datasets import load_datasets
+
+    with _stdout_to_stderr():  # again: importing Axolotl configured its handlers
+        cfg = load_cfg(str(path))
+        meta = load_datasets(cfg=cfg)
+        checkpoint_bytes = estimate_bytes(cfg)
+    settings = Settings.from_config(raw)  # the keys as the user wrote them, before Axolotl derives ratios
+    world = int(cfg.world_size or 1)
+    if cfg.sample_packing:  # Axolotl's own packed count: steps per epoch times accumulation
+        batches = max(1, round(meta.total_num_steps * settings.grad_accum / settings.num_epochs))
+    else:
+        batches = math.ceil(math.ceil(len(meta.train_dataset) / cfg.micro_batch_size) / world)
+    max_steps = cfg.max_steps or meta.total_num_steps
+    return make_plan(
+        settings,
+        batches,
+        max_steps,
+        checkpoint_bytes=checkpoint_bytes,
+        free_bytes=disk.free_bytes(cfg.output_dir),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="axolotl-savefix", description="Exact checkpoints for Axolotl.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    plan_cmd = commands.add_parser("plan", help="print which steps a run saves, keeps and evaluates, stock and patched")
+    plan_cmd.add_argument("config", type=Path, help="the Axolotl YAML config")
+    plan_cmd.add_argument(
+        "--steps-per-epoch", type=int, metavar="N", help="optimizer steps per epoch: skip Axolotl and the data set"
+    )
+    plan_cmd.add_argument("--json", action="store_true", help="print the plan as JSON")
+    args = parser.parse_args(argv)
+
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
+        parser.error(f"--steps-per-epoch {args.steps_per_epoch}: give a positive number of optimizer steps per epoch")
+    raw = _read_yaml(args.config)
+    if args.steps_per_epoch:
+        result = plan_from_steps(raw, args.steps_per_epoch)
+    else:
+        result = plan_from_data(args.config, raw)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(render(result, str(args.config)))
+    return 1 if result.lost else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""The checkpoint plan of a run, stock and patched: pure, no Axolotl import.
+
+:func:`make_plan` takes the save/eval settings of a config and the run's shape
+(batches per epoch, gradient accumulation, the step the run stops at) and says
+which steps stock Axolotl and the patched one save, keep and evaluate, how much
+disk the kept checkpoints take, and which requested checkpoints a run loses.
+Used by ``axolotl-savefix plan`` and logged at the start of every patched run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import disk, schedule
+from .disk import UPSTREAM_DEFAULT, resolve_default_limit
+
+PLUGIN = "axolotl_savefix.SaveFixPlugin"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The keys of an Axolotl config that decide saves and evals (validated or not)."""
+
+    num_epochs: float = 1
+    grad_accum: int = 1
+    max_steps: int | None = None
+    saves_per_epoch: int | None = None
+    save_steps: float | None = None
+    save_strategy: str | None = None
+    save_total_limit: int | None = None
+    save_first_step: bool = False
+    evals_per_epoch: int | None = None
+    eval_steps: float | None = None
+    eval_strategy: str | None = None
+    has_eval: bool = False
+    patched: bool = False
+    margin: float = disk.DEFAULT_MARGIN
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Settings:
+        plugins = cfg.get("plugins") or []
+        margin = cfg.get("savefix_disk_margin")
+        return cls(
+            num_epochs=cfg.get("num_epochs") or 1,
+            grad_accum=cfg.get("gradient_accumulation_steps") or 1,
+            max_steps=cfg.get("max_steps") or None,
+            saves_per_epoch=cfg.get("saves_per_epoch"),
+            save_steps=cfg.get("save_steps"),
+            save_strategy=cfg.get("save_strategy"),
+            save_total_limit=cfg.get("save_total_limit"),
+            save_first_step=bool(cfg.get("save_first_step")),
+            evals_per_epoch=cfg.get("evals_per_epoch"),
+            eval_steps=cfg.get("eval_steps"),
+            eval_strategy=cfg.get("eval_strategy"),
+            has_eval=bool(cfg.get("val_set_size") or cfg.get("test_datasets")),
+            patched=PLUGIN in plugins,
+            margin=disk.DEFAULT_MARGIN if margin is None else float(margin),
+        )
+
+
+@dataclass
+class Schedule:
+    saved: list[int] | None  # None: decided at run time (save_strategy: best)
+    kept: list[int] | None
+    limit: int | None  # None: keeps every checkpoint
+    evals: list[int]
+
+
+@dataclass
+class Plan:
+    batches_per_epoch: int
+    grad_accum: int
+    steps_per_epoch: int
+    num_epochs: float
+    max_steps: int
+    epochs_end_at: int  # the step at which num_epochs would end
+    stock: Schedule
+    patched: Schedule
+    patched_run: bool
+    requested: list[int]
+    lost: list[int]
+    checkpoint_bytes: int | None = None
+    checkpoint_measured: bool = False
+    free_bytes: int | None = None
+    margin: float = disk.DEFAULT_MARGIN
+    limit_lowered_for_disk: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def run(self) -> Schedule:
+        return self.patched if self.patched_run else self.stock
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _strategy(value: Any) -> str | None:
+    return None if value is None else str(getattr(value, "value", value))
+
+
+def _interval_or_epochs(shape: schedule.RunShape, steps: float | None, strategy: str | None) -> list[int] | None:
+    """What Transformers does with a step interval / a strategy (the shared, unpatched part)."""
+    if steps:
+        return shape.interval_steps(steps)
+    if strategy in (None, "epoch"):
+        return shape.epoch_end_steps()
+    if strategy == "steps":  # steps strategy, no interval given: Transformers' default of 500
+        return shape.interval_steps(500)
+    if strategy == "no":
+        return []
+    return None  # "best": decided by the metric
+
+
+def _stock_saves(s: Settings, shape: schedule.RunShape) -> list[int] | None:
+    steps, strategy = s.save_steps, _strategy(s.save_strategy)
+    if s.saves_per_epoch:
+        steps = schedule.stock_save_steps_ratio(s.saves_per_epoch, s.num_epochs)
+    return _interval_or_epochs(shape, steps, strategy)
+
+
+def _patched_saves(s: Settings, shape: schedule.RunShape) -> list[int] | None:
+    if s.saves_per_epoch:
+        return shape.per_epoch_steps(s.saves_per_epoch)
+    return _interval_or_epochs(shape, s.save_steps, _strategy(s.save_strategy))
+
+
+def _first_step(s: Settings, saved: list[int] | None) -> list[int] | None:
+    if saved is None or not s.save_first_step or 1 in saved:
+        return saved
+    return [1, *saved]
+
+
+def _evals(s: Settings, shape: schedule.RunShape, *, patched: bool) -> list[int]:
+    strategy = _strategy(s.eval_strategy)
+    if not s.has_eval or strategy == "no":
+        return []
+    if s.evals_per_epoch:
+        if patched:
+            return [0, *shape.per_epoch_steps(s.evals_per_epoch)]
+        ratio = 1.0 / (s.evals_per_epoch * s.num_epochs)
+        return [0, *shape.interval_steps(ratio)] if ratio < 1.0 else []
+    if s.eval_steps:
+        return [0, *shape.interval_steps(s.eval_steps)]
+    if strategy == "epoch":
+        return [0, *shape.epoch_end_steps()]
+    return []
+
+
+def _kept(saved: list[int] | None, limit: int | None) -> list[int] | None:
+    if saved is None:
+        return None
+    return list(saved) if not limit else saved[-limit:]
+
+
+def make_plan(
+    settings: Settings,
+    batches_per_epoch: int,
+    max_steps: int,
+    *,
+    checkpoint_bytes: int | None = None,
+    checkpoint_measured: bool = False,
+    free_bytes: int | None = None,
+) -> Plan:
+    """The plan for a run of ``batches_per_epoch`` batches per epoch that stops at ``max_steps``."""
+    s = settings
+    shape = schedule.RunShape(batches_per_epoch, s.grad_accum, max_steps)
+    stock_saved = _first_step(s, _stock_saves(s, shape))
+    patched_saved = _first_step(s, _patched_saves(s, shape))
+
+    stock_limit = s.save_total_limit or UPSTREAM_DEFAULT
+    lowered = False
+    if s.save_total_limit is None:
+        planned = len(patched_saved) if patched_saved is not None else UPSTREAM_DEFAULT
+        patched_limit, lowered = resolve_default_limit(planned, checkpoint_bytes, free_bytes, s.margin)
+    else:
+        patched_limit = s.save_total_limit or None  # 0 keeps every checkpoint
+
+    stock = Schedule(stock_saved, _kept(stock_saved, stock_limit), stock_limit, _evals(s, shape, patched=False))
+    patched = Schedule(patched_saved, _kept(patched_saved, patched_limit), patched_limit, _evals(s, shape, patched=True))
+
+    requested = list(patched_saved or [])
+    run = patched if s.patched else stock
+    # an explicit save_total_limit is the user's own choice: only misplaced saves count as lost then
+    have = run.saved if s.save_total_limit else run.kept
+    lost = [step for step in requested if step not in set(have or [])]
+
+    S = shape.steps_per_epoch
+    epochs_end_at = math.ceil(s.num_epochs * S)
+    notes = []
+    if s.max_steps is None and max_steps < epochs_end_at:
+        notes.append(
+            f"the last epoch ends at step {epochs_end_at}, the run stops at {max_steps}: Axolotl counts "
+            "samples / batch size, one step short when gradient accumulation does not divide the batches per epoch"
+        )
+    return Plan(
+        batches_per_epoch=batches_per_epoch,
+        grad_accum=s.grad_accum,
+        steps_per_epoch=S,
+        num_epochs=s.num_epochs,
+        max_steps=max_steps,
+        epochs_end_at=epochs_end_at,
+        stock=stock,
+        patched=patched,
+        patched_run=s.patched,
+        requested=requested,
+        lost=lost,
+        checkpoint_bytes=checkpoint_bytes,
+        checkpoint_measured=checkpoint_measured,
+        free_bytes=free_bytes,
+        margin=s.margin,
+        limit_lowered_for_disk=lowered,
+        notes=notes,
+    )
+
+
+def steps_text(steps: list[int] | None, *, head: int = 6, tail: int = 4) -> str:
+    if steps is None:
+        return "decided by the metric (save_strategy: best)"
+    if not steps:
+        return "none"
+    if len(steps) <= head + tail + 1:
+        body = " ".join(map(str, steps))
+    else:
+        body = " ".join(map(str, steps[:head])) + " ... " + " ".join(map(str, steps[-tail:]))
+    return f"{body} ({len(steps)})"
+
+
+def _kept_text(sched: Schedule) -> str:
+    if sched.saved is not None and sched.kept == sched.saved:
+        return f"all {len(sched.saved)}" if sched.saved else "none"
+    return steps_text(sched.kept)
+
+
+def render(plan: Plan, source: str = "") -> str:
+    """The human-readable plan (``axolotl-savefix plan``)."""
+    which = "patched (the plugin is in the config)" if plan.patched_run else f"stock (add `plugins: [{PLUGIN}]` to fix)"
+    lines = [
+        f"checkpoint plan{f' for {source}' if source else ''}: this run is {which}",
+        f"  {plan.batches_per_epoch} batches per epoch, gradient accumulation {plan.grad_accum}: "
+        f"{plan.steps_per_epoch} optimizer steps per epoch; {plan.num_epochs:g} epochs; the run stops at step {plan.max_steps}",
+    ]
+    lines += [f"  note: {note}" for note in plan.notes]
+    width = max(len(steps_text(plan.stock.saved)), len(steps_text(plan.patched.saved)), 5)
+    lines.append(f"  {'':8}{'saves at':<{width}}  keeps")
+    for name, sched in (("stock", plan.stock), ("patched", plan.patched)):
+        lines.append(f"  {name:<8}{steps_text(sched.saved):<{width}}  {_kept_text(sched)}")
+    if plan.stock.evals or plan.patched.evals:
+        lines.append(f"  evals   stock {steps_text(plan.stock.evals)}; patched {steps_text(plan.patched.evals)}")
+    if plan.checkpoint_bytes:
+        how = "measured" if plan.checkpoint_measured else "estimated"
+        kept = plan.patched.kept or []
+        disk_line = (
+            f"  disk: one checkpoint {disk.human(plan.checkpoint_bytes)} ({how}); patched keeps {len(kept)}: "
+            f"{disk.human(plan.checkpoint_bytes * len(kept))}"
+        )
+        if plan.free_bytes is not None:
+            disk_line += f"; {disk.human(plan.free_bytes)} free in output_dir (margin {plan.margin:.0%})"
+        lines.append(disk_line)
+        if plan.limit_lowered_for_disk:
+            lines.append(
+                f"  disk: not every scheduled checkpoint fits: keeping the newest {plan.patched.limit}; "
+                "set save_total_limit to choose, or free space"
+            )
+    if plan.lost:
+        lines.append(f"  LOST by this run: {steps_text(plan.lost)} of the {len(plan.requested)} checkpoints asked for")
+    else:
+        lines.append(f"  every one of the {len(plan.requested)} checkpoints asked for is saved and kept")
+    return "\n".join(lines)
+
+
+def log_lines(plan: Plan) -> list[str]:
+    """The few lines a patched run logs at its start."""
+    p = plan.patched
+    limit = "all" if p.limit is None or (p.saved is not None and p.limit >= len(p.saved)) else f"the newest {p.limit}"
+    lines = [
+        f"plan: {plan.steps_per_epoch} steps per epoch, stops at step {plan.max_steps}; "
+        f"saves at {steps_text(p.saved)}, keeps {limit}",
+    ]
+    if p.evals:
+        lines.append(f"plan: evaluates at {steps_text(p.evals)}")
+    lines += [f"plan: {note}" for note in plan.notes]
+    return lines
