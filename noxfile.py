@@ -166,6 +166,129 @@ def bench_plan(session: nox.Session) -> None:
     session.run("python", str(ROOT / "tests" / "bench_plan.py"), out, env=UNBUFFERED)
 
 
+UPSTREAM_DIFF = ROOT / "docs" / "upstream" / "axolotl-per-epoch.diff"
+# Axolotl's own tests that touch the changed code (config validation, normalize_config, the
+# builder, the callbacks), plus the new unit tests. The new e2e test needs the Hugging Face Hub.
+UPSTREAM_TESTS = [
+    "tests/utils/schemas/validation",
+    "tests/core/test_builders.py",
+    "tests/test_normalize_config.py",
+    "tests/utils/callbacks",
+]
+NEW_TESTS = "tests/utils/callbacks/test_per_epoch.py"
+
+
+def _sdist(session: nox.Session, version: str, work: Path) -> Path:
+    """Axolotl's sdist from PyPI, unpacked fresh into ``work``: its src/, tests/ and pyproject.toml."""
+    archive = work / f"axolotl-{version}.tar.gz"
+    if not archive.exists():
+        session.run(
+            "python", "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+            "--ignore-requires-python", f"axolotl=={version}", "-d", str(work),
+        )  # fmt: skip
+    tree = work / f"axolotl-{version}"
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.unpack_archive(archive, work)
+    return tree
+
+
+def _junit_outcomes(path: Path) -> dict[str, str]:
+    import xml.etree.ElementTree as ET
+
+    outcomes = {}
+    for case in ET.parse(path).iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        bad = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        outcomes[name] = bad[0] if bad else "passed"
+    return outcomes
+
+
+def _axolotl_tests(session: nox.Session, python: str, tree: Path, report: Path, *paths: str) -> dict[str, str]:
+    hub_offline = str(ROOT / "tests" / "upstream")
+    with session.chdir(tree):
+        session.run(
+        python, "-m", "pytest", "-p", "hub_offline", "-p", "no:cacheprovider", "-q", "--tb=short",
+        f"--junitxml={report}", *paths,
+        env={**UNBUFFERED, "PYTHONPATH": hub_offline}, external=True, success_codes=[0, 1], silent=True,
+        )  # fmt: skip
+    return _junit_outcomes(report)
+
+
+@nox.session(python="3.11")
+def upstream(session: nox.Session) -> None:
+    """The upstream pull request, verified: docs/upstream/axolotl-per-epoch.diff on Axolotl's own source.
+
+    Applies the diff to the 0.19.0 sdist and (dry run) to 0.21.0; lints the changed files with
+    Axolotl's ruff settings and pinned version; runs Axolotl's tests for the changed code, stock
+    and patched (offline: tests that need the Hub fail both ways, so the gate is "nothing that
+    passed on stock fails patched, and every new test passes"); installs the patched Axolotl in a
+    fresh venv and runs our e2e cases there without axolotl_savefix.
+    """
+    work = ROOT / ".nox" / "upstream-work"
+    work.mkdir(parents=True, exist_ok=True)
+    diff = str(UPSTREAM_DIFF)
+    newest = _sdist(session, "0.21.0", work)
+    with session.chdir(newest):
+        # no fuzz: every context line must match (line offsets are fine)
+        session.run("patch", "-p1", "-F0", "--batch", "--dry-run", "-i", diff, external=True)
+    session.log("diff applies cleanly to axolotl 0.21.0 (dry run)")
+    stock = _sdist(session, "0.19.0", work)
+    patched = work / "axolotl-0.19.0-patched"
+    shutil.rmtree(patched, ignore_errors=True)
+    shutil.copytree(stock, patched)
+    with session.chdir(patched):
+        session.run("patch", "-p1", "-F0", "--batch", "-i", diff, external=True)
+    session.log("diff applied to axolotl 0.19.0")
+
+    # lint with Axolotl's own settings (its pyproject.toml) and its pinned ruff
+    pre_commit = (patched / ".pre-commit-config.yaml").read_text()
+    ruff_rev = pre_commit.split("astral-sh/ruff-pre-commit", 1)[1].split("rev:", 1)[1].split()[0].lstrip("v")
+    session.install(f"ruff=={ruff_rev}")
+    changed = [line[6:] for line in UPSTREAM_DIFF.read_text().splitlines() if line.startswith("+++ b/")]
+    with session.chdir(patched):
+        session.run("ruff", "check", *changed)
+        session.run("ruff", "format", "--check", *changed)
+
+    # a fresh venv: the patched Axolotl on top of the shared 0.19.0 environment's dependencies
+    shared = axolotl_env(session, "0.19.0")
+    venv = ROOT / ".nox" / "upstream-axolotl-0.19.0"
+    session.run(_python("3.11"), "-m", "venv", "--clear", str(venv), external=True)
+    python = str(venv / "bin" / "python")
+    site = session.run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", silent=True, external=True)
+    shared_site = session.run(
+        str(shared), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", silent=True, external=True
+    )
+    # the shared packages come after this venv's own, so the patched Axolotl wins; .pth files
+    # there (our editable install) are not processed, so axolotl_savefix is not importable
+    (Path(site.strip()) / "shared-axolotl-deps.pth").write_text(shared_site.strip() + "\n")
+    session.run(python, "-m", "pip", "install", "--quiet", "--no-deps", str(patched), external=True)
+
+    stock_results = _axolotl_tests(session, str(shared), stock, work / "stock.xml", *UPSTREAM_TESTS)
+    patched_results = _axolotl_tests(session, python, patched, work / "patched.xml", *UPSTREAM_TESTS)
+    new = {k: v for k, v in patched_results.items() if "test_per_epoch" in k}
+    regressions = sorted(k for k, v in patched_results.items() if v != "passed" and stock_results.get(k) == "passed")
+    failing_new = sorted(k for k, v in new.items() if v != "passed")
+    passed = sum(v == "passed" for v in patched_results.values())
+    session.log(
+        f"Axolotl tests: {len(patched_results)} run patched, {passed} passed "
+        f"(stock: {len(stock_results)} run, {sum(v == 'passed' for v in stock_results.values())} passed); "
+        f"new: {len(new)} run, {len(new) - len(failing_new)} passed; regressions: {len(regressions)}"
+    )
+    if regressions or failing_new or not new:
+        session.error(f"regressions: {regressions}; failing new tests: {failing_new}")
+
+    # our e2e cases on upstream code alone
+    session.run(
+        python, "-m", "pytest", "-p", "no:anyio", "-p", "no:cacheprovider", str(ROOT / "tests" / "e2e" / "test_upstream.py"),
+        *session.posargs, env=venv_env(python, {"SAVEFIX_UPSTREAM": "1"}), external=True,
+    )  # fmt: skip
+    # and with the fix upstream, our package steps aside
+    session.run(
+        python, "-c", "import axolotl_savefix; assert axolotl_savefix.apply() is False; print('axolotl_savefix steps aside')",
+        env={"PYTHONPATH": str(ROOT / "patches")}, external=True,
+    )  # fmt: skip
+
+
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff")
