@@ -43,16 +43,19 @@ def axolotl_env(session: nox.Session, version: str = "0.19.0") -> Path:
     python, steps = AXOLOTL[version]
     venv = ROOT / ".nox" / f"axolotl-{version}"
     bin_dir = venv / "bin"
-    stamp_text = json.dumps({"python": python, "steps": steps, "test": TEST_DEPS})
+    # every package pinned (ci/constraints-axolotl-<version>.txt), so CI installs what was tested
+    constraints = ROOT / "ci" / f"constraints-axolotl-{version}.txt"
+    stamp_text = json.dumps({"python": python, "steps": steps, "test": TEST_DEPS, "pins": constraints.read_text()})
     stamp = venv / ".savefix-stamp"
     if not (stamp.exists() and stamp.read_text() == stamp_text):
         session.log(f"building the shared Axolotl {version} environment in {venv} (minutes, once)")
         session.run(_python(python), "-m", "venv", "--clear", str(venv), external=True)
         pip = [str(bin_dir / "python"), "-m", "pip", "install", "--quiet"]
         session.run(*pip, "--upgrade", "pip", external=True)
+        pinned = ["-c", str(constraints)]
         for step in steps:
-            session.run(*pip, *step, external=True)
-        session.run(*pip, *TEST_DEPS, external=True)
+            session.run(*pip, *pinned, *step, external=True)
+        session.run(*pip, *pinned, *TEST_DEPS, external=True)
         stamp.write_text(stamp_text)
     # this package changes between runs: always reinstall it (fast, no dependencies)
     session.run(
