@@ -282,8 +282,8 @@ def upstream(session: nox.Session) -> None:
 
     # our e2e cases on upstream code alone
     session.run(
-        python, "-m", "pytest", "-p", "no:anyio", "-p", "no:cacheprovider", str(ROOT / "tests" / "e2e" / "test_upstream.py"),
-        *session.posargs, env=venv_env(python, {"SAVEFIX_UPSTREAM": "1"}), external=True,
+        python, "-m", "pytest", "-p", "no:anyio", "-p", "no:cacheprovider", str(ROOT / "tests" / "e2e" / "upstream_cases.py"),
+        *session.posargs, env=venv_env(python), external=True,
     )  # fmt: skip
     # and with the fix upstream, our package steps aside
     session.run(

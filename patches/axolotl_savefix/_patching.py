@@ -15,9 +15,10 @@ Nothing here rewrites source text.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -108,3 +109,14 @@ def wraps(original: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callab
         return wrapper
 
     return decorate
+
+
+@contextlib.contextmanager
+def key_hidden(cfg: MutableMapping[str, Any], key: str) -> Iterator[Any]:
+    """Run a block with ``cfg[key]`` set to ``None`` (an upstream function must not see it), then put it back."""
+    value = cfg.get(key)
+    cfg[key] = None
+    try:
+        yield value
+    finally:
+        cfg[key] = value

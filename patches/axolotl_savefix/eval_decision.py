@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._patching import patch_item, wraps
+from ._patching import key_hidden, patch_item, wraps
 from ._targets import require
 from .checks import check_best_model_alignment, check_eval_config
 from .per_epoch import NEVER, EvalsPerEpochCallback
@@ -45,11 +45,8 @@ def apply() -> None:
         if not (patience and cfg.get("saves_per_epoch") and cfg.get("evals_per_epoch")):
             return validate(cfg, *args, **kwargs)
         # aligned per-epoch saves and evals (checked above): Axolotl's own check wants step intervals
-        cfg["early_stopping_patience"] = None
-        try:
+        with key_hidden(cfg, "early_stopping_patience"):
             validated = validate(cfg, *args, **kwargs)
-        finally:
-            cfg["early_stopping_patience"] = patience
         validated["early_stopping_patience"] = patience
         return validated
 
@@ -59,14 +56,10 @@ def apply() -> None:
 
     @wraps(normalize)
     def normalize_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
-        per_epoch = cfg.get("evals_per_epoch")
-        if not per_epoch:
+        if not cfg.get("evals_per_epoch"):
             return normalize(cfg, *args, **kwargs)
-        cfg["evals_per_epoch"] = None
-        try:
+        with key_hidden(cfg, "evals_per_epoch"):
             return normalize(cfg, *args, **kwargs)
-        finally:
-            cfg["evals_per_epoch"] = per_epoch
 
     patch_item(module, name, normalize_config, rebind_copies=True)
 

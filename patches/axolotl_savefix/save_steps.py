@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._patching import patch_item, wraps
+from ._patching import key_hidden, patch_item, wraps
 from ._targets import require
 from .checks import check_save_config
 
@@ -29,13 +29,9 @@ def apply() -> None:
     @wraps(original)
     def normalize_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
         check_save_config(cfg)
-        per_epoch = cfg.get("saves_per_epoch")
-        if not per_epoch:
+        if not cfg.get("saves_per_epoch"):
             return original(cfg, *args, **kwargs)
-        cfg["saves_per_epoch"] = None
-        try:
+        with key_hidden(cfg, "saves_per_epoch"):
             return original(cfg, *args, **kwargs)
-        finally:
-            cfg["saves_per_epoch"] = per_epoch
 
     patch_item(module, name, normalize_config, rebind_copies=True)

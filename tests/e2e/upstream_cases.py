@@ -1,22 +1,18 @@
 """The e2e cases on an Axolotl built from the upstream pull request, with no axolotl_savefix at all.
 
-Run by ``nox -s upstream`` (``SAVEFIX_UPSTREAM=1``) in a venv whose Axolotl has
-docs/upstream/axolotl-per-epoch.diff applied; skipped elsewhere. Expected steps
-come from tests/reference.py, as for the patched runs.
+Run only by ``nox -s upstream``, which passes this file by name (its name keeps it out of
+the default collection), in a venv whose Axolotl has docs/upstream/axolotl-per-epoch.diff
+applied. Expected steps come from tests/reference.py, as for the patched runs.
 """
 
 import importlib.util
-import os
 
 import cases
 import harness
 import pytest
 import reference
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not os.environ.get("SAVEFIX_UPSTREAM"), reason="nox -s upstream runs these"),
-]
+pytestmark = pytest.mark.e2e
 
 
 def test_our_package_is_not_there_and_axolotl_has_the_fix():
