@@ -139,7 +139,15 @@ def e2e_gpu(session: nox.Session) -> None:
 
 
 # The patched subset that must pass on every supported Axolotl release.
-COMPAT_TESTS = ["tests/axolotl", "tests/e2e/test_matrix.py", "tests/e2e/test_cli.py", "-k", "not stock"]
+COMPAT_TESTS = [
+    "tests/axolotl",
+    "tests/e2e/test_matrix.py",
+    "tests/e2e/test_evals.py",
+    "tests/e2e/test_plan_vs_run.py",
+    "tests/e2e/test_cli.py",
+    "-k",
+    "not stock",
+]
 
 
 @nox.session(venv_backend="none")
