@@ -89,10 +89,6 @@ class Plan:
     limit_lowered_for_disk: bool = False
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def run(self) -> Schedule:
-        return self.patched if self.patched_run else self.stock
-
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
