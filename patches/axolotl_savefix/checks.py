@@ -69,6 +69,12 @@ def _divisors(k: int) -> str:
     return ", ".join(str(d) for d in range(1, k + 1) if k % d == 0)
 
 
+def _instead_of(cfg: Mapping[str, Any], steps_key: str, strategy_key: str) -> str:
+    key = steps_key if cfg.get(steps_key) else strategy_key
+    value = cfg.get(key)
+    return f" instead of {key}: {value!r}." if value else "."
+
+
 def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
     """``load_best_model_at_end`` / ``early_stopping_patience`` need an evaluation at every save.
 
@@ -94,15 +100,11 @@ def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
             f"or saves_per_epoch to a divisor of {k_eval} ({_divisors(k_eval)})."
         )
     if k_save:
-        other = cfg.get("eval_steps") or cfg.get("eval_strategy")
         raise SaveFixConfigError(
             f"{why} needs an evaluation at every save: with saves_per_epoch: {k_save}, set evals_per_epoch "
-            f"to a multiple of {k_save} ({_multiples(k_save)})"
-            + (f" instead of {'eval_steps' if cfg.get('eval_steps') else 'eval_strategy'}: {other!r}." if other else ".")
+            f"to a multiple of {k_save} ({_multiples(k_save)})" + _instead_of(cfg, "eval_steps", "eval_strategy")
         )
-    other = cfg.get("save_steps") or cfg.get("save_strategy")
     raise SaveFixConfigError(
         f"{why} needs an evaluation at every save: with evals_per_epoch: {k_eval}, set saves_per_epoch "
-        f"to a divisor of {k_eval} ({_divisors(k_eval)})"
-        + (f" instead of {'save_steps' if cfg.get('save_steps') else 'save_strategy'}: {other!r}." if other else ".")
+        f"to a divisor of {k_eval} ({_divisors(k_eval)})" + _instead_of(cfg, "save_steps", "save_strategy")
     )

@@ -65,6 +65,11 @@ def estimate_checkpoint_bytes(
     return weights + optim
 
 
+def budget(available_bytes: int, margin: float = DEFAULT_MARGIN) -> int:
+    """The bytes checkpoints may use: ``available_bytes`` less the margin."""
+    return int(available_bytes * (1.0 - margin))
+
+
 def fitting_limit(planned: int, checkpoint_bytes: int, available_bytes: int, margin: float = DEFAULT_MARGIN) -> int:
     """``save_total_limit`` for ``planned`` checkpoints when ``available_bytes`` can hold them.
 
@@ -77,10 +82,10 @@ def fitting_limit(planned: int, checkpoint_bytes: int, available_bytes: int, mar
         return MIN_KEPT
     if checkpoint_bytes <= 0:
         return planned
-    budget = int(available_bytes * (1.0 - margin))
-    if planned * checkpoint_bytes <= budget:
+    room = budget(available_bytes, margin)
+    if planned * checkpoint_bytes <= room:
         return planned
-    return max(MIN_KEPT, min(planned, budget // checkpoint_bytes - 1))
+    return max(MIN_KEPT, min(planned, room // checkpoint_bytes - 1))
 
 
 def human(n: float) -> str:

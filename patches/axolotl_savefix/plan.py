@@ -113,7 +113,7 @@ def _interval_or_epochs(shape: schedule.RunShape, steps: float | None, strategy:
 def _stock_saves(s: Settings, shape: schedule.RunShape) -> list[int] | None:
     steps, strategy = s.save_steps, _strategy(s.save_strategy)
     if s.saves_per_epoch:
-        steps = schedule.stock_save_steps_ratio(s.saves_per_epoch, s.num_epochs)
+        steps = schedule.stock_per_epoch_ratio(s.saves_per_epoch, s.num_epochs)
     return _interval_or_epochs(shape, steps, strategy)
 
 
@@ -136,8 +136,8 @@ def _evals(s: Settings, shape: schedule.RunShape, *, patched: bool) -> list[int]
     if s.evals_per_epoch:
         if patched:
             return [0, *shape.per_epoch_steps(s.evals_per_epoch)]
-        ratio = 1.0 / (s.evals_per_epoch * s.num_epochs)
-        return [0, *shape.interval_steps(ratio)] if ratio < 1.0 else []
+        ratio = schedule.stock_per_epoch_ratio(s.evals_per_epoch, s.num_epochs)
+        return [0, *shape.interval_steps(ratio)] if ratio is not None else []
     if s.eval_steps:
         return [0, *shape.interval_steps(s.eval_steps)]
     if strategy == "epoch":

@@ -108,7 +108,7 @@ class PlanCallback(TrainerCallback):
         saves = len(run_plan.patched.saved or [])
         if run_plan.limit_lowered_for_disk:
             floor_note = ""
-            if (args.save_total_limit + 1) * size > (run_plan.free_bytes or 0) * (1 - run_plan.margin):
+            if (args.save_total_limit + 1) * size > disk.budget(run_plan.free_bytes or 0, run_plan.margin):
                 floor_note = f" Even {args.save_total_limit} (the floor, for a resume) may not fit: free space now."
             log_once(
                 f"disk:{id(self)}",

@@ -89,13 +89,13 @@ def epoch_end_steps(batches_per_epoch: int, grad_accum: int, max_steps: int) -> 
     return per_epoch_steps(batches_per_epoch, grad_accum, 1, max_steps)
 
 
-def stock_save_steps_ratio(saves_per_epoch: int, num_epochs: float) -> float | None:
-    """The ratio stock Axolotl's ``normalize_config`` derives from ``saves_per_epoch``.
+def stock_per_epoch_ratio(per_epoch: int, num_epochs: float) -> float | None:
+    """The ratio stock Axolotl's ``normalize_config`` derives from ``saves_per_epoch`` / ``evals_per_epoch``.
 
-    ``None`` where stock sets no ``save_steps`` (ratio >= 1: it falls back to
-    saving each epoch).
+    ``None`` where stock sets no ``save_steps`` / ``eval_steps`` (ratio >= 1: saves
+    fall back to each epoch, evals to none at all).
     """
-    ratio = 1.0 / (saves_per_epoch * num_epochs)
+    ratio = 1.0 / (per_epoch * num_epochs)
     return ratio if ratio < 1.0 else None
 
 

@@ -67,7 +67,7 @@ def test_every_target_saves_once_and_nothing_else(run):
 def test_stock_interval_rule_matches_the_reference(run):
     L, G, k, epochs, frac = run
     M = _max_steps(L, G, epochs, frac)
-    ratio = schedule.stock_save_steps_ratio(k, epochs)
+    ratio = schedule.stock_per_epoch_ratio(k, epochs)
     if ratio is None:
         assert schedule.epoch_end_steps(L, G, M) == reference.stock_saves(L, G, k, epochs, M)
     else:
