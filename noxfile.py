@@ -150,11 +150,32 @@ COMPAT_TESTS = [
 ]
 
 
+def examples_impl(session: nox.Session, axolotl: str) -> None:
+    """Axolotl's own example configs (from the sdist of ``axolotl``) stock vs with the plugin line."""
+    work = ROOT / ".nox" / "examples-work"
+    work.mkdir(parents=True, exist_ok=True)
+    tree = _sdist(session, axolotl, work)
+    report = ROOT / ".nox" / f"examples-{axolotl}.json"
+    env = {"SAVEFIX_EXAMPLES_ROOT": str(tree), "SAVEFIX_EXAMPLES_REPORT": str(report)}
+    tests_impl(session, "tests/examples/corpus_test.py", "-s", axolotl=axolotl, env=env)
+    session.log(f"per-config results: {report}")
+
+
+@nox.session(venv_backend="none")
+def examples(session: nox.Session) -> None:
+    """Every example config in Axolotl 0.19.0's sdist: what stock accepts, the plugin accepts (about a minute)."""
+    examples_impl(session, "0.19.0")
+
+
 @nox.session(venv_backend="none")
 @nox.parametrize("axolotl", list(AXOLOTL))
 def compat(session: nox.Session, axolotl: str) -> None:
-    """The patched e2e subset on each supported Axolotl release (0.21.0 needs python3.12: PYENV_VERSION=3.11.7:3.12.1)."""
+    """The patched e2e subset and the example corpus on each supported Axolotl release.
+
+    0.21.0 needs python3.12: PYENV_VERSION=3.11.7:3.12.1.
+    """
     tests_impl(session, *COMPAT_TESTS, axolotl=axolotl)
+    examples_impl(session, axolotl)
 
 
 @nox.session(venv_backend="none")
@@ -194,8 +215,8 @@ def _sdist(session: nox.Session, version: str, work: Path) -> Path:
     archive = work / f"axolotl-{version}.tar.gz"
     if not archive.exists():
         session.run(
-            "python", "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-            "--ignore-requires-python", f"axolotl=={version}", "-d", str(work),
+            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+            "--ignore-requires-python", f"axolotl=={version}", "-d", str(work), external=True,
         )  # fmt: skip
     tree = work / f"axolotl-{version}"
     shutil.rmtree(tree, ignore_errors=True)

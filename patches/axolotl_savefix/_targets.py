@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 SUPPORTED = "0.19.0 to 0.21.0"
@@ -39,11 +41,25 @@ def savefix_version() -> str:
 
 
 def upstream_fixed() -> bool:
-    """True where the installed Axolotl ships the exact per-epoch schedule itself."""
+    """True where the installed Axolotl ships the exact per-epoch schedule itself.
+
+    Looks for the module's file without importing anything: ``find_spec`` of a
+    submodule imports its parent package (``axolotl.utils.callbacks``, about a
+    second and a half of imports) at plugin registration.
+    """
+    if sys.modules.get(UPSTREAM_FIX_MODULE) is not None:
+        return True
     try:
-        return importlib.util.find_spec(UPSTREAM_FIX_MODULE) is not None
-    except ModuleNotFoundError:
+        spec = importlib.util.find_spec("axolotl")
+    except (ImportError, ValueError):
         return False
+    *_, leaf = UPSTREAM_FIX_MODULE.split(".")
+    relative = Path(*UPSTREAM_FIX_MODULE.split(".")[1:-1])
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(location) / relative
+        if (folder / f"{leaf}.py").is_file() or (folder / leaf / "__init__.py").is_file():
+            return True
+    return False
 
 
 def require(module_name: str, path: str, params: tuple[str, ...] = ()) -> tuple[Any, str, Any]:

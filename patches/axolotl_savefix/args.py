@@ -1,8 +1,21 @@
-"""The config keys SaveFixPlugin adds to Axolotl's schema (through ``get_input_args``)."""
+"""The config key axolotl-savefix reads, ``savefix_disk_margin``, and its check.
+
+Not merged into Axolotl's schema through ``get_input_args`` (that costs every run
+a rebuild of the whole schema): the ``save_limit`` patch checks it with
+:func:`disk_margin` before Axolotl validates, and puts it back afterwards
+(Axolotl's schema drops keys it does not know).
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from .checks import SaveFixConfigError
+
+KEY = "savefix_disk_margin"
 
 
 class SaveFixArgs(BaseModel):
@@ -17,3 +30,17 @@ class SaveFixArgs(BaseModel):
             "(default 0.1). Checkpoints that do not fit are rotated, newest kept, never fewer than 2."
         },
     )
+
+
+def disk_margin(cfg: Mapping[str, Any]) -> float | None:
+    """``savefix_disk_margin`` from a config, checked: ``None`` when unset."""
+    value = cfg.get(KEY)
+    if value is None:
+        return None
+    try:
+        return SaveFixArgs(savefix_disk_margin=value).savefix_disk_margin
+    except ValidationError:
+        raise SaveFixConfigError(
+            f"{KEY}: {value!r} is not a share of the free space. Set it to a number from 0 up to (not "
+            "including) 1, for example 0.1 to leave 10% of output_dir's free space free, or remove it."
+        ) from None

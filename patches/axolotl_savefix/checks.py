@@ -13,26 +13,47 @@ class SaveFixConfigError(ValueError):
     """A save setting that cannot do what the user asked."""
 
 
+# Save/eval strategies that never act at epoch fractions. With a per-epoch key
+# stock Axolotl silently overrides them with its float ratio (saves anyway under
+# "no", at drifting steps under "epoch"), so the combination is refused; the one
+# exception is "epoch" with 1 per epoch, which asks for the same steps twice.
 _STRATEGIES_WITHOUT_FRACTIONS = ("no", "epoch", "best")
 
 
-def check_per_epoch(cfg: Mapping[str, Any], key: str, interval_key: str, strategy_key: str) -> None:
-    """``saves_per_epoch`` / ``evals_per_epoch``: a positive integer, alone."""
+def per_epoch_value(cfg: Mapping[str, Any], key: str) -> int | None:
+    """``saves_per_epoch`` / ``evals_per_epoch`` as the fix uses it: ``None`` when off.
+
+    Unset and ``0`` both mean off, as in stock Axolotl (``if cfg.saves_per_epoch:``).
+    """
     value = cfg.get(key)
+    if value is None or (value == 0 and not isinstance(value, str)):
+        return None
+    return value
+
+
+def strategy_of(cfg: Mapping[str, Any], key: str) -> str | None:
+    """``save_strategy`` / ``eval_strategy`` as a plain string (a validated config may hold an enum)."""
+    value = cfg.get(key)
+    return None if value is None else str(getattr(value, "value", value))
+
+
+def check_per_epoch(cfg: Mapping[str, Any], key: str, interval_key: str, strategy_key: str) -> None:
+    """``saves_per_epoch`` / ``evals_per_epoch``: off (unset or 0), or a positive integer, alone."""
+    value = per_epoch_value(cfg, key)
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise SaveFixConfigError(
-            f"{key}: {value!r} is not a positive integer. Set {key} to how many times per "
-            f"epoch you want it (1 or more), or remove {key}."
+            f"{key}: {value!r} is not a whole number of times per epoch. Set {key} to how many times "
+            f"per epoch you want it (1 or more), or to 0 (or remove it) for none."
         )
     if cfg.get(interval_key):
         raise SaveFixConfigError(
             f"{key}: {value} and {interval_key}: {cfg.get(interval_key)!r} both set the schedule. "
             f"Keep one: remove {interval_key} to get {value} per epoch, or remove {key}."
         )
-    strategy = cfg.get(strategy_key)
-    if strategy in _STRATEGIES_WITHOUT_FRACTIONS:
+    strategy = strategy_of(cfg, strategy_key)
+    if strategy in _STRATEGIES_WITHOUT_FRACTIONS and not (strategy == "epoch" and value == 1):
         raise SaveFixConfigError(
             f"{key}: {value} conflicts with {strategy_key}: {strategy!r}, which never runs at "
             f"epoch fractions. Remove {strategy_key} (or set it to 'steps') to get {value} per "
@@ -41,10 +62,11 @@ def check_per_epoch(cfg: Mapping[str, Any], key: str, interval_key: str, strateg
 
 
 def check_save_total_limit(cfg: Mapping[str, Any]) -> None:
+    """Any integer is accepted, as in stock: positive keeps that many, 0 or negative keeps all (Transformers)."""
     value = cfg.get("save_total_limit")
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int):
         raise SaveFixConfigError(
             f"save_total_limit: {value!r} is not allowed. Use a positive number to keep that "
             "many checkpoints, 0 to keep every checkpoint, or leave it unset to keep every "
@@ -87,8 +109,8 @@ def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
         return
     if not (cfg.get("val_set_size") or cfg.get("test_datasets")):
         return
-    k_save, k_eval = cfg.get("saves_per_epoch"), cfg.get("evals_per_epoch")
-    if not (k_save or k_eval) or cfg.get("save_strategy") == "best":
+    k_save, k_eval = per_epoch_value(cfg, "saves_per_epoch"), per_epoch_value(cfg, "evals_per_epoch")
+    if not (k_save or k_eval) or strategy_of(cfg, "save_strategy") == "best":
         return
     if k_save and k_eval and k_eval % k_save == 0:
         return

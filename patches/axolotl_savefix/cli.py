@@ -10,7 +10,8 @@
   device: no weights are loaded).
 
 Exit status: 0 when every requested checkpoint is saved and kept by this run,
-1 when the run would lose one, 2 for a usage error.
+1 when the run would lose one, 2 for a usage error or a config that the
+patched run refuses (the message names the key, the value and the fix).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from . import disk
+from . import checks, disk
 from .plan import Plan, Settings, make_plan, render
 
 
@@ -139,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
         parser.error(f"--steps-per-epoch {args.steps_per_epoch}: give a positive number of optimizer steps per epoch")
     raw = _read_yaml(args.config)
+    try:  # what the patched run refuses at config time, the plan refuses too (it has no patched column)
+        checks.check_save_config(raw)
+        checks.check_eval_config(raw)
+        checks.check_best_model_alignment(raw)
+    except checks.SaveFixConfigError as err:
+        print(f"axolotl-savefix plan: {args.config}: {err}", file=sys.stderr)
+        return 2
     if args.steps_per_epoch:
         result = plan_from_steps(raw, args.steps_per_epoch)
     else:

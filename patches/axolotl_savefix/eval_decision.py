@@ -39,15 +39,17 @@ def apply() -> None:
 
     @wraps(validate)
     def validate_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
-        check_eval_config(cfg)
-        check_best_model_alignment(cfg)
         patience = cfg.get("early_stopping_patience")
         if not (patience and cfg.get("saves_per_epoch") and cfg.get("evals_per_epoch")):
-            return validate(cfg, *args, **kwargs)
-        # aligned per-epoch saves and evals (checked above): Axolotl's own check wants step intervals
-        with key_hidden(cfg, "early_stopping_patience"):
             validated = validate(cfg, *args, **kwargs)
-        validated["early_stopping_patience"] = patience
+        else:
+            # per-epoch saves and evals (aligned: checked below): Axolotl's own check wants step intervals
+            with key_hidden(cfg, "early_stopping_patience"):
+                validated = validate(cfg, *args, **kwargs)
+            validated["early_stopping_patience"] = patience
+        # on Axolotl's validated values (its schema coerces and refuses first, as in stock)
+        check_eval_config(validated)
+        check_best_model_alignment(validated)
         return validated
 
     patch_item(module, name, validate_config, rebind_copies=True)

@@ -47,7 +47,7 @@ class Settings:
             num_epochs=cfg.get("num_epochs") or 1,
             grad_accum=cfg.get("gradient_accumulation_steps") or 1,
             max_steps=cfg.get("max_steps") or None,
-            saves_per_epoch=cfg.get("saves_per_epoch"),
+            saves_per_epoch=cfg.get("saves_per_epoch"),  # 0: off, as in stock
             save_steps=cfg.get("save_steps"),
             save_strategy=cfg.get("save_strategy"),
             save_total_limit=cfg.get("save_total_limit"),
@@ -148,7 +148,20 @@ def _evals(s: Settings, shape: schedule.RunShape, *, patched: bool) -> list[int]
 def _kept(saved: list[int] | None, limit: int | None) -> list[int] | None:
     if saved is None:
         return None
-    return list(saved) if not limit else saved[-limit:]
+    return list(saved) if not limit or limit < 0 else saved[-limit:]
+
+
+def _fallback(s: Settings, what: str) -> str:
+    """What a run does for saves / evals when its per-epoch key is 0 (off)."""
+    if what == "saves":
+        if s.save_steps:
+            return f"save_steps: {s.save_steps:g}"
+        strategy = _strategy(s.save_strategy)
+        return f"save_strategy: {strategy!r}" if strategy else "every epoch end (Axolotl's default save_strategy: 'epoch')"
+    if s.eval_steps:
+        return f"eval_steps: {s.eval_steps:g}"
+    strategy = _strategy(s.eval_strategy)
+    return f"eval_strategy: {strategy!r}" if strategy else "none"
 
 
 def make_plan(
@@ -166,13 +179,16 @@ def make_plan(
     stock_saved = _first_step(s, _stock_saves(s, shape))
     patched_saved = _first_step(s, _patched_saves(s, shape))
 
-    stock_limit = s.save_total_limit or UPSTREAM_DEFAULT
+    # stock: unset and 0 become 4; a negative value reaches Transformers, which then keeps all
+    stock_limit: int | None = s.save_total_limit or UPSTREAM_DEFAULT
+    if stock_limit is not None and stock_limit < 0:
+        stock_limit = None
     lowered = False
     if s.save_total_limit is None:
         planned = len(patched_saved) if patched_saved is not None else UPSTREAM_DEFAULT
         patched_limit, lowered = resolve_default_limit(planned, checkpoint_bytes, free_bytes, s.margin)
     else:
-        patched_limit = s.save_total_limit or None  # 0 keeps every checkpoint
+        patched_limit = s.save_total_limit if s.save_total_limit > 0 else None  # 0 (or less) keeps all
 
     stock = Schedule(stock_saved, _kept(stock_saved, stock_limit), stock_limit, _evals(s, shape, patched=False))
     patched = Schedule(patched_saved, _kept(patched_saved, patched_limit), patched_limit, _evals(s, shape, patched=True))
@@ -181,11 +197,15 @@ def make_plan(
     run = patched if s.patched else stock
     # an explicit save_total_limit is the user's own choice: only misplaced saves count as lost then
     have = run.saved if s.save_total_limit else run.kept
-    lost = [step for step in requested if step not in set(have or [])]
+    have_set = set(have or [])
+    lost = [step for step in requested if step not in have_set]
 
     S = shape.steps_per_epoch
     epochs_end_at = math.ceil(s.num_epochs * S)
     notes = []
+    for key, what in (("saves_per_epoch", "saves"), ("evals_per_epoch", "evals")):
+        if getattr(s, key) == 0 and (what == "saves" or s.has_eval):
+            notes.append(f"{key}: 0 is off, as in stock Axolotl; {what}: {_fallback(s, what)}")
     if s.max_steps is None and max_steps < epochs_end_at:
         notes.append(
             f"the last epoch ends at step {epochs_end_at}, the run stops at {max_steps}: Axolotl counts "
@@ -232,11 +252,12 @@ def _kept_text(sched: Schedule) -> str:
 
 def render(plan: Plan, source: str = "") -> str:
     """The human-readable plan (``axolotl-savefix plan``)."""
+    epochs = f"{plan.num_epochs:g} epoch{'' if plan.num_epochs == 1 else 's'}"
     which = "patched (the plugin is in the config)" if plan.patched_run else f"stock (add `plugins: [{PLUGIN}]` to fix)"
     lines = [
         f"checkpoint plan{f' for {source}' if source else ''}: this run is {which}",
         f"  {plan.batches_per_epoch} batches per epoch, gradient accumulation {plan.grad_accum}: "
-        f"{plan.steps_per_epoch} optimizer steps per epoch; {plan.num_epochs:g} epochs; the run stops at step {plan.max_steps}",
+        f"{plan.steps_per_epoch} optimizer steps per epoch; {epochs}; the run stops at step {plan.max_steps}",
     ]
     lines += [f"  note: {note}" for note in plan.notes]
     width = max(len(steps_text(plan.stock.saved)), len(steps_text(plan.patched.saved)), 5)

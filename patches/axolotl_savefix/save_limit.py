@@ -1,12 +1,15 @@
 """Defect 3: ``save_total_limit`` is forced to 4 when unset, and an explicit 0 becomes 4.
 
-Target: ``TrainerBuilderBase._configure_save_and_eval_strategy`` (the line
-``save_total_limit if save_total_limit else 4``) and ``get_callbacks``.
+Targets: ``TrainerBuilderBase._configure_save_and_eval_strategy`` (the line
+``save_total_limit if save_total_limit else 4``), ``get_callbacks``, and
+``validate_config`` (and its ``axolotl.cli.config`` copy), which checks
+``savefix_disk_margin`` and carries it past Axolotl's schema.
 
 Replacement:
 
 * an explicit positive value is kept, never changed;
-* ``0`` keeps every checkpoint (Transformers' meaning: no rotation);
+* ``0`` keeps every checkpoint (Transformers' meaning: no rotation), and so
+  does a negative value, as it does in stock (Transformers never rotates then);
 * unset: keep every checkpoint the run will save (at least upstream's 4) when
   they fit on ``output_dir``'s file system with a margin, else what fits, never
   fewer than 2 (:mod:`axolotl_savefix.disk`). The builder passes upstream's 4;
@@ -26,6 +29,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from . import args as savefix_args
 from . import disk, plan
 from ._log import log_once
 from ._patching import patch_item, wraps
@@ -33,6 +37,7 @@ from ._targets import require
 from .save_decision import CALLBACKS_TARGET, STRATEGY_TARGET
 
 UPSTREAM_DEFAULT = disk.UPSTREAM_DEFAULT
+VALIDATE_TARGET = ("axolotl.utils.config", "validate_config", ("cfg",))
 
 
 def model_checkpoint_bytes(model: Any, optimizer: str | None, save_only_model: bool = False) -> int:
@@ -122,6 +127,18 @@ class PlanCallback(TrainerCallback):
 
 
 def apply() -> None:
+    module, name, validate = require(*VALIDATE_TARGET)
+
+    @wraps(validate)
+    def validate_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        margin = savefix_args.disk_margin(cfg)  # checked first: Axolotl's schema would drop the key
+        validated = validate(cfg, *args, **kwargs)
+        if margin is not None:
+            validated[savefix_args.KEY] = margin
+        return validated
+
+    patch_item(module, name, validate_config, rebind_copies=True)
+
     owner, name, configure = require(*STRATEGY_TARGET)
 
     @wraps(configure)
@@ -130,8 +147,8 @@ def apply() -> None:
         limit = self.cfg.save_total_limit
         if limit is None:
             training_args_kwargs["save_total_limit"] = UPSTREAM_DEFAULT  # resolved at train begin
-        elif limit == 0:
-            training_args_kwargs["save_total_limit"] = None  # keep every checkpoint
+        elif limit <= 0:
+            training_args_kwargs["save_total_limit"] = None  # keep every checkpoint (Transformers' meaning of <= 0)
         else:
             training_args_kwargs["save_total_limit"] = limit
         return result

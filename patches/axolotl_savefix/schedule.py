@@ -43,14 +43,31 @@ def steps_per_epoch(batches_per_epoch: int, grad_accum: int) -> int:
 
 
 def target_steps_in_epoch(batches_per_epoch: int, grad_accum: int, per_epoch: int) -> list[int]:
-    """The in-epoch step (1..S) that reaches each target ``j/k``, j = 1..k.
+    """The in-epoch step (1..S) that reaches each target ``j/k``, j = 1..k: a list of k entries.
 
-    Several targets can land on the same step when ``k > S``.
+    Several targets can land on the same step when ``k > S``. O(k): for the
+    steps a run saves at, use :func:`steps_in_epoch`, which is O(min(k, S)).
     """
     L, G, k = batches_per_epoch, grad_accum, _positive("per_epoch", per_epoch)
     S = steps_per_epoch(L, G)
     # first s with min(s*G, L) * k >= j * L  ->  s = ceil(j*L / (k*G)), at most S
     return [min(-(-(j * L) // (k * G)), S) for j in range(1, k + 1)]
+
+
+def steps_in_epoch(batches_per_epoch: int, grad_accum: int, per_epoch: int) -> list[int]:
+    """The distinct in-epoch steps (1..S) that reach at least one target ``j/k``, sorted.
+
+    O(min(k, S)) work and memory, so ``saves_per_epoch: 10**9`` costs what
+    ``k = S`` costs. When ``k * G >= L`` every step reaches a new target (a
+    step before the last consumes G batches, that is ``k * G / L >= 1``
+    targets; the last step reaches target k), so the answer is every step;
+    otherwise ``k < L / G <= S`` and each target has its own formula
+    (:func:`target_steps_in_epoch`).
+    """
+    L, G, k = batches_per_epoch, grad_accum, _positive("per_epoch", per_epoch)
+    if k * G >= L:
+        return list(range(1, steps_per_epoch(L, G) + 1))
+    return sorted(set(target_steps_in_epoch(L, G, k)))
 
 
 def per_epoch_steps(batches_per_epoch: int, grad_accum: int, per_epoch: int, max_steps: int) -> list[int]:
@@ -60,7 +77,9 @@ def per_epoch_steps(batches_per_epoch: int, grad_accum: int, per_epoch: int, max
     """
     _positive("max_steps", max_steps)
     S = steps_per_epoch(batches_per_epoch, grad_accum)
-    in_epoch = sorted(set(target_steps_in_epoch(batches_per_epoch, grad_accum, per_epoch)))
+    in_epoch = steps_in_epoch(batches_per_epoch, grad_accum, per_epoch)
+    if len(in_epoch) == S:  # every step saves
+        return list(range(1, max_steps + 1))
     steps: list[int] = []
     for epoch in range(-(-max_steps // S)):
         steps.extend(s for s in (epoch * S + t for t in in_epoch) if s < max_steps)

@@ -31,6 +31,8 @@ CASES = {
     "k_above_steps": {"samples": 12, "saves_per_epoch": 8, "num_epochs": 1},
     "sample_packing": {"sample_packing": True},
     "lora": {"samples": 40, "saves_per_epoch": 6, "num_epochs": 1, "adapter": "lora"},
+    # 0 is off, as in stock: Axolotl's default applies (a save at every epoch end)
+    "saves_zero": {"saves_per_epoch": 0},
 }
 
 # Runs with a validation split: 75 samples, 0.2 held out, 60 train (L = 30 with micro batch 2).
@@ -45,6 +47,8 @@ EVAL_CASES = {
     # early stopping implies load_best_model_at_end: every save must follow an eval,
     # and the best checkpoint must survive a limit of 2
     "best_model": {"early_stopping_patience": 100, "save_total_limit": 2},
+    # evals_per_epoch: 0, as Axolotl's own examples write "no per-epoch evals": accepted, no evals
+    "evals_zero": {"evals_per_epoch": 0},
 }
 
 

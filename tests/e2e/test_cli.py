@@ -4,6 +4,9 @@ import cases
 import harness
 import pytest
 import reference
+import yaml
+
+from axolotl_savefix import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -19,3 +22,23 @@ def test_plugin_line_through_the_axolotl_cli(e2e_root):
     assert observed.kept == expected  # save_total_limit unset: every scheduled checkpoint is kept
     log = (config.parent / "train.log").read_text()
     assert log.count("[axolotl_savefix] INFO: patched axolotl") == 1
+
+
+def test_evals_per_epoch_zero_with_the_plugin_line_trains_and_saves_what_the_plan_says(e2e_root):
+    """Axolotl's examples write `evals_per_epoch: 0` for "no per-epoch evals": stock accepts it, so must we."""
+    case = cases.case("evals_zero")
+    config = harness.write_config(case, e2e_root / "cli-evals-zero", plugin=True)
+    plan = cli.plan_from_data(config, yaml.safe_load(config.read_text()))
+    assert plan.patched_run
+    observed = harness.run_cli(config)
+    assert plan.max_steps == observed.max_steps
+    assert (
+        observed.saved
+        == plan.patched.saved
+        == reference.patched_saves(
+            observed.batches_per_epoch(case["grad_accum"]), case["grad_accum"], case["saves_per_epoch"], observed.max_steps
+        )
+    )
+    assert observed.kept == plan.patched.kept == observed.saved
+    assert observed.evals == plan.patched.evals == []  # off: no eval_steps, as in stock
+    assert "evals_per_epoch: 0 is off" in "\n".join(plan.notes)

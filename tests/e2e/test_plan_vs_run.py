@@ -42,6 +42,7 @@ def _run(config, patched):
         ("sample_packing", "patched"),
         ("evals_accum", "stock"),
         ("evals_accum", "patched"),
+        ("saves_zero", "patched"),
     ],
 )
 def test_plan_equals_the_run(name, variant, e2e_root):

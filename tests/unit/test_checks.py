@@ -13,9 +13,8 @@ from axolotl_savefix.checks import (
 @pytest.mark.parametrize(
     ("cfg", "words"),
     [
-        ({"saves_per_epoch": 0}, ["saves_per_epoch: 0", "positive integer"]),
-        ({"saves_per_epoch": -2}, ["saves_per_epoch: -2", "positive integer"]),
-        ({"saves_per_epoch": 2.5}, ["saves_per_epoch: 2.5", "positive integer"]),
+        ({"saves_per_epoch": -2}, ["saves_per_epoch: -2", "whole number", "or to 0"]),
+        ({"saves_per_epoch": 2.5}, ["saves_per_epoch: 2.5", "whole number"]),
         ({"saves_per_epoch": "4"}, ["saves_per_epoch: '4'"]),
         (
             {"saves_per_epoch": 4, "save_steps": 10},
@@ -27,7 +26,9 @@ from axolotl_savefix.checks import (
         ),
         ({"saves_per_epoch": 4, "save_strategy": "no"}, ["save_strategy: 'no'"]),
         ({"saves_per_epoch": 4, "save_strategy": "best"}, ["save_strategy: 'best'"]),
-        ({"save_total_limit": -1}, ["save_total_limit: -1", "0 to keep every checkpoint"]),
+        ({"saves_per_epoch": 1, "save_strategy": "no"}, ["save_strategy: 'no'"]),
+        ({"saves_per_epoch": 2, "save_strategy": "epoch"}, ["save_strategy: 'epoch'"]),
+        ({"save_total_limit": 2.5}, ["save_total_limit: 2.5", "0 to keep every checkpoint"]),
     ],
 )
 def test_bad_settings_name_key_value_and_fix(cfg, words):
@@ -46,6 +47,12 @@ def test_bad_settings_name_key_value_and_fix(cfg, words):
         {"save_total_limit": 0},
         {"save_total_limit": 3, "save_steps": 10},
         {"save_strategy": "epoch"},
+        # stock accepts these and does the right thing with them, so we do too:
+        {"saves_per_epoch": 0},  # off (`if cfg.saves_per_epoch:` upstream)
+        {"saves_per_epoch": 0, "save_steps": 10},
+        {"saves_per_epoch": 0, "save_strategy": "no"},
+        {"saves_per_epoch": 1, "save_strategy": "epoch"},  # the same steps, asked for twice
+        {"save_total_limit": -1},  # Transformers never rotates with a limit <= 0: keeps all
     ],
 )
 def test_good_settings_pass(cfg):
@@ -112,7 +119,21 @@ def test_alignment_holds_exactly_when_every_save_target_is_an_eval_target(k_save
             check_best_model_alignment(cfg)
 
 
-@pytest.mark.parametrize("value", [0, -1, 1.5, "2"])
-def test_evals_per_epoch_must_be_a_positive_integer(value):
+@pytest.mark.parametrize("value", [-1, 1.5, "2"])
+def test_evals_per_epoch_must_be_a_whole_number(value):
     with pytest.raises(SaveFixConfigError, match=f"evals_per_epoch: {value!r}"):
         check_eval_config({"evals_per_epoch": value})
+
+
+@pytest.mark.parametrize(
+    "cfg", [{"evals_per_epoch": 0}, {"evals_per_epoch": 0, "eval_steps": 5}, {"evals_per_epoch": 0, "eval_strategy": "epoch"}]
+)
+def test_evals_per_epoch_zero_is_off_as_in_stock(cfg):
+    check_eval_config({**VAL, **cfg})
+
+
+def test_zero_per_epoch_counts_as_unset_for_the_best_model_rule():
+    # saves_per_epoch 2, evals off: the same refusal as with evals_per_epoch unset
+    with pytest.raises(SaveFixConfigError, match="set evals_per_epoch to a multiple of 2"):
+        check_best_model_alignment({**VAL, "load_best_model_at_end": True, "saves_per_epoch": 2, "evals_per_epoch": 0})
+    check_best_model_alignment({**VAL, "load_best_model_at_end": True, "saves_per_epoch": 0, "evals_per_epoch": 0})

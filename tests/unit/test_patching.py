@@ -10,20 +10,23 @@ from axolotl_savefix import _patching
 
 @pytest.fixture
 def modules():
-    src = types.ModuleType("sf_fake_src")
+    src = types.ModuleType("sf_fake.src")
 
     def target(x):
         """doc"""
         return x
 
+    target.__module__ = "sf_fake.src"
     src.target = target
-    copy = types.ModuleType("sf_fake_copy")
-    copy.target = target  # what `from sf_fake_src import target` leaves behind
-    copy.renamed = target  # `from sf_fake_src import target as renamed`
-    sys.modules.update(sf_fake_src=src, sf_fake_copy=copy)
+    copy = types.ModuleType("sf_fake.copy")  # a module of the same package
+    copy.target = target  # what `from sf_fake.src import target` leaves behind
+    copy.renamed = target  # `from sf_fake.src import target as renamed`
+    user = types.ModuleType("sf_user")  # another package's `from sf_fake.src import target`
+    user.target = target
+    sys.modules.update({"sf_fake.src": src, "sf_fake.copy": copy, "sf_user": user})
     yield src, copy, target
     _patching.undo_all()
-    for name in ("sf_fake_src", "sf_fake_copy"):
+    for name in ("sf_fake.src", "sf_fake.copy", "sf_user"):
         sys.modules.pop(name)
 
 
@@ -36,12 +39,14 @@ def test_patch_rebinds_copies_and_undo_restores_identity(modules):
 
     _patching.patch_item(src, "target", replacement, rebind_copies=True)
     assert src.target is replacement and copy.target is replacement and copy.renamed is replacement
+    assert sys.modules["sf_user"].target is replacement
     assert src.target(1) == 2
     assert replacement.__name__ == "target" and replacement.__doc__ == "doc"
     assert replacement.__wrapped__ is original and replacement.__savefix_original__ is original
     assert _patching.get_original(src, "target") is original
     _patching.undo_all()
     assert src.target is original and copy.target is original and copy.renamed is original
+    assert sys.modules["sf_user"].target is original
     assert not _patching.is_patched()
 
 

@@ -112,3 +112,24 @@ def test_cli_steps_per_epoch_needs_no_axolotl_and_exits_1_on_loss(tmp_path):
     proc = subprocess.run(cmd[:-1], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout
     assert "every one of the 32 checkpoints asked for is saved and kept" in proc.stdout
+
+
+def test_zero_per_epoch_is_off_and_the_plan_names_the_fallback():
+    plan = make_plan(Settings(num_epochs=2, saves_per_epoch=0, evals_per_epoch=0, has_eval=True, patched=True), 30, 60)
+    assert plan.patched.saved == plan.stock.saved == [30, 60]  # Axolotl's default: every epoch end
+    assert plan.patched.evals == plan.stock.evals == []
+    text = render(plan)
+    assert "saves_per_epoch: 0 is off, as in stock Axolotl; saves: every epoch end" in text
+    assert "evals_per_epoch: 0 is off, as in stock Axolotl; evals: none" in text
+    with_steps = make_plan(Settings(saves_per_epoch=0, save_steps=7), 30, 30)
+    assert with_steps.patched.saved == [7, 14, 21, 28, 30] and "saves: save_steps: 7" in render(with_steps)
+
+
+def test_negative_limit_keeps_all_stock_and_patched():
+    plan = make_plan(Settings(num_epochs=2, saves_per_epoch=4, save_total_limit=-1), 30, 60)
+    assert plan.stock.kept == plan.stock.saved and plan.patched.kept == plan.patched.saved
+
+
+def test_one_epoch_is_singular():
+    assert "; 1 epoch;" in render(make_plan(Settings(num_epochs=1, saves_per_epoch=2), 10, 10))
+    assert "; 2 epochs;" in render(make_plan(Settings(num_epochs=2, saves_per_epoch=2), 10, 20))

@@ -130,3 +130,19 @@ def test_schedule_imports_neither_axolotl_nor_torch():
     code = "import sys, axolotl_savefix.schedule; print(sorted(m for m in ('torch','axolotl','transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 9), st.integers(1, 400))
+def test_steps_in_epoch_is_the_set_of_target_steps(L, G, k):
+    assert schedule.steps_in_epoch(L, G, k) == sorted(set(schedule.target_steps_in_epoch(L, G, k)))
+
+
+def test_a_billion_saves_per_epoch_costs_what_one_per_step_costs():
+    """k = 10**9 passes Axolotl's schema: the schedule must not build k targets (O(min(k, S)))."""
+    import time
+
+    start = time.perf_counter()
+    steps = schedule.per_epoch_steps(30, 1, 10**9, 60)
+    assert time.perf_counter() - start < 0.5  # O(k) would take minutes and tens of GB
+    assert steps == schedule.per_epoch_steps(30, 1, 30, 60) == list(range(1, 61))
