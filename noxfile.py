@@ -112,8 +112,20 @@ def tests_impl(
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """Everything that runs on this machine: unit, patching, Trainer, and the CPU e2e matrix."""
-    tests_impl(session, "tests")
+    """Unit, patching, Trainer, and the CPU e2e matrix (kill-and-resume runs: `preemption`; FSDP2, DPO: `engines`)."""
+    tests_impl(session, "tests", "-m", "not preemption and not engines")
+
+
+@nox.session(venv_backend="none")
+def preemption(session: nox.Session) -> None:
+    """Runs killed by SIGKILL at exact points of a save, then resumed by the same command (about 6 minutes)."""
+    tests_impl(session, "tests/e2e/test_preemption.py")
+
+
+@nox.session(venv_backend="none")
+def engines(session: nox.Session) -> None:
+    """FSDP2 (2 CPU processes, sharded checkpoints) and DPO (Axolotl's RL builder), stock vs patched."""
+    tests_impl(session, "tests/e2e/test_engines.py")
 
 
 @nox.session(python="3.11")
@@ -124,7 +136,7 @@ def unit(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def e2e_cpu(session: nox.Session) -> None:
-    """Real Axolotl fine-tunes on the CPU, stock vs patched, exact checkpoints."""
+    """Real Axolotl fine-tunes on the CPU, stock vs patched, exact checkpoints; the preemption runs too."""
     tests_impl(session, "tests/axolotl", "tests/e2e")
 
 

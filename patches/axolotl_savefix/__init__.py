@@ -42,16 +42,18 @@ def apply(
     save_decision: bool = True,
     save_limit: bool = True,
     eval_decision: bool = True,
+    resume: bool = True,
 ) -> bool:
     """Patch the installed Axolotl. Idempotent; returns True when the patches are in place.
 
-    Each knob enables one patch: ``save_steps`` (no float ratio for
-    ``saves_per_epoch``), ``save_decision`` (the callback that saves at the
-    epoch fractions), ``save_limit`` (the ``save_total_limit`` default),
-    ``eval_decision`` (the same for ``evals_per_epoch``). ``save_steps`` needs
-    ``save_decision`` (the callback that then makes the saves). Returns False,
-    patching nothing, where the installed Axolotl already has the fix.
-    Raises :class:`PatchTargetError`, patching nothing, where a target moved.
+        Each knob enables one patch: ``save_steps`` (no float ratio for
+        ``saves_per_epoch``), ``save_decision`` (the callback that saves at the
+        epoch fractions), ``save_limit`` (the ``save_total_limit`` default),
+        ``eval_decision`` (the same for ``evals_per_epoch``), ``resume`` (a run
+    killed mid-save resumes from the newest complete checkpoint). ``save_steps`` needs
+        ``save_decision`` (the callback that then makes the saves). Returns False,
+        patching nothing, where the installed Axolotl already has the fix.
+        Raises :class:`PatchTargetError`, patching nothing, where a target moved.
     """
     if save_steps and not save_decision:
         raise ValueError(
@@ -67,6 +69,7 @@ def apply(
         )
         return False
     from . import eval_decision as eval_patch
+    from . import resume as resume_patch
     from . import save_decision as decision_patch
     from . import save_limit as limit_patch
     from . import save_steps as steps_patch
@@ -76,6 +79,7 @@ def apply(
         (save_decision, decision_patch),
         (save_limit, limit_patch),
         (eval_decision, eval_patch),
+        (resume, resume_patch),
     ]
     try:
         for enabled, module in chosen:

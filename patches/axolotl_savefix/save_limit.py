@@ -59,6 +59,13 @@ def model_checkpoint_bytes(model: Any, optimizer: str | None, save_only_model: b
     )
 
 
+def _wait_for_every_rank() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def _checkpoints_bytes(output_dir: str) -> int:
     return sum(disk.dir_bytes(p) for p in Path(output_dir).glob("checkpoint-*") if p.is_dir())
 
@@ -104,10 +111,13 @@ class PlanCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self.measured or self.shape is None or self.cfg.get("save_total_limit") is not None:
             return control
-        size = disk.dir_bytes(Path(args.output_dir) / f"checkpoint-{state.global_step}")
-        if not size:  # not written by this process (another rank saves)
+        self.measured = True  # on every rank, so each joins the one barrier below
+        _wait_for_every_rank()  # FSDP / DeepSpeed: other ranks may still be writing their part
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        size = disk.dir_bytes(folder)
+        if not size:  # not visible from this process (another node's local disk)
             return control
-        self.measured = True
+        log_once(f"measured:{id(self)}", f"measured {folder.name}: {size} bytes ({disk.human(size)}), every rank's part")
         run_plan = self._plan(args, size, measured=True)
         args.save_total_limit = run_plan.patched.limit
         saves = len(run_plan.patched.saved or [])

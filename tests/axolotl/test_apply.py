@@ -5,7 +5,9 @@ import sys
 import types
 
 import axolotl.cli.config as cli_config
+import axolotl.train as axolotl_train
 import axolotl.utils.config as utils_config
+import axolotl.utils.train as utils_train
 import pytest
 from axolotl.core.builders.base import TrainerBuilderBase
 from axolotl.utils.dict import DictDefault
@@ -20,6 +22,8 @@ PATCHED = [
     (cli_config, "validate_config"),
     (TrainerBuilderBase, "_configure_save_and_eval_strategy"),
     (TrainerBuilderBase, "get_callbacks"),
+    (utils_train, "determine_last_checkpoint"),
+    (axolotl_train, "determine_last_checkpoint"),  # the copy train() calls
 ]
 
 
@@ -186,3 +190,53 @@ def test_builder_hands_saves_to_the_callback_and_fixes_the_limit():
     builder.model = None
     kinds = {type(cb) for cb in builder.get_callbacks()}
     assert {SavesPerEpochCallback, PlanCallback} <= kinds
+
+
+def test_savefix_disk_margin_is_checked_and_kept_past_axolotls_schema(tmp_path):
+    assert "savefix_disk_margin" not in utils_config.validate_config(_minimal_cfg(tmp_path, savefix_disk_margin=0.3))
+    axolotl_savefix.apply()
+    assert cli_config.validate_config(_minimal_cfg(tmp_path, savefix_disk_margin=0.3)).savefix_disk_margin == 0.3
+    with pytest.raises(SaveFixConfigError, match="savefix_disk_margin: 1.5 is not a share"):
+        cli_config.validate_config(_minimal_cfg(tmp_path, savefix_disk_margin=1.5))
+
+
+def test_config_checks_see_axolotls_coerced_values(tmp_path):
+    """`evals_per_epoch: "4"` is what Axolotl's schema turns into 4: accepted as in stock, not refused as a string."""
+    axolotl_savefix.apply()
+    assert cli_config.validate_config(_minimal_cfg(tmp_path, evals_per_epoch="4")).evals_per_epoch == 4
+    assert cli_config.validate_config(_minimal_cfg(tmp_path, evals_per_epoch=0)).evals_per_epoch == 0
+
+
+def _checkpoint(root, step, *, complete=True):
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    if complete:
+        (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+    return folder
+
+
+def test_resume_takes_the_newest_complete_checkpoint_and_sets_the_cut_one_aside(tmp_path):
+    for step in (8, 15):
+        _checkpoint(tmp_path, step)
+    _checkpoint(tmp_path, 23, complete=False)
+    stock_cfg = DictDefault(output_dir=str(tmp_path), auto_resume_from_checkpoints=True)
+    assert utils_train.determine_last_checkpoint(stock_cfg) == str(tmp_path / "checkpoint-23")  # the defect
+    axolotl_savefix.apply()
+    cfg = DictDefault(output_dir=str(tmp_path), auto_resume_from_checkpoints=True)
+    assert axolotl_train.determine_last_checkpoint(cfg) == str(tmp_path / "checkpoint-15")
+    assert cfg.resume_from_checkpoint == str(tmp_path / "checkpoint-15")
+    assert (tmp_path / "incomplete-checkpoint-23").is_dir() and not (tmp_path / "checkpoint-23").exists()
+
+
+def test_an_explicit_incomplete_checkpoint_is_refused_naming_the_newest_complete(tmp_path):
+    from axolotl_savefix.resume import IncompleteCheckpointError
+
+    _checkpoint(tmp_path, 8)
+    cut = _checkpoint(tmp_path, 23, complete=False)
+    axolotl_savefix.apply()
+    cfg = DictDefault(output_dir=str(tmp_path), resume_from_checkpoint=str(cut))
+    with pytest.raises(IncompleteCheckpointError) as err:
+        axolotl_train.determine_last_checkpoint(cfg)
+    message = str(err.value)
+    assert f"resume_from_checkpoint: {cut} is not a complete checkpoint" in message
+    assert "trainer_state.json" in message and str(tmp_path / "checkpoint-8") in message

@@ -12,6 +12,7 @@ Prints a table; writes JSON to argv[1] (default bench.json)."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -88,6 +89,81 @@ def wall_times(name: str) -> dict[str, float]:
     }
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_costs(name: str = "reported") -> dict:
+    """Per save: the save itself, what an atomic publish would add, and what the completeness check costs.
+
+    One patched in-process run with every ``Trainer._save_checkpoint`` timed. Then, for each
+    checkpoint it wrote: ``checkpoints.missing`` (the check the ``resume`` patch makes, once per
+    checkpoint at a resume), a rename publish (``tmp-checkpoint-N`` -> ``checkpoint-N`` and an
+    fsync of the parent folder), and a durable publish (an fsync of every file first, without
+    which a machine that loses power can publish a folder of empty files).
+    """
+    import transformers
+
+    from axolotl_savefix import checkpoints
+
+    original = transformers.Trainer._save_checkpoint
+    save_ms: list[float] = []
+
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            save_ms.append((time.perf_counter() - start) * 1e3)
+
+    root = Path(tempfile.mkdtemp(prefix="savefix-bench-ckpt-"))
+    config = harness.write_config(cases.case(name), root / "run", plugin=False)
+    transformers.Trainer._save_checkpoint = timed
+    axolotl_savefix.apply()
+    try:
+        observed = harness.run_in_process(config)
+    finally:
+        axolotl_savefix.revert()
+        transformers.Trainer._save_checkpoint = original
+    check_ms, rename_ms, durable_ms = [], [], []
+    for folder in (observed.output_dir / f"checkpoint-{s}" for s in observed.kept):
+        start = time.perf_counter()
+        assert checkpoints.missing(folder) == []
+        check_ms.append((time.perf_counter() - start) * 1e3)
+        staged = folder.with_name("tmp-" + folder.name)
+        folder.rename(staged)
+        start = time.perf_counter()
+        staged.rename(folder)
+        _fsync(folder.parent)
+        rename_ms.append((time.perf_counter() - start) * 1e3)
+        folder.rename(staged)
+        start = time.perf_counter()
+        for file in staged.rglob("*"):
+            if file.is_file():
+                _fsync(file)
+        staged.rename(folder)
+        _fsync(folder.parent)
+        durable_ms.append((time.perf_counter() - start) * 1e3)
+    save = statistics.median(save_ms)
+    first = observed.output_dir / f"checkpoint-{observed.kept[0]}"
+    return {
+        "case": name,
+        "checkpoint_bytes": sum(f.stat().st_size for f in first.rglob("*") if f.is_file()),
+        "save_ms_median": save,
+        "check_ms_median": statistics.median(check_ms),
+        "rename_publish_ms_median": statistics.median(rename_ms),
+        "durable_publish_ms_median": statistics.median(durable_ms),
+        "check_over_save": statistics.median(check_ms) / save,
+        "rename_publish_over_save": statistics.median(rename_ms) / save,
+        "durable_publish_over_save": statistics.median(durable_ms) / save,
+        "saves": len(save_ms),
+    }
+
+
 def whole_process(name: str, pairs: int = PAIRS) -> dict:
     case = cases.case(name)
     root = Path(tempfile.mkdtemp(prefix="savefix-bench-cli-"))
@@ -120,8 +196,13 @@ def whole_process(name: str, pairs: int = PAIRS) -> dict:
 
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench.json")
-    result = {"decision": decision_cost_us(), "process": whole_process("reported"), "train": wall_times("reported")}
-    d, t, w = result["decision"], result["train"], result["process"]
+    result = {
+        "decision": decision_cost_us(),
+        "checkpoint": checkpoint_costs("reported"),
+        "process": whole_process("reported"),
+        "train": wall_times("reported"),
+    }
+    d, t, w, c = result["decision"], result["train"], result["process"], result["checkpoint"]
     print(f"\n{'measure':<46} {'value':>10}")
     print(f"{'save decision, axolotl_savefix (us/step)':<46} {d['savefix_us_per_step']:>10.2f}")
     print(f"{'DefaultFlowCallback, transformers (us/step)':<46} {d['transformers_flow_us_per_step']:>10.2f}")
@@ -135,6 +216,14 @@ def main() -> None:
         f"  (min {w['ratio_min']:.3f}, max {w['ratio_max']:.3f}; target <= {TARGET_RATIO})"
     )
     print("(patched saves 8 checkpoints and keeps 8; stock saves 8 and keeps 4)")
+    rows = [
+        ("one save, Trainer._save_checkpoint (ms)", c["save_ms_median"], None),
+        ("completeness check at resume (ms/checkpoint)", c["check_ms_median"], c["check_over_save"]),
+        ("rename publish (ms/save)", c["rename_publish_ms_median"], c["rename_publish_over_save"]),
+        ("durable publish, fsync + rename (ms/save)", c["durable_publish_ms_median"], c["durable_publish_over_save"]),
+    ]
+    for label, ms, share in rows:
+        print(f"{label:<46} {ms:>10.3f}" + (f"  ({share:.3f} of a save)" if share is not None else ""))
     out.write_text(json.dumps(result, indent=2))
     print(f"written: {out}")
 

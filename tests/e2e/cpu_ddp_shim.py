@@ -3,7 +3,13 @@
 For ``world_size > 1`` Axolotl's ``normalize_config`` sets ``device_map = {"": LOCAL_RANK}``
 (GPU n), and model loading fails where there is no GPU. Plugins are registered in every rank
 before the model loads, so this plugin wraps ``ModelLoader._set_device_map_config`` to load
-on the CPU when CUDA is absent. Used only by tests/e2e/test_ddp.py; never shipped.
+on the CPU when CUDA is absent.
+
+A resume of such a run needs one more bend: its optimizer and RNG files hold storages tagged
+``cpu:0`` (the rank's device as accelerate names it), and ``torch.load`` knows how to restore
+``cpu`` but not ``cpu:0`` ("don't know how to restore data location of
+torch.storage.UntypedStorage (tagged with cpu:0)", stock and patched alike). A deserializer for
+``cpu:N`` keeps such storages on the CPU. Test-only (DDP, FSDP and preemption tests); never shipped.
 """
 
 import torch
@@ -19,6 +25,16 @@ def _cpu_device_map(self):
         self.model_kwargs["device_map"] = "cpu"
 
 
+def _no_tag(obj):
+    return None
+
+
+def _restore_cpu_index(obj, location):
+    return obj if location.startswith("cpu:") else None
+
+
 class CpuDdpShim(BasePlugin):
     def register(self, cfg):  # noqa: ARG002
         ModelLoader._set_device_map_config = _cpu_device_map
+        if all(entry[2] is not _restore_cpu_index for entry in torch.serialization._package_registry):
+            torch.serialization.register_package(25, _no_tag, _restore_cpu_index)

@@ -150,8 +150,10 @@ def run_in_process(config_path: Path) -> Observed:
     return observe(Path(cfg.output_dir), "\n".join(log.lines))
 
 
-def run_cli(config_path: Path, *extra: str, launcher: list[str] | None = None, env: dict | None = None) -> Observed:
-    """``axolotl train CONFIG`` in a subprocess, exactly as a user runs it."""
+def run_cli_raw(
+    config_path: Path, *extra: str, launcher: list[str] | None = None, env: dict | None = None, log_name: str = "train.log"
+) -> tuple[int, str]:
+    """``axolotl train CONFIG`` in a subprocess; its exit status and log (also written next to the config)."""
     bindir = str(Path(sys.executable).parent)
     full_env = {
         **os.environ,
@@ -162,8 +164,17 @@ def run_cli(config_path: Path, *extra: str, launcher: list[str] | None = None, e
     cmd = launcher or [str(Path(bindir) / "axolotl"), "train", str(config_path), *extra]
     proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
-    (config_path.parent / "train.log").write_text(log)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log[-4000:]}")
-    out = Path(yaml.safe_load(config_path.read_text())["output_dir"])
-    return observe(out, log)
+    (config_path.parent / log_name).write_text(log)
+    return proc.returncode, log
+
+
+def output_dir(config_path: Path) -> Path:
+    return Path(yaml.safe_load(config_path.read_text())["output_dir"])
+
+
+def run_cli(config_path: Path, *extra: str, launcher: list[str] | None = None, env: dict | None = None) -> Observed:
+    """``axolotl train CONFIG`` in a subprocess, exactly as a user runs it."""
+    code, log = run_cli_raw(config_path, *extra, launcher=launcher, env=env)
+    if code != 0:
+        raise AssertionError(f"axolotl train {config_path} failed ({code}):\n{log[-4000:]}")
+    return observe(output_dir(config_path), log)
