@@ -38,7 +38,18 @@ def walk(batches_per_epoch: int, grad_accum: int, max_steps: int):
         epoch += 1
 
 
+def epoch_end_saves(batches_per_epoch: int, grad_accum: int, max_steps: int) -> list[int]:
+    """``save_strategy: epoch`` (Axolotl's default): every epoch end, and the last step."""
+    return [
+        step
+        for step, _, consumed, _ in walk(batches_per_epoch, grad_accum, max_steps)
+        if consumed == batches_per_epoch or step == max_steps
+    ]
+
+
 def patched_saves(batches_per_epoch: int, grad_accum: int, per_epoch: int, max_steps: int) -> list[int]:
+    if per_epoch == 0:  # off, as in stock: Axolotl's default strategy
+        return epoch_end_saves(batches_per_epoch, grad_accum, max_steps)
     saved = []
     done_epoch, next_target = 0, 1
     for step, epoch, consumed, _ in walk(batches_per_epoch, grad_accum, max_steps):
@@ -54,6 +65,8 @@ def patched_saves(batches_per_epoch: int, grad_accum: int, per_epoch: int, max_s
 
 
 def stock_saves(batches_per_epoch: int, grad_accum: int, per_epoch: int, num_epochs: float, max_steps: int) -> list[int]:
+    if per_epoch == 0:  # `if cfg.saves_per_epoch:` is false: no ratio, Axolotl's default strategy
+        return epoch_end_saves(batches_per_epoch, grad_accum, max_steps)
     ratio = 1.0 / (per_epoch * num_epochs)
     saved = []
     if ratio < 1.0:
@@ -62,9 +75,7 @@ def stock_saves(batches_per_epoch: int, grad_accum: int, per_epoch: int, num_epo
             if step % interval == 0 or step == max_steps:
                 saved.append(step)
     else:
-        for step, _, consumed, _ in walk(batches_per_epoch, grad_accum, max_steps):
-            if consumed == batches_per_epoch or step == max_steps:
-                saved.append(step)
+        saved = epoch_end_saves(batches_per_epoch, grad_accum, max_steps)
     return saved
 
 
@@ -82,7 +93,9 @@ def axolotl_max_steps(samples: int, micro_batch: int, grad_accum: int, num_epoch
 
 
 def patched_evals(batches_per_epoch: int, grad_accum: int, per_epoch: int, max_steps: int) -> list[int]:
-    """Step 0 (``eval_on_start``, kept as upstream), then the same rule as the saves."""
+    """Step 0 (``eval_on_start``, kept as upstream), then the same rule as the saves; 0 is off: none."""
+    if per_epoch == 0:
+        return []
     return [0, *patched_saves(batches_per_epoch, grad_accum, per_epoch, max_steps)]
 
 
@@ -92,8 +105,10 @@ def stock_evals(batches_per_epoch: int, grad_accum: int, per_epoch: int, num_epo
     With the ratio, Axolotl sets ``eval_on_start`` (step 0) and Transformers
     evaluates every ``ceil(max_steps * ratio)`` steps and at the last step
     (Transformers 5: "evaluate at the end if ... not already"). Without it
-    Axolotl sets no eval strategy and Transformers' default is ``no``.
+    Axolotl sets no eval strategy and Transformers' default is ``no``. 0 is off: none.
     """
+    if per_epoch == 0:
+        return []
     ratio = 1.0 / (per_epoch * num_epochs)
     if ratio >= 1.0:
         return []

@@ -109,9 +109,23 @@ def record(state: dict) -> dict | None:
     return attributes if isinstance(attributes, dict) and "world_size" in attributes else None
 
 
+GONE = "the folder (moved or deleted while being checked)"
+
+
 def missing(path: str | os.PathLike[str]) -> list[str]:
-    """What ``checkpoint-N`` at ``path`` lacks to be resumed from; empty when complete."""
-    folder = Path(path)
+    """What ``checkpoint-N`` at ``path`` lacks to be resumed from; empty when complete.
+
+    A folder that disappears while being checked (another process set it aside) is incomplete.
+    """
+    try:
+        return _missing(Path(path))
+    except FileNotFoundError:
+        return [GONE]
+
+
+def _missing(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return [GONE]
     problems: list[str] = []
     state_file = folder / STATE
     state: dict = {}

@@ -5,6 +5,7 @@ Pure: works on any mapping with ``.get`` (Axolotl's ``DictDefault``, a dict).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,7 +89,11 @@ def _multiples(k: int) -> str:
 
 
 def _divisors(k: int) -> str:
-    return ", ".join(str(d) for d in range(1, k + 1) if k % d == 0)
+    """The divisors of ``k``, in O(sqrt(k)) (``evals_per_epoch: 10**9`` passes Axolotl's schema)."""
+    small = [d for d in range(1, math.isqrt(k) + 1) if k % d == 0]
+    found = sorted({*small, *(k // d for d in small)})
+    shown = found if len(found) <= 12 else [*found[:6], "...", *found[-3:]]
+    return ", ".join(map(str, shown))
 
 
 def _instead_of(cfg: Mapping[str, Any], steps_key: str, strategy_key: str) -> str:

@@ -36,5 +36,8 @@ def _restore_cpu_index(obj, location):
 class CpuDdpShim(BasePlugin):
     def register(self, cfg):  # noqa: ARG002
         ModelLoader._set_device_map_config = _cpu_device_map
-        if all(entry[2] is not _restore_cpu_index for entry in torch.serialization._package_registry):
-            torch.serialization.register_package(25, _no_tag, _restore_cpu_index)
+        registry = torch.serialization._package_registry
+        if all(entry[2] is not _restore_cpu_index for entry in registry):
+            # a priority of its own: register_package sorts (priority, tagger, deserializer) tuples
+            free = next(p for p in range(11, 100) if p not in {entry[0] for entry in registry})
+            torch.serialization.register_package(free, _no_tag, _restore_cpu_index)

@@ -20,7 +20,8 @@ import fixture
 import yaml
 from fixture import OFFLINE
 
-SAVE_LINE = re.compile(r"Saving model checkpoint to \S*checkpoint-(\d+)")
+# Transformers' own line; FSDP's sharded saves and TRL's trainers do not log it: tests/e2e/save_log.py logs the second
+SAVE_LINE = re.compile(r"(?:Saving model checkpoint to|\[save_log\] saved checkpoint to) \S*checkpoint-(\d+)")
 
 
 @dataclass
@@ -101,6 +102,9 @@ def write_config(case: dict, workdir: Path, *, plugin: bool, device: str = "cpu"
 
 
 def observe(output_dir: Path, log_text: str) -> Observed:
+    save_log = output_dir / "save_log.txt"  # tests/e2e/save_log.py, where Transformers logs no save line
+    if save_log.exists():
+        log_text += "\n" + save_log.read_text()
     saved = [int(m) for m in SAVE_LINE.findall(log_text)]
     kept = sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*"))
     state = json.loads((output_dir / f"checkpoint-{kept[-1]}" / "trainer_state.json").read_text()) if kept else {}

@@ -8,7 +8,7 @@ import pytest
 import reference
 import yaml
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.engines]  # multi-process: `nox -s engines`
 
 WORLD = 2
 

@@ -37,7 +37,7 @@ def _fsdp_config(root, name, *, plugin, **extra):
     config = harness.write_config(case, root / name, plugin=plugin)
     cfg = yaml.safe_load(config.read_text())
     cfg.update(FSDP, **extra)
-    cfg["plugins"] = ["cpu_fsdp_shim.CpuFsdpShim", *(cfg.get("plugins") or [])]
+    cfg["plugins"] = ["cpu_fsdp_shim.CpuFsdpShim", "save_log.SaveLog", *(cfg.get("plugins") or [])]
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return case, config
 
@@ -143,6 +143,7 @@ def _dpo_config(root, name, *, plugin):
         datasets=[{"path": str(data), "ds_type": "json", "type": "chatml", "split": "train"}],
         dataset_prepared_path=str(root / f"prepared-{name}"),
         remove_unused_columns=False,
+        plugins=["save_log.SaveLog", *(cfg.get("plugins") or [])],
     )
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return case, config
@@ -151,7 +152,7 @@ def _dpo_config(root, name, *, plugin):
 @pytest.mark.parametrize("variant", ["stock", "patched"])
 def test_dpo_exact_saves(variant, e2e_root):
     case, config = _dpo_config(e2e_root, f"dpo-{variant}", plugin=variant == "patched")
-    observed = harness.run_cli(config)
+    observed = harness.run_cli(config, env={"PYTHONPATH": str(HERE)})
     G, k, epochs = case["grad_accum"], case["saves_per_epoch"], case["num_epochs"]
     L = DPO_SAMPLES // case["micro_batch"]
     assert observed.batches_per_epoch(G) == L

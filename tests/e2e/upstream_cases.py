@@ -1,18 +1,30 @@
-"""The e2e cases on an Axolotl built from the upstream pull request, with no axolotl_savefix at all.
+"""The e2e cases on an Axolotl built from the upstream series, with no axolotl_savefix at all.
 
 Run only by ``nox -s upstream``, which passes this file by name (its name keeps it out of
-the default collection), in a venv whose Axolotl has docs/upstream/axolotl-per-epoch.diff
-applied. Expected steps come from tests/reference.py, as for the patched runs.
+the default collection), in a venv whose Axolotl has the first ``SAVEFIX_UPSTREAM_PATCHES``
+patches of docs/upstream/series/ applied; the session selects the tests that patch count
+covers (``-k``). What each case must do depends on which patches are in (expected steps
+always come from tests/reference.py):
+
+1. exact saves per epoch (kept: upstream's old limit of 4 until patch 3);
+2. exact evals per epoch and the best-model alignment;
+3. ``save_total_limit``: unset keeps what fits, 0 keeps all;
+4. resume skips an incomplete checkpoint (one run killed mid-save, then resumed).
 """
 
 import importlib.util
+import os
 
 import cases
 import harness
 import pytest
 import reference
+import yaml
 
 pytestmark = pytest.mark.e2e
+
+PATCHES = int(os.environ.get("SAVEFIX_UPSTREAM_PATCHES", "4"))
+HERE = harness.Path(__file__).parent
 
 
 def test_our_package_is_not_there_and_axolotl_has_the_fix():
@@ -22,7 +34,7 @@ def test_our_package_is_not_there_and_axolotl_has_the_fix():
 
 def _observe(name, root):
     case = cases.case(name)
-    config = harness.write_config(case, root / f"upstream-{name}", plugin=False)
+    config = harness.write_config(case, root / f"upstream-{PATCHES}-{name}", plugin=False)
     if case["adapter"]:  # own process, as in test_matrix; this venv has no `accelerate` script of its own
         observed = harness.run_cli(config, "--launcher", "python")
     else:
@@ -31,12 +43,17 @@ def _observe(name, root):
     return case, observed, L
 
 
+def _kept(saved, limit):
+    # before patch 3, upstream's limit: unset and 0 become 4
+    return reference.kept(saved, limit if PATCHES >= 3 else reference.stock_limit(limit))
+
+
 @pytest.mark.parametrize("name", list(cases.CASES))
 def test_exact_checkpoints_from_upstream_code(name, e2e_root):
     case, observed, L = _observe(name, e2e_root)
     saved = reference.patched_saves(L, case["grad_accum"], case["saves_per_epoch"], observed.max_steps)
     assert observed.saved == saved
-    assert observed.kept == reference.kept(saved, case["save_total_limit"])
+    assert observed.kept == _kept(saved, case["save_total_limit"])
 
 
 @pytest.mark.parametrize("name", list(cases.EVAL_CASES))
@@ -50,3 +67,30 @@ def test_exact_evals_from_upstream_code(name, e2e_root):
         best = reference.best_step(saved, {s: observed.eval_loss(s) for s in observed.evals})
         assert best is not None and observed.best_model_checkpoint.endswith(f"checkpoint-{best}")
         assert observed.kept == reference.kept_with_best(saved, case["save_total_limit"], best)
+    else:
+        assert observed.kept == _kept(saved, case["save_total_limit"])
+
+
+def test_killed_mid_save_resumes_from_upstream_code(e2e_root):
+    """tests/e2e/test_preemption.py's case, on upstream code: killed while writing the optimizer."""
+    case = cases.case("reported")
+    L = case["samples"] // case["micro_batch"]
+    M = reference.axolotl_max_steps(case["samples"], case["micro_batch"], case["grad_accum"], case["num_epochs"])
+    expected = reference.patched_saves(L, case["grad_accum"], case["saves_per_epoch"], M)
+    cut = expected[2]
+    config = harness.write_config(case, e2e_root / "upstream-preempt", plugin=False)
+    cfg = yaml.safe_load(config.read_text())
+    cfg.update(plugins=["kill_shim.KillShim"], auto_resume_from_checkpoints=True)
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {"PYTHONPATH": str(HERE)}
+    out = harness.output_dir(config)
+    launch = ("--launcher", "python")
+    code, first = harness.run_cli_raw(config, *launch, env={**env, "SAVEFIX_KILL_AT": f"{cut}:optimizer"}, log_name="first.log")
+    assert code != 0 and "[kill_shim] SIGKILL" in first
+    code, second = harness.run_cli_raw(config, *launch, env=env, log_name="second.log")
+    assert code == 0, second[-4000:]
+    observed = harness.observe(out, second)
+    assert observed.saved == [s for s in expected if s > expected[1]]
+    assert observed.kept == expected
+    assert (out / f"incomplete-checkpoint-{cut}").is_dir()
+    assert second.count(f"checkpoint-{cut} is incomplete") == 1

@@ -131,3 +131,18 @@ def test_newest_complete_and_quarantine(tmp_path):
     again = make_checkpoint(tmp_path, 23, state=False)
     assert checkpoints.quarantine(again).name == "incomplete-checkpoint-23.1"
     assert checkpoints.newest_complete(tmp_path / "nowhere") is None
+
+
+def test_a_folder_moved_away_while_checked_is_incomplete(tmp_path, monkeypatch):
+    """Another rank sets it aside between the listing and the check: not a crash, not complete."""
+    folder = make_checkpoint(tmp_path, 12)
+    real_iterdir = type(folder).iterdir
+
+    def iterdir_after_a_move(self):
+        if self == folder:
+            checkpoints.quarantine(folder)
+        return real_iterdir(self)
+
+    monkeypatch.setattr(type(folder), "iterdir", iterdir_after_a_move)
+    assert checkpoints.missing(folder) == [checkpoints.GONE]
+    assert checkpoints.missing(tmp_path / "checkpoint-99") == [checkpoints.GONE]

@@ -137,3 +137,15 @@ def test_zero_per_epoch_counts_as_unset_for_the_best_model_rule():
     with pytest.raises(SaveFixConfigError, match="set evals_per_epoch to a multiple of 2"):
         check_best_model_alignment({**VAL, "load_best_model_at_end": True, "saves_per_epoch": 2, "evals_per_epoch": 0})
     check_best_model_alignment({**VAL, "load_best_model_at_end": True, "saves_per_epoch": 0, "evals_per_epoch": 0})
+
+
+def test_divisors_of_a_huge_evals_per_epoch_are_listed_at_once():
+    import time
+
+    cfg = {**VAL, "load_best_model_at_end": True, "saves_per_epoch": 7, "evals_per_epoch": 10**9}
+    start = time.perf_counter()
+    with pytest.raises(
+        SaveFixConfigError, match=r"a divisor of 1000000000 \(1, 2, 4, 5, 8, 10, \.\.\., 250000000, 500000000, 1000000000\)"
+    ):
+        check_best_model_alignment(cfg)
+    assert time.perf_counter() - start < 0.5
