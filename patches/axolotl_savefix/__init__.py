@@ -21,11 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 from ._log import log_once
-from ._patching import is_patched, undo_all
+from ._patching import is_patched, undo_all, when_imported
 from ._targets import PatchTargetError, axolotl_version, upstream_fixed
 from .checks import SaveFixConfigError
 
 __version__ = "0.1.0"
+BUILDER_MODULE = "axolotl.core.builders.base"
 __all__ = [
     "PatchTargetError",
     "SaveFixConfigError",
@@ -81,14 +82,25 @@ def apply(
         (eval_decision, eval_patch),
         (resume, resume_patch),
     ]
+    enabled = [module for on, module in chosen if on]
+
+    def apply_builder() -> None:
+        try:
+            for module in enabled:
+                module.apply_builder()
+        except BaseException:
+            undo_all()  # all or nothing
+            raise
+
     try:
-        for enabled, module in chosen:
-            if enabled:
-                module.apply()
+        for module in enabled:
+            module.apply()
+        # the trainer builder's targets: now if Axolotl imported it already, else when it does
+        when_imported(BUILDER_MODULE, apply_builder)
     except BaseException:
         undo_all()  # all or nothing
         raise
-    names = ", ".join(m.__name__.rsplit(".", 1)[1] for enabled, m in chosen if enabled)
+    names = ", ".join(m.__name__.rsplit(".", 1)[1] for m in enabled)
     log_once("applied", f"patched axolotl {axolotl_version()}: {names}")
     return True
 

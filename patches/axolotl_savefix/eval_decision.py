@@ -65,6 +65,9 @@ def apply() -> None:
 
     patch_item(module, name, normalize_config, rebind_copies=True)
 
+
+def apply_builder() -> None:
+    """The trainer builder's part, applied when ``axolotl.core.builders.base`` is imported."""
     owner, name, configure = require(*STRATEGY_TARGET)
 
     @wraps(configure)

@@ -141,6 +141,9 @@ def apply() -> None:
 
     patch_item(module, name, determine_last_checkpoint, rebind_copies=True)
 
+
+def apply_builder() -> None:
+    """The trainer builder's part, applied when ``axolotl.core.builders.base`` is imported."""
     owner, name, get_callbacks = require(*CALLBACKS_TARGET)
 
     @wraps(get_callbacks)

@@ -23,10 +23,14 @@ BUILDER = "axolotl.core.builders.base"
 STRATEGY_TARGET = (BUILDER, "TrainerBuilderBase._configure_save_and_eval_strategy", ("training_args_kwargs",))
 CALLBACKS_TARGET = (BUILDER, "TrainerBuilderBase.get_callbacks")
 
-__all__ = ["NEVER", "SavesPerEpochCallback", "apply"]
+__all__ = ["NEVER", "SavesPerEpochCallback", "apply", "apply_builder"]
 
 
 def apply() -> None:
+    """Nothing to patch before the trainer builder is imported (see :func:`apply_builder`)."""
+
+
+def apply_builder() -> None:
     owner, name, configure = require(*STRATEGY_TARGET)
 
     @wraps(configure)

@@ -117,7 +117,7 @@ class PlanCallback(TrainerCallback):
         size = disk.dir_bytes(folder)
         if not size:  # not visible from this process (another node's local disk)
             return control
-        log_once(f"measured:{id(self)}", f"measured {folder.name}: {size} bytes ({disk.human(size)}), every rank's part")
+        log_once(f"measured:{id(self)}", f"measured {folder.name}: {size} bytes ({disk.human(size)}) for the disk rule")
         run_plan = self._plan(args, size, measured=True)
         args.save_total_limit = run_plan.patched.limit
         saves = len(run_plan.patched.saved or [])
@@ -149,6 +149,9 @@ def apply() -> None:
 
     patch_item(module, name, validate_config, rebind_copies=True)
 
+
+def apply_builder() -> None:
+    """The trainer builder's part, applied when ``axolotl.core.builders.base`` is imported."""
     owner, name, configure = require(*STRATEGY_TARGET)
 
     @wraps(configure)

@@ -35,3 +35,7 @@ def apply() -> None:
             return original(cfg, *args, **kwargs)
 
     patch_item(module, name, normalize_config, rebind_copies=True)
+
+
+def apply_builder() -> None:
+    """Nothing in the trainer builder: the save decision patches it."""

@@ -240,3 +240,21 @@ def test_an_explicit_incomplete_checkpoint_is_refused_naming_the_newest_complete
     message = str(err.value)
     assert f"resume_from_checkpoint: {cut} is not a complete checkpoint" in message
     assert "trainer_state.json" in message and str(tmp_path / "checkpoint-8") in message
+
+
+def test_the_builder_is_patched_when_axolotl_imports_it_not_before():
+    """apply() at config time does not import the trainer builder (2 s of imports, measured slower early)."""
+    import subprocess
+
+    code = (
+        "import sys, axolotl_savefix, axolotl.cli.config\n"
+        "assert axolotl_savefix.apply() is True\n"
+        "assert 'axolotl.core.builders.base' not in sys.modules\n"
+        "from axolotl.core.builders.base import TrainerBuilderBase as B\n"
+        "assert B.get_callbacks.__savefix_original__ and B._configure_save_and_eval_strategy.__savefix_original__\n"
+        "axolotl_savefix.revert()\n"
+        "assert not hasattr(B.get_callbacks, '__savefix_original__')\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -16,7 +16,7 @@ import pytest
 import reference
 import torch
 import yaml
-from test_engines import FSDP
+from test_engines import FSDP, assert_exact_saves
 
 pytestmark = pytest.mark.e2e
 
@@ -61,10 +61,4 @@ def test_engine_on_two_gpus(engine, variant, e2e_root):
     _needs(WORLD, deepspeed=engine != "fsdp2")
     case, observed, L, M = _run(e2e_root, f"gpu-{engine}-{variant}", plugin=variant == "patched", engine=engine)
     assert observed.batches_per_epoch(case["grad_accum"]) == L and observed.max_steps == M
-    G, k, epochs = case["grad_accum"], case["saves_per_epoch"], case["num_epochs"]
-    if variant == "stock":
-        saved = reference.stock_saves(L, G, k, epochs, M)
-        assert observed.saved == saved and observed.kept == reference.kept(saved, reference.stock_limit(None))
-    else:
-        saved = reference.patched_saves(L, G, k, M)
-        assert observed.saved == saved and observed.kept == saved
+    assert_exact_saves(observed, case, variant, L, M)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -182,3 +183,17 @@ def run_cli(config_path: Path, *extra: str, launcher: list[str] | None = None, e
     if code != 0:
         raise AssertionError(f"axolotl train {config_path} failed ({code}):\n{log[-4000:]}")
     return observe(output_dir(config_path), log)
+
+
+def resume_from_copy(config_path: Path, first_output: Path, step: int) -> Path:
+    """Make ``config_path``'s run resume from a copy of ``first_output/checkpoint-step`` in its own output dir.
+
+    As if a run had died right after that (mid-epoch) checkpoint: the copy is the only one there.
+    """
+    cfg = yaml.safe_load(config_path.read_text())
+    checkpoint = Path(cfg["output_dir"]) / f"checkpoint-{step}"
+    shutil.copytree(first_output / f"checkpoint-{step}", checkpoint)
+    assert 0 < json.loads((checkpoint / "trainer_state.json").read_text())["epoch"] < 1, "not a mid-epoch checkpoint"
+    cfg["resume_from_checkpoint"] = str(checkpoint)
+    config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return checkpoint

@@ -7,7 +7,6 @@ really was FSDP is checked from what it wrote (sharded folders in every checkpoi
 
 import json
 import re
-import shutil
 
 import cases
 import harness
@@ -67,20 +66,24 @@ def assert_really_fsdp(folder):
     assert {f"rng_state_{r}.pth" for r in range(WORLD)} <= names
 
 
+def assert_exact_saves(observed, case, variant, L, M):
+    """Stock: the float-ratio interval, the last 4 kept. Patched: the per-epoch rule, all kept (limit unset)."""
+    G, k, epochs = case["grad_accum"], case["saves_per_epoch"], case["num_epochs"]
+    if variant == "stock":
+        saved = reference.stock_saves(L, G, k, epochs, M)
+        assert observed.saved == saved and observed.kept == reference.kept(saved, reference.stock_limit(None))
+    else:
+        saved = reference.patched_saves(L, G, k, M)
+        assert observed.saved == saved and observed.kept == saved
+
+
 @pytest.mark.parametrize("variant", ["stock", "patched"])
 def test_fsdp2_sharded_exact_saves(variant, e2e_root):
     case, config = _fsdp_config(e2e_root, f"fsdp-{variant}", plugin=variant == "patched")
     observed = _torchrun(config)
     L, M = _shape(case)
     assert observed.batches_per_epoch(case["grad_accum"]) == L and observed.max_steps == M
-    if variant == "stock":
-        saved = reference.stock_saves(L, case["grad_accum"], case["saves_per_epoch"], case["num_epochs"], M)
-        assert observed.saved == saved
-        assert observed.kept == reference.kept(saved, reference.stock_limit(None))
-    else:
-        saved = reference.patched_saves(L, case["grad_accum"], case["saves_per_epoch"], M)
-        assert observed.saved == saved
-        assert observed.kept == saved  # unset limit: every scheduled checkpoint
+    assert_exact_saves(observed, case, variant, L, M)
     for step in observed.kept:
         assert_really_fsdp(observed.output_dir / f"checkpoint-{step}")
 
@@ -93,12 +96,7 @@ def test_fsdp2_resume_from_a_sharded_mid_epoch_checkpoint(e2e_root):
     first = _torchrun(first_config)
     assert first.saved == expected
     _, config = _fsdp_config(e2e_root, "fsdp-resume-second", plugin=True)
-    cfg = yaml.safe_load(config.read_text())
-    checkpoint = harness.Path(cfg["output_dir"]) / f"checkpoint-{stop}"
-    shutil.copytree(first.output_dir / f"checkpoint-{stop}", checkpoint)
-    assert 0 < json.loads((checkpoint / "trainer_state.json").read_text())["epoch"] < 1
-    cfg["resume_from_checkpoint"] = str(checkpoint)
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    harness.resume_from_copy(config, first.output_dir, stop)
     second = _torchrun(config)
     assert second.saved == [s for s in expected if s > stop]
     assert second.kept == [s for s in expected if s >= stop]  # the resumed-from checkpoint and every later one
@@ -153,14 +151,7 @@ def _dpo_config(root, name, *, plugin):
 def test_dpo_exact_saves(variant, e2e_root):
     case, config = _dpo_config(e2e_root, f"dpo-{variant}", plugin=variant == "patched")
     observed = harness.run_cli(config, env={"PYTHONPATH": str(HERE)})
-    G, k, epochs = case["grad_accum"], case["saves_per_epoch"], case["num_epochs"]
     L = DPO_SAMPLES // case["micro_batch"]
-    assert observed.batches_per_epoch(G) == L
-    M = observed.max_steps
-    assert M == L * epochs
-    if variant == "stock":
-        saved = reference.stock_saves(L, G, k, epochs, M)
-        assert observed.saved == saved and observed.kept == reference.kept(saved, reference.stock_limit(None))
-    else:
-        saved = reference.patched_saves(L, G, k, M)
-        assert observed.saved == saved and observed.kept == saved
+    assert observed.batches_per_epoch(case["grad_accum"]) == L
+    assert observed.max_steps == L * case["num_epochs"]
+    assert_exact_saves(observed, case, variant, L, observed.max_steps)

@@ -1,13 +1,9 @@
 """Resume an Axolotl run from a mid-epoch checkpoint: nothing saved twice, nothing skipped."""
 
-import json
-import shutil
-
 import cases
 import harness
 import pytest
 import reference
-import yaml
 
 import axolotl_savefix
 
@@ -25,14 +21,8 @@ def test_resume_mid_epoch(e2e_root):
     try:
         first = harness.run_in_process(harness.write_config(case, e2e_root / "resume-first", plugin=False))
         assert first.saved == expected
-        # a fresh output dir holding only the checkpoint to resume from: as if the run had died there
         config = harness.write_config(case, e2e_root / "resume-second", plugin=False)
-        cfg = yaml.safe_load(config.read_text())
-        checkpoint = harness.Path(cfg["output_dir"]) / f"checkpoint-{stop}"
-        shutil.copytree(first.output_dir / f"checkpoint-{stop}", checkpoint)
-        assert 0 < json.loads((checkpoint / "trainer_state.json").read_text())["epoch"] < 1
-        cfg["resume_from_checkpoint"] = str(checkpoint)
-        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        harness.resume_from_copy(config, first.output_dir, stop)
         second = harness.run_in_process(config)
     finally:
         axolotl_savefix.revert()

@@ -79,3 +79,29 @@ def test_without_rebind_copies_stay(modules):
     src, copy, original = modules
     _patching.patch_item(src, "target", lambda x: x)
     assert copy.target is original
+
+
+def test_a_hook_for_a_module_not_yet_imported_runs_right_after_its_import(tmp_path, monkeypatch):
+    (tmp_path / "sf_later.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ran = []
+    _patching.when_imported("sf_later", lambda: ran.append(sys.modules["sf_later"].VALUE))
+    assert ran == [] and _patching.is_patched()  # pending counts as applied: apply() stays idempotent
+    import sf_later  # noqa: F401
+
+    assert ran == [1] and not _patching.pending()
+    _patching.when_imported("sf_later", lambda: ran.append("now"))  # already imported: at once
+    assert ran == [1, "now"]
+    sys.modules.pop("sf_later")
+
+
+def test_undo_drops_pending_hooks(tmp_path, monkeypatch):
+    (tmp_path / "sf_never.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ran = []
+    _patching.when_imported("sf_never", lambda: ran.append(1))
+    _patching.undo_all()
+    import sf_never  # noqa: F401
+
+    assert ran == [] and not _patching.is_patched()
+    sys.modules.pop("sf_never")
