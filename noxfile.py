@@ -179,7 +179,7 @@ def examples_impl(session: nox.Session, axolotl: str) -> None:
     tree = _sdist(session, axolotl, work)
     report = ROOT / ".nox" / f"examples-{axolotl}.json"
     env = {"SAVEFIX_EXAMPLES_ROOT": str(tree), "SAVEFIX_EXAMPLES_REPORT": str(report)}
-    tests_impl(session, "tests/examples/corpus_test.py", "-s", axolotl=axolotl, env=env)
+    tests_impl(session, "tests/examples/corpus_check.py", "-s", axolotl=axolotl, env=env)
     session.log(f"per-config results: {report}")
 
 

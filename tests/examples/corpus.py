@@ -15,7 +15,7 @@ forked child, so plugins that an example registers (process-wide in Axolotl's
 ``PluginManager``) and our patches never leak into the next config.
 
 Run: ``python tests/examples/corpus.py EXAMPLES_ROOT OUT.json`` (what
-``nox -s examples`` does), or through ``tests/examples/corpus_test.py``.
+``nox -s examples`` does), or through ``tests/examples/corpus_check.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Axolotl's own example configs: every one that stock accepts, the plugin accepts, and changes only as documented.
 
-Collected only by ``nox -s examples`` (and ``compat``), which downloads the
+Collected only by ``nox -s examples`` (and ``compat``), which passes this file by name (its
+name matches neither ``test_*.py`` nor ``*_test.py``, so ``nox -s tests`` leaves it out) and downloads the
 Axolotl sdist of the installed release and passes its root in
 ``SAVEFIX_EXAMPLES_ROOT``. See :mod:`corpus` for how each config is loaded.
 """
