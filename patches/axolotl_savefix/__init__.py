@@ -54,7 +54,9 @@ def apply(
     killed mid-save resumes from the newest complete checkpoint). ``save_steps`` needs
         ``save_decision`` (the callback that then makes the saves). Returns False,
         patching nothing, where the installed Axolotl already has the fix.
-        Raises :class:`PatchTargetError`, patching nothing, where a target moved.
+        Raises :class:`PatchTargetError`, patching nothing, where a target moved. The trainer
+    builder's targets are patched when Axolotl imports ``axolotl.core.builders.base`` (at
+    once if it already has): a moved builder target raises there, and undoes every patch.
     """
     if save_steps and not save_decision:
         raise ValueError(
