@@ -56,12 +56,15 @@ def filtered() -> int:
     child = subprocess.Popen(
         [sys.executable, __file__, *sys.argv[1:]], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    hidden = 0
+    hidden, after_hidden = 0, False
     assert child.stdout is not None
     for line in child.stdout:
         if NOISE.search(line) and not line.startswith(("run ", "stock ", "patched ")):
-            hidden += 1
+            hidden, after_hidden = hidden + 1, True
             continue
+        if after_hidden and not line.strip():  # the blank line a hidden warning ends with
+            continue
+        after_hidden = False
         print(line, end="", flush=True)
     code = child.wait()
     if hidden:
