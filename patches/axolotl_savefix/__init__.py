@@ -47,16 +47,17 @@ def apply(
 ) -> bool:
     """Patch the installed Axolotl. Idempotent; returns True when the patches are in place.
 
-        Each knob enables one patch: ``save_steps`` (no float ratio for
-        ``saves_per_epoch``), ``save_decision`` (the callback that saves at the
-        epoch fractions), ``save_limit`` (the ``save_total_limit`` default),
-        ``eval_decision`` (the same for ``evals_per_epoch``), ``resume`` (a run
-    killed mid-save resumes from the newest complete checkpoint). ``save_steps`` needs
-        ``save_decision`` (the callback that then makes the saves). Returns False,
-        patching nothing, where the installed Axolotl already has the fix.
-        Raises :class:`PatchTargetError`, patching nothing, where a target moved. The trainer
-    builder's targets are patched when Axolotl imports ``axolotl.core.builders.base`` (at
-    once if it already has): a moved builder target raises there, and undoes every patch.
+    Each knob enables one patch: ``save_steps`` (no float ratio for
+    ``saves_per_epoch``), ``save_decision`` (the callback that saves at the
+    epoch fractions), ``save_limit`` (the ``save_total_limit`` default),
+    ``eval_decision`` (the same for ``evals_per_epoch``), ``resume`` (a run
+    killed mid-save resumes from the newest complete checkpoint). ``save_steps``
+    needs ``save_decision`` (the callback that then makes the saves). Returns
+    False, patching nothing, where the installed Axolotl already has the fix.
+    Raises :class:`PatchTargetError`, patching nothing, where a target moved. The
+    trainer builder's targets are patched when Axolotl imports
+    ``axolotl.core.builders.base`` (at once if it already has): a moved builder
+    target raises there, and undoes every patch.
     """
     if save_steps and not save_decision:
         raise ValueError(

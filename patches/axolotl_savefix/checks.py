@@ -32,10 +32,14 @@ def per_epoch_value(cfg: Mapping[str, Any], key: str) -> int | None:
     return value
 
 
-def strategy_of(cfg: Mapping[str, Any], key: str) -> str | None:
-    """``save_strategy`` / ``eval_strategy`` as a plain string (a validated config may hold an enum)."""
-    value = cfg.get(key)
+def strategy_name(value: Any) -> str | None:
+    """A save/eval strategy as a plain string (a validated config or TrainingArguments may hold an enum)."""
     return None if value is None else str(getattr(value, "value", value))
+
+
+def strategy_of(cfg: Mapping[str, Any], key: str) -> str | None:
+    """``save_strategy`` / ``eval_strategy`` of a config, as a plain string."""
+    return strategy_name(cfg.get(key))
 
 
 def check_per_epoch(cfg: Mapping[str, Any], key: str, interval_key: str, strategy_key: str) -> None:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import disk, schedule
+from .checks import strategy_name as _strategy
 from .disk import UPSTREAM_DEFAULT, resolve_default_limit
 
 PLUGIN = "axolotl_savefix.SaveFixPlugin"
@@ -91,10 +92,6 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _strategy(value: Any) -> str | None:
-    return None if value is None else str(getattr(value, "value", value))
 
 
 def _interval_or_epochs(shape: schedule.RunShape, steps: float | None, strategy: str | None) -> list[int] | None:

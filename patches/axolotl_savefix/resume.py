@@ -77,8 +77,9 @@ def set_aside_incomplete(output_dir: str) -> tuple[Path | None, list[tuple[Path,
     Only the main process of each node moves folders (``None``: moved by another
     process); every rank finds the same newest complete checkpoint, moved or not.
     """
-    incomplete = [(p, lacks) for p in checkpoints.checkpoints(output_dir) if (lacks := checkpoints.missing(p))]
-    newest = checkpoints.newest_complete(output_dir)
+    scanned = [(p, checkpoints.missing(p)) for p in checkpoints.checkpoints(output_dir)]  # each folder read once
+    incomplete = [(p, lacks) for p, lacks in scanned if lacks]
+    newest = next((p for p, lacks in reversed(scanned) if not lacks), None)
     moved = []
     for folder, lacks in incomplete:
         target = None
