@@ -8,10 +8,13 @@ install it once. ``unit`` needs no Axolotl and runs in its own small venv.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import nox
@@ -21,12 +24,50 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "pyyaml"]
-# Axolotl version -> (Python, pinned install steps). torch first, so pip keeps the CPU build.
+# uv builds the Axolotl environments: each release pulls a multi-GB torch, and uv's cache
+# hardlinks what releases share (one torch 2.8.0 for 0.13.2 to 0.16.1). Installed on first use.
+UV = "uv==0.13.9"
+# Axolotl release -> (Python, torch and what must match it). The releases themselves are
+# axolotl_savefix._targets.PROVEN, one list for the package, pyproject, README and this table.
+# Everything else is pinned in ci/constraints-axolotl-<release>.txt (ci/pin_release.sh).
 AXOLOTL = {
-    "0.19.0": ("3.11", [["torch==2.13.0"], ["axolotl==0.19.0"]]),
-    "0.21.0": ("3.12", [["torch==2.14.1"], ["axolotl==0.21.0"]]),
+    # xformers 0.0.32.post2 (required by 0.13.2 to 0.16.1) pins torch 2.8.0; without torchvision
+    # a stock `axolotl train` on 0.13.x dies at import (SmolVLMProcessor)
+    "0.13.2": ("3.11", ["torch==2.8.0", "torchvision==0.23.0"]),
+    "0.14.0": ("3.11", ["torch==2.8.0", "torchvision==0.23.0"]),
+    "0.15.0": ("3.11", ["torch==2.8.0", "torchvision==0.23.0"]),
+    "0.16.1": ("3.11", ["torch==2.8.0", "torchvision==0.23.0"]),
+    # 0.17.0's load_cfg dies on a CPU-only torch build (compute_supports_fp8 catches RuntimeError,
+    # not the AssertionError of "Torch not compiled with CUDA enabled"; fixed in 0.18.0), stock
+    # or patched: PyPI's CUDA build, which runs on the CPU (the same torch as 0.18.0's)
+    "0.17.0": ("3.11", ["torch==2.12.1"]),
+    "0.18.0": ("3.11", ["torch==2.12.1"]),  # torch<=2.12.1
+    "0.19.0": ("3.11", ["torch==2.13.0"]),
+    "0.20.0": ("3.12", ["torch==2.14.0"]),  # Python>=3.12, torch<=2.14.0
+    "0.21.0": ("3.12", ["torch==2.14.1"]),
 }
+# Releases before the proven range, tried with `nox -s outside`: what happens there is reported
+# (docs/compatibility.md), not promised.
+OUTSIDE = {
+    "0.12.2": ("3.11", ["torch==2.6.0", "torchvision==0.21.0"]),  # xformers 0.0.29.post3 pins torch 2.6.0
+    "0.10.0": ("3.11", ["torch==2.6.0", "torchvision==0.21.0"]),
+}
+DEFAULT_AXOLOTL = "0.19.0"  # `tests`, `examples`, `preemption`, `engines`: one release, the newest for Python 3.11
 UNBUFFERED = {"PYTHONUNBUFFERED": "1"}  # the harness itself keeps Axolotl offline (tests/fixture.py)
+LOCAL_WHEELS = Path("/opt/wheels")  # where this machine keeps its CPU torch; uv does not read pip's config
+
+
+def _proven() -> tuple[str, ...]:
+    """axolotl_savefix._targets.PROVEN, read without importing the package (nox runs outside its env)."""
+    tree = ast.parse((ROOT / "patches" / "axolotl_savefix" / "_targets.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PROVEN" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError("PROVEN not found in patches/axolotl_savefix/_targets.py")
+
+
+if tuple(AXOLOTL) != _proven():
+    raise RuntimeError(f"noxfile AXOLOTL {list(AXOLOTL)} differs from _targets.PROVEN {list(_proven())}")
 
 
 def _python(version: str) -> str:
@@ -38,38 +79,116 @@ def _python(version: str) -> str:
     return found
 
 
-def axolotl_env(session: nox.Session, version: str = "0.19.0") -> Path:
-    """The shared venv for ``axolotl==version`` with this package installed; its python."""
-    python, steps = AXOLOTL[version]
+def _uv(session: nox.Session) -> str:
+    """uv: the one on PATH, else a pinned one installed once into .nox/uv-tool."""
+    found = shutil.which("uv")
+    if found:
+        return found
+    tool = ROOT / ".nox" / "uv-tool"
+    uv = tool / "bin" / "uv"
+    if not uv.exists():
+        session.run(sys.executable, "-m", "venv", "--clear", str(tool), external=True)
+        session.run(str(tool / "bin" / "python"), "-m", "pip", "install", "--quiet", UV, external=True)
+    return str(uv)
+
+
+def _tree_bytes(path: Path, seen: set[tuple[int, int]] | None = None) -> int:
+    """Bytes on disk under ``path``, each hardlinked file counted once (across calls sharing ``seen``)."""
+    seen = set() if seen is None else seen
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def axolotl_env(session: nox.Session, version: str = DEFAULT_AXOLOTL) -> Path:
+    """The shared venv for ``axolotl==version`` with this package installed; its python.
+
+    Built with uv from ci/constraints-axolotl-<version>.txt (every package pinned, so CI
+    installs what was tested); rebuilt only when the pins change. Each build appends its
+    time and the bytes it added to the uv cache to .nox/env-builds.json.
+    """
+    python, torch = {**AXOLOTL, **OUTSIDE}[version]
     venv = ROOT / ".nox" / f"axolotl-{version}"
     bin_dir = venv / "bin"
-    # every package pinned (ci/constraints-axolotl-<version>.txt), so CI installs what was tested
     constraints = ROOT / "ci" / f"constraints-axolotl-{version}.txt"
-    stamp_text = json.dumps({"python": python, "steps": steps, "test": TEST_DEPS, "pins": constraints.read_text()})
+    uv = _uv(session)
+    stamp_text = json.dumps({"python": python, "torch": torch, "test": TEST_DEPS, "pins": constraints.read_text()})
     stamp = venv / ".savefix-stamp"
     if not (stamp.exists() and stamp.read_text() == stamp_text):
-        session.log(f"building the shared Axolotl {version} environment in {venv} (minutes, once)")
-        session.run(_python(python), "-m", "venv", "--clear", str(venv), external=True)
-        pip = [str(bin_dir / "python"), "-m", "pip", "install", "--quiet"]
-        session.run(*pip, "--upgrade", "pip", external=True)
-        pinned = ["-c", str(constraints)]
-        for step in steps:
-            session.run(*pip, *pinned, *step, external=True)
-        session.run(*pip, *pinned, *TEST_DEPS, external=True)
+        session.log(f"building the shared Axolotl {version} environment in {venv} with uv (minutes, once)")
+        cache = Path(session.run(uv, "cache", "dir", silent=True, external=True).strip())
+        cache_before = _tree_bytes(cache) if cache.exists() else 0
+        start = time.monotonic()
+        session.run(uv, "venv", "--quiet", "--clear", "--seed", "--python", _python(python), str(venv), external=True)
+        links = ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []
+        session.run(
+            uv, "pip", "install", "--quiet", "--python", str(bin_dir / "python"), *links,
+            "-c", str(constraints), *torch, f"axolotl=={version}", *TEST_DEPS, external=True,
+        )  # fmt: skip
+        seconds = time.monotonic() - start
+        record = {
+            "axolotl": version,
+            "seconds": round(seconds, 1),
+            "uv_cache_bytes_added": _tree_bytes(cache) - cache_before,
+            "venv_bytes": _tree_bytes(venv),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
+        log = ROOT / ".nox" / "env-builds.json"
+        builds = json.loads(log.read_text()) if log.exists() else []
+        log.write_text(json.dumps([*builds, record], indent=2))
+        session.log(f"axolotl {version} environment: {seconds:.0f} s, {record['uv_cache_bytes_added'] / 1e9:.2f} GB downloaded")
         stamp.write_text(stamp_text)
     # this package changes between runs: always reinstall it (fast, no dependencies)
-    session.run(
-        str(bin_dir / "python"),
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--no-deps",
-        "-e",
-        str(ROOT),
-        external=True,
-    )
+    session.run(uv, "pip", "install", "--quiet", "--python", str(bin_dir / "python"), "--no-deps", "-e", str(ROOT), external=True)
     return bin_dir / "python"
+
+
+@nox.session(venv_backend="none")
+def envs(session: nox.Session) -> None:
+    """Build the shared Axolotl environments (`nox -s envs -- 0.13.2 0.14.0`; every proven release by default)."""
+    versions = session.posargs or list(AXOLOTL)
+    for version in versions:
+        session.log(f"axolotl {version}: {axolotl_env(session, version)}")
+    cache = Path(session.run(_uv(session), "cache", "dir", silent=True, external=True).strip())
+    seen: set[tuple[int, int]] = set()
+    in_cache = _tree_bytes(cache, seen)
+    in_envs = sum(_tree_bytes(ROOT / ".nox" / f"axolotl-{v}", seen) for v in versions)
+    session.log(
+        f"disk: {in_cache / 1e9:.1f} GB in uv's cache, {in_envs / 1e9:.1f} GB more for the {len(versions)} "
+        "environments (their packages are hardlinks into the cache)"
+    )
+
+
+@nox.session(venv_backend="none")
+def pin(session: nox.Session) -> None:
+    """Write ci/constraints-axolotl-<release>.txt with uv's resolver (`nox -s pin -- 0.13.2`): every package pinned."""
+    uv = _uv(session)
+    for version in session.posargs:
+        python, torch = {**AXOLOTL, **OUTSIDE}[version]
+        links = ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []
+        wanted = [f"axolotl=={version}", *torch, *TEST_DEPS]
+        work = ROOT / ".nox" / "pin"
+        work.mkdir(parents=True, exist_ok=True)
+        (work / f"{version}.in").write_text("\n".join(wanted) + "\n")
+        session.run(
+            uv, "pip", "compile", "--quiet", "--python", _python(python), *links, "--no-annotate", "--no-header",
+            str(work / f"{version}.in"), "-o", str(work / f"{version}.txt"), external=True,
+        )  # fmt: skip
+        # torch==2.13.0+cpu -> torch==2.13.0: the local CPU build where there is one, PyPI's elsewhere
+        pins = re.sub(r"^(torch\S*)==([^+\s]+)\+\S+$", r"\1==\2", (work / f"{version}.txt").read_text(), flags=re.M)
+        header = (
+            f"# constraints for the axolotl=={version} test environment (nox: axolotl_env), from `uv pip compile` "
+            f"on {time.strftime('%Y-%m-%d')}\n# of: {' '.join(wanted[1:])} (nox -s pin -- {version})\n"
+        )
+        (ROOT / "ci" / f"constraints-axolotl-{version}.txt").write_text(header + pins)
 
 
 def venv_env(python: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -87,7 +206,7 @@ def run_script(session: nox.Session, script: str, *args: str) -> None:
 def tests_impl(
     session: nox.Session,
     *paths: str,
-    axolotl: str | None = "0.19.0",
+    axolotl: str | None = DEFAULT_AXOLOTL,
     env: dict[str, str] | None = None,
 ) -> None:
     """Run pytest on ``paths`` (knobs: which Axolotl; extra environment)."""
@@ -112,8 +231,14 @@ def tests_impl(
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """Unit, patching, Trainer, and the CPU e2e matrix (kill-and-resume runs: `preemption`; FSDP2, DPO: `engines`)."""
-    tests_impl(session, "tests", "-m", "not preemption and not engines")
+    """Unit, patching, Trainer, the in-process CPU e2e matrix (CLI runs: `cli`; kills: `preemption`; FSDP2, DPO: `engines`)."""
+    tests_impl(session, "tests", "-m", "not preemption and not engines and not cli")
+
+
+@nox.session(venv_backend="none")
+def cli(session: nox.Session) -> None:
+    """Runs through `axolotl train` in its own process: the plugin line, LoRA stock vs patched (about 3 minutes)."""
+    tests_impl(session, "tests", "-m", "cli")
 
 
 @nox.session(venv_backend="none")
@@ -160,44 +285,143 @@ def e2e_gpu(session: nox.Session) -> None:
     tests_impl(session, "tests/e2e", "tests/e2e/gpu_engines.py", env=env)
 
 
-# The patched subset that must pass on every supported Axolotl release.
+# Per proven release (`nox -s compat`): the seams with no training (tests/axolotl), the patched
+# subset of real runs, and one stock run that shows the bug there; then the example corpus.
 COMPAT_TESTS = [
     "tests/axolotl",
-    "tests/e2e/test_matrix.py",
-    "tests/e2e/test_evals.py",
-    "tests/e2e/test_plan_vs_run.py",
-    "tests/e2e/test_cli.py",
-    "-k",
-    "not stock",
+    "tests/e2e/test_matrix.py::test_exact_checkpoints[reported-stock]",
+    "tests/e2e/test_matrix.py::test_exact_checkpoints[reported-patched]",
+    "tests/e2e/test_matrix.py::test_exact_checkpoints[six_per_epoch-patched]",
+    "tests/e2e/test_matrix.py::test_exact_checkpoints[accum_remainder-patched]",
+    "tests/e2e/test_evals.py::test_exact_eval_steps[evals_accum-patched]",
+    "tests/e2e/test_resume.py",
+    "tests/e2e/test_cli.py::test_plugin_line_through_the_axolotl_cli",
 ]
+SWEEP = ROOT / "docs" / "compat-sweep.json"  # what `compat` found, per release; docs/compatibility.md is made from it
+VERSIONS = (
+    "import json, platform; from importlib.metadata import version as v; "
+    "print(json.dumps({'python': platform.python_version(), 'transformers': v('transformers'), "
+    "'torch': v('torch'), 'trl': v('trl'), 'accelerate': v('accelerate')}))"
+)
 
 
-def examples_impl(session: nox.Session, axolotl: str) -> None:
-    """Axolotl's own example configs (from the sdist of ``axolotl``) stock vs with the plugin line."""
+def _examples_source(session: nox.Session, axolotl: str, work: Path) -> tuple[str, Path]:
+    """The release whose sdist gives ``axolotl``'s example corpus, and its unpacked tree.
+
+    The sdists of 0.13.2 to 0.16.1 ship no examples/ (0.17.0 is the first that does); their
+    corpus is the oldest later proven release's examples, loaded by the installed release.
+    """
+    later = [v for v in AXOLOTL if _release(v) >= _release(axolotl)]
+    for version in later:
+        tree = _sdist(session, version, work)
+        if any((tree / "examples").rglob("*.y*ml")):
+            if version != axolotl:
+                session.log(f"axolotl {axolotl}'s sdist has no examples/: its corpus is {version}'s examples")
+            return version, tree
+    raise RuntimeError(f"no sdist from {axolotl} on ships examples/")
+
+
+def examples_impl(session: nox.Session, axolotl: str, junit: Path | None = None) -> tuple[Path, str]:
+    """Axolotl's own example configs (from the sdist of ``axolotl``) stock vs with the plugin line.
+
+    With ``junit``, failures are left for the caller to read from that report; returns the
+    per-config report and the release whose examples were loaded.
+    """
     work = ROOT / ".nox" / "examples-work"
     work.mkdir(parents=True, exist_ok=True)
-    tree = _sdist(session, axolotl, work)
+    source, tree = _examples_source(session, axolotl, work)
     report = ROOT / ".nox" / f"examples-{axolotl}.json"
+    report.unlink(missing_ok=True)
     env = {"SAVEFIX_EXAMPLES_ROOT": str(tree), "SAVEFIX_EXAMPLES_REPORT": str(report)}
-    tests_impl(session, "tests/examples/corpus_check.py", "-s", axolotl=axolotl, env=env)
+    python = str(axolotl_env(session, axolotl))
+    session.run(
+        python, "-m", "pytest", "-p", "no:anyio", "tests/examples/corpus_check.py", "-s",
+        *([f"--junitxml={junit}"] if junit else []), *session.posargs,
+        env=venv_env(python, env), external=True, success_codes=[0, 1] if junit else [0],
+    )  # fmt: skip
     session.log(f"per-config results: {report}")
+    return report, source
 
 
 @nox.session(venv_backend="none")
 def examples(session: nox.Session) -> None:
     """Every example config in Axolotl 0.19.0's sdist: what stock accepts, the plugin accepts (about a minute)."""
-    examples_impl(session, "0.19.0")
+    examples_impl(session, DEFAULT_AXOLOTL)
 
 
 @nox.session(venv_backend="none")
 @nox.parametrize("axolotl", list(AXOLOTL))
 def compat(session: nox.Session, axolotl: str) -> None:
-    """The patched e2e subset and the example corpus on each supported Axolotl release.
+    """One proven release: the patched subset, one stock case, the example corpus; results to docs/compat-sweep.json.
 
-    0.21.0 needs python3.12: PYENV_VERSION=3.11.7:3.12.1.
+    `nox -s compat` runs every release in AXOLOTL; `-s "compat(axolotl='0.13.2')"` one. 0.20+ need python3.12
+    (PYENV_VERSION=3.11.7:3.12.1). docs/compatibility.md's table is rewritten from the JSON.
     """
-    tests_impl(session, *COMPAT_TESTS, axolotl=axolotl)
-    examples_impl(session, axolotl)
+    started = time.monotonic()
+    python = str(axolotl_env(session, axolotl))
+    env_seconds = time.monotonic() - started
+    work = ROOT / ".nox" / "compat"
+    work.mkdir(parents=True, exist_ok=True)
+    observations, junit, corpus_junit = (work / f"{axolotl}{ext}" for ext in (".jsonl", ".xml", "-corpus.xml"))
+    for path in (observations, junit, corpus_junit):
+        path.unlink(missing_ok=True)
+    tests_started = time.monotonic()
+    session.run(
+        python, "-m", "pytest", "-p", "no:anyio", f"--junitxml={junit}", *COMPAT_TESTS,
+        env=venv_env(python, {"SAVEFIX_COMPAT_REPORT": str(observations)}), external=True, success_codes=[0, 1],
+    )  # fmt: skip
+    tests_seconds = time.monotonic() - tests_started
+    corpus_started = time.monotonic()
+    corpus_report, corpus_source = examples_impl(session, axolotl, corpus_junit)
+    corpus_seconds = time.monotonic() - corpus_started
+
+    outcomes = _junit_outcomes(junit) if junit.exists() else {}
+    corpus_outcomes = _junit_outcomes(corpus_junit) if corpus_junit.exists() else {}
+    runs = {}
+    if observations.exists():
+        for line in observations.read_text().splitlines():
+            entry = json.loads(line)
+            runs[entry.pop("test")] = entry
+    summary = json.loads(corpus_report.read_text())["summary"] if corpus_report.exists() else {}
+    failed = sorted(k for k, v in {**outcomes, **corpus_outcomes}.items() if v != "passed")
+    versions = json.loads(session.run(python, "-c", VERSIONS, silent=True, external=True).strip().splitlines()[-1])
+    entry = {
+        "axolotl": axolotl,
+        **versions,
+        "date": time.strftime("%Y-%m-%d"),
+        "result": "pass" if outcomes and corpus_outcomes and not failed else "fail",
+        "tests": [sum(v == "passed" for v in outcomes.values()), len(outcomes)],
+        "corpus_tests": [sum(v == "passed" for v in corpus_outcomes.values()), len(corpus_outcomes)],
+        "failed": failed,
+        "runs": runs,
+        "corpus_from": corpus_source,
+        "corpus": {k: summary[k] if isinstance(summary.get(k), int) else len(summary.get(k) or []) for k in (
+            "configs", "accepted_by_both", "refused_by_both", "refused_by_patch_only", "accepted_by_patch_only", "plan_crashes")},
+        "seconds": {"env": round(env_seconds, 1), "tests": round(tests_seconds, 1), "corpus": round(corpus_seconds, 1)},
+    }  # fmt: skip
+    sweep = json.loads(SWEEP.read_text()) if SWEEP.exists() else {}
+    sweep[axolotl] = entry
+    SWEEP.write_text(json.dumps(dict(sorted(sweep.items(), key=lambda kv: _release(kv[0]))), indent=1) + "\n")
+    session.run(sys.executable, str(ROOT / "ci" / "compat_doc.py"), external=True)
+    if failed:
+        session.error(f"axolotl {axolotl}: {len(failed)} failed: {', '.join(failed)}")
+
+
+@nox.session(venv_backend="none")
+@nox.parametrize("axolotl", list(OUTSIDE))
+def outside(session: nox.Session, axolotl: str) -> None:
+    """A release before the proven range: runs patched with one warning, or fails naming the release (.nox/outside-*.json)."""
+    report = ROOT / ".nox" / f"outside-{axolotl}.json"
+    report.unlink(missing_ok=True)
+    try:
+        tests_impl(session, "tests/e2e/outside_check.py", axolotl=axolotl, env={"SAVEFIX_OUTSIDE_REPORT": str(report)})
+    finally:
+        if report.exists():
+            session.log(report.read_text())
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:3])
 
 
 @nox.session(venv_backend="none")
@@ -244,13 +468,27 @@ HOOKS_NOT_RUN = {"no-commit-to-branch": "checks the git branch of a commit; the 
 
 
 def _sdist(session: nox.Session, version: str, work: Path) -> Path:
-    """Axolotl's sdist from PyPI, unpacked fresh into ``work``: its src/, tests/ and pyproject.toml."""
+    """Axolotl's sdist from PyPI, unpacked fresh into ``work``: its src/, tests/ and pyproject.toml.
+
+    Found in PyPI's simple index (PEP 691 JSON) and checked against its sha256 (``pip download``
+    would build it in an isolated environment first, installing its build requirements).
+    """
     archive = work / f"axolotl-{version}.tar.gz"
     if not archive.exists():
-        session.run(
-            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-            "--ignore-requires-python", f"axolotl=={version}", "-d", str(work), external=True,
-        )  # fmt: skip
+        import hashlib
+        import urllib.request
+
+        index = urllib.request.Request(
+            "https://pypi.org/simple/axolotl/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        )
+        with urllib.request.urlopen(index, timeout=60) as reply:
+            (sdist,) = [f for f in json.load(reply)["files"] if f["filename"] == archive.name]
+        session.log(f"downloading {sdist['url']}")
+        with urllib.request.urlopen(sdist["url"], timeout=300) as reply:
+            data = reply.read()
+        if hashlib.sha256(data).hexdigest() != sdist["hashes"]["sha256"]:
+            raise RuntimeError(f"{sdist['url']}: sha256 differs from PyPI's record")
+        archive.write_bytes(data)
     tree = work / f"axolotl-{version}"
     shutil.rmtree(tree, ignore_errors=True)
     shutil.unpack_archive(archive, work)
@@ -465,7 +703,7 @@ def upstream(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "patches", "tests", "noxfile.py")
+    session.run("ruff", "check", "patches", "tests", "ci", "noxfile.py")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,11 +18,12 @@ nor torch; the patch modules are imported only when :func:`apply` runs.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ._log import log_once
 from ._patching import is_patched, undo_all, when_imported
-from ._targets import PatchTargetError, axolotl_version, upstream_fixed
+from ._targets import PatchTargetError, axolotl_version, outside_proven, upstream_fixed
 from .checks import SaveFixConfigError
 
 __version__ = "0.1.0"
@@ -105,6 +106,9 @@ def apply(
         raise
     names = ", ".join(m.__name__.rsplit(".", 1)[1] for m in enabled)
     log_once("applied", f"patched axolotl {axolotl_version()}: {names}")
+    untested = outside_proven()
+    if untested:
+        log_once("outside-proven", untested, logging.WARNING)
     return True
 
 

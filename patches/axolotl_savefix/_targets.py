@@ -15,7 +15,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SUPPORTED = "0.19.0 to 0.21.0"
+# Every Axolotl release this package was proven on by real runs (`nox -s compat`, results in
+# docs/compat-sweep.json). One list: the noxfile's environments, pyproject's `axolotl` extra,
+# the README's range and docs/compatibility.md are checked against it (tests/unit/test_releases.py).
+PROVEN = ("0.13.2", "0.14.0", "0.15.0", "0.16.1", "0.17.0", "0.18.0", "0.19.0", "0.20.0", "0.21.0")
+SUPPORTED = f"{PROVEN[0]} to {PROVEN[-1]}"
 
 # The upstream fix (docs/upstream/) adds this module. Where it exists, the
 # installed Axolotl already saves per epoch exactly and our patches step aside.
@@ -38,6 +42,38 @@ def savefix_version() -> str:
         return metadata.version("axolotl-savefix")
     except metadata.PackageNotFoundError:
         return "(source tree)"
+
+
+def release_tuple(version: str) -> tuple[int, ...] | None:
+    """``"0.21.0"`` -> ``(0, 21, 0)``; ``"0.22.0.dev0"`` -> ``(0, 22, 0)``; None when unreadable."""
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            return None
+        parts.append(int(digits))
+        if len(digits) < len(piece):  # "0rc1": the release part ends here
+            break
+    return tuple(parts) if parts else None
+
+
+def outside_proven(version: str | None = None) -> str | None:
+    """A one-line warning where the installed Axolotl is not one of the :data:`PROVEN` releases
+    or between them; None inside the range (or where the version cannot be read)."""
+    version = axolotl_version() if version is None else version
+    have = release_tuple(version)
+    low, high = release_tuple(PROVEN[0]), release_tuple(PROVEN[-1])
+    if have is None or low is None or high is None or low <= have <= high:
+        return None
+    return (
+        f"axolotl {version} is outside the releases axolotl-savefix {savefix_version()} was proven on "
+        f"({SUPPORTED}); its patch targets are all in place, so it runs patched. Check the first "
+        "run's checkpoints against `axolotl-savefix plan`."
+    )
 
 
 def upstream_fixed() -> bool:

@@ -119,6 +119,20 @@ def observe(output_dir: Path, log_text: str) -> Observed:
     )
 
 
+def record(test: str, observed: Observed, **expected: list[int]) -> None:
+    """Append what a run did, and what the reference expects, to $SAVEFIX_COMPAT_REPORT (JSON lines).
+
+    `nox -s compat` reads it for docs/compat-sweep.json; called before the asserts, so a
+    failing run is reported with what it did.
+    """
+    path = os.environ.get("SAVEFIX_COMPAT_REPORT")
+    if not path:
+        return
+    line = {"test": test, "saved": observed.saved, "kept": observed.kept, "evals": observed.evals, "expected": expected}
+    with open(path, "a") as out:
+        out.write(json.dumps(line) + "\n")
+
+
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)

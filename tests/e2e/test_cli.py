@@ -11,7 +11,7 @@ import harness
 import pytest
 import reference
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.cli]
 
 
 def test_plugin_line_through_the_axolotl_cli(e2e_root):

@@ -32,11 +32,12 @@ def test_exact_eval_steps(name, variant, e2e_root):
     L, G, M = observed.batches_per_epoch(case["grad_accum"]), case["grad_accum"], observed.max_steps
     k_eval, k_save, epochs = case["evals_per_epoch"], case["saves_per_epoch"], case["num_epochs"]
     if variant == "stock":
-        assert observed.evals == reference.stock_evals(L, G, k_eval, epochs, M)
-        assert observed.saved == reference.stock_saves(L, G, k_save, epochs, M)
+        evals, saved = reference.stock_evals(L, G, k_eval, epochs, M), reference.stock_saves(L, G, k_save, epochs, M)
     else:
-        assert observed.evals == reference.patched_evals(L, G, k_eval, M)
-        assert observed.saved == reference.patched_saves(L, G, k_save, M)
+        evals, saved = reference.patched_evals(L, G, k_eval, M), reference.patched_saves(L, G, k_save, M)
+    harness.record(f"{name}-{variant}", observed, evals=evals, saved=saved)
+    assert observed.evals == evals
+    assert observed.saved == saved
 
 
 def test_best_checkpoint_follows_an_eval_and_survives_the_limit(e2e_root):

@@ -170,6 +170,7 @@ def documented_difference_ok(outcome: Outcome) -> list[str]:
 def _warm_up(model_dir: Path, work_root: Path) -> None:
     """One stock ``load_cfg`` in the parent: the lazy imports it triggers are then shared by every fork."""
     raw = {"base_model": "x", "datasets": [{"path": "x.jsonl", "type": "completion"}], "micro_batch_size": 1,
+           "gradient_accumulation_steps": 1,  # 0.13.x wants two of micro_batch_size, gradient_accumulation_steps, batch_size
            "num_epochs": 1, "learning_rate": 1e-4, "sequence_len": 64}  # fmt: skip
     work = Path(tempfile.mkdtemp(dir=work_root))
     config = work / "config.yml"
