@@ -71,7 +71,7 @@ def outside_proven(version: str | None = None) -> str | None:
         return None
     return (
         f"axolotl {version} is outside the releases axolotl-savefix {savefix_version()} was proven on "
-        f"({SUPPORTED}); its patch targets are all in place, so it runs patched. Check the first "
+        f"({SUPPORTED}); its patch targets were found, so it runs patched. Check the first "
         "run's checkpoints against `axolotl-savefix plan`."
     )
 
