@@ -8,7 +8,7 @@ install it once. ``unit`` needs no Axolotl and runs in its own small venv.
 
 from __future__ import annotations
 
-import ast
+import importlib.util
 import json
 import os
 import re
@@ -29,7 +29,7 @@ TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "pyyaml"]
 UV = "uv==0.13.9"
 # Axolotl release -> (Python, torch and what must match it). The releases themselves are
 # axolotl_savefix._targets.PROVEN, one list for the package, pyproject, README and this table.
-# Everything else is pinned in ci/constraints-axolotl-<release>.txt (ci/pin_release.sh).
+# Everything else is pinned in ci/constraints-axolotl-<release>.txt (`nox -s pin -- <release>`).
 AXOLOTL = {
     # xformers 0.0.32.post2 (required by 0.13.2 to 0.16.1) pins torch 2.8.0; without torchvision
     # a stock `axolotl train` on 0.13.x dies at import (SmolVLMProcessor)
@@ -54,20 +54,25 @@ OUTSIDE = {
 }
 DEFAULT_AXOLOTL = "0.19.0"  # `tests`, `examples`, `preemption`, `engines`: one release, the newest for Python 3.11
 UNBUFFERED = {"PYTHONUNBUFFERED": "1"}  # the harness itself keeps Axolotl offline (tests/fixture.py)
+RELEASES = {**AXOLOTL, **OUTSIDE}  # every release the noxfile can build an environment for
 LOCAL_WHEELS = Path("/opt/wheels")  # where this machine keeps its CPU torch; uv does not read pip's config
 
 
-def _proven() -> tuple[str, ...]:
-    """axolotl_savefix._targets.PROVEN, read without importing the package (nox runs outside its env)."""
-    tree = ast.parse((ROOT / "patches" / "axolotl_savefix" / "_targets.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PROVEN" for t in node.targets):
-            return tuple(ast.literal_eval(node.value))
-    raise RuntimeError("PROVEN not found in patches/axolotl_savefix/_targets.py")
+def _load_targets():
+    """axolotl_savefix/_targets.py (standard library only) loaded on its own: nox runs outside the package's env."""
+    spec = importlib.util.spec_from_file_location("savefix_targets", ROOT / "patches" / "axolotl_savefix" / "_targets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-if tuple(AXOLOTL) != _proven():
-    raise RuntimeError(f"noxfile AXOLOTL {list(AXOLOTL)} differs from _targets.PROVEN {list(_proven())}")
+_TARGETS = _load_targets()
+if tuple(AXOLOTL) != _TARGETS.PROVEN:
+    raise RuntimeError(f"noxfile AXOLOTL {list(AXOLOTL)} differs from _targets.PROVEN {list(_TARGETS.PROVEN)}")
+
+
+def _find_links() -> list[str]:
+    return ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []
 
 
 def _python(version: str) -> str:
@@ -115,7 +120,7 @@ def axolotl_env(session: nox.Session, version: str = DEFAULT_AXOLOTL) -> Path:
     installs what was tested); rebuilt only when the pins change. Each build appends its
     time and the bytes it added to the uv cache to .nox/env-builds.json.
     """
-    python, torch = {**AXOLOTL, **OUTSIDE}[version]
+    python, torch = RELEASES[version]
     venv = ROOT / ".nox" / f"axolotl-{version}"
     bin_dir = venv / "bin"
     constraints = ROOT / "ci" / f"constraints-axolotl-{version}.txt"
@@ -128,9 +133,8 @@ def axolotl_env(session: nox.Session, version: str = DEFAULT_AXOLOTL) -> Path:
         cache_before = _tree_bytes(cache) if cache.exists() else 0
         start = time.monotonic()
         session.run(uv, "venv", "--quiet", "--clear", "--seed", "--python", _python(python), str(venv), external=True)
-        links = ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []
         session.run(
-            uv, "pip", "install", "--quiet", "--python", str(bin_dir / "python"), *links,
+            uv, "pip", "install", "--quiet", "--python", str(bin_dir / "python"), *_find_links(),
             "-c", str(constraints), *torch, f"axolotl=={version}", *TEST_DEPS, external=True,
         )  # fmt: skip
         seconds = time.monotonic() - start
@@ -172,14 +176,13 @@ def pin(session: nox.Session) -> None:
     """Write ci/constraints-axolotl-<release>.txt with uv's resolver (`nox -s pin -- 0.13.2`): every package pinned."""
     uv = _uv(session)
     for version in session.posargs:
-        python, torch = {**AXOLOTL, **OUTSIDE}[version]
-        links = ["--find-links", str(LOCAL_WHEELS)] if LOCAL_WHEELS.is_dir() else []
+        python, torch = RELEASES[version]
         wanted = [f"axolotl=={version}", *torch, *TEST_DEPS]
         work = ROOT / ".nox" / "pin"
         work.mkdir(parents=True, exist_ok=True)
         (work / f"{version}.in").write_text("\n".join(wanted) + "\n")
         session.run(
-            uv, "pip", "compile", "--quiet", "--python", _python(python), *links, "--no-annotate", "--no-header",
+            uv, "pip", "compile", "--quiet", "--python", _python(python), *_find_links(), "--no-annotate", "--no-header",
             str(work / f"{version}.in"), "-o", str(work / f"{version}.txt"), external=True,
         )  # fmt: skip
         # torch==2.13.0+cpu -> torch==2.13.0: the local CPU build where there is one, PyPI's elsewhere
@@ -208,8 +211,10 @@ def tests_impl(
     *paths: str,
     axolotl: str | None = DEFAULT_AXOLOTL,
     env: dict[str, str] | None = None,
+    junit: Path | None = None,
 ) -> None:
-    """Run pytest on ``paths`` (knobs: which Axolotl; extra environment)."""
+    """Run pytest on ``paths`` (knobs: which Axolotl; extra environment; with ``junit``, a
+    report there and failing tests left for the caller to read from it)."""
     if axolotl is None:
         session.install("-e", ".", *TEST_DEPS)
         python, run_env = "python", {**UNBUFFERED, **(env or {})}
@@ -223,9 +228,11 @@ def tests_impl(
         "-p",
         "no:anyio",
         *(paths or ["tests"]),
+        *([f"--junitxml={junit}"] if junit else []),
         *session.posargs,
         env=run_env,
         external=True,
+        success_codes=[0, 1] if junit else [0],
     )
 
 
@@ -311,7 +318,7 @@ def _examples_source(session: nox.Session, axolotl: str, work: Path) -> tuple[st
     The sdists of 0.13.2 to 0.16.1 ship no examples/ (0.17.0 is the first that does); their
     corpus is the oldest later proven release's examples, loaded by the installed release.
     """
-    later = [v for v in AXOLOTL if _release(v) >= _release(axolotl)]
+    later = [v for v in AXOLOTL if _TARGETS.release_tuple(v) >= _TARGETS.release_tuple(axolotl)]
     for version in later:
         tree = _sdist(session, version, work)
         if any((tree / "examples").rglob("*.y*ml")):
@@ -333,12 +340,7 @@ def examples_impl(session: nox.Session, axolotl: str, junit: Path | None = None)
     report = ROOT / ".nox" / f"examples-{axolotl}.json"
     report.unlink(missing_ok=True)
     env = {"SAVEFIX_EXAMPLES_ROOT": str(tree), "SAVEFIX_EXAMPLES_REPORT": str(report)}
-    python = str(axolotl_env(session, axolotl))
-    session.run(
-        python, "-m", "pytest", "-p", "no:anyio", "tests/examples/corpus_check.py", "-s",
-        *([f"--junitxml={junit}"] if junit else []), *session.posargs,
-        env=venv_env(python, env), external=True, success_codes=[0, 1] if junit else [0],
-    )  # fmt: skip
+    tests_impl(session, "tests/examples/corpus_check.py", "-s", axolotl=axolotl, env=env, junit=junit)
     session.log(f"per-config results: {report}")
     return report, source
 
@@ -366,10 +368,7 @@ def compat(session: nox.Session, axolotl: str) -> None:
     for path in (observations, junit, corpus_junit):
         path.unlink(missing_ok=True)
     tests_started = time.monotonic()
-    session.run(
-        python, "-m", "pytest", "-p", "no:anyio", f"--junitxml={junit}", *COMPAT_TESTS,
-        env=venv_env(python, {"SAVEFIX_COMPAT_REPORT": str(observations)}), external=True, success_codes=[0, 1],
-    )  # fmt: skip
+    tests_impl(session, *COMPAT_TESTS, axolotl=axolotl, env={"SAVEFIX_COMPAT_REPORT": str(observations)}, junit=junit)
     tests_seconds = time.monotonic() - tests_started
     corpus_started = time.monotonic()
     corpus_report, corpus_source = examples_impl(session, axolotl, corpus_junit)
@@ -401,7 +400,7 @@ def compat(session: nox.Session, axolotl: str) -> None:
     }  # fmt: skip
     sweep = json.loads(SWEEP.read_text()) if SWEEP.exists() else {}
     sweep[axolotl] = entry
-    SWEEP.write_text(json.dumps(dict(sorted(sweep.items(), key=lambda kv: _release(kv[0]))), indent=1) + "\n")
+    SWEEP.write_text(json.dumps(dict(sorted(sweep.items(), key=lambda kv: _TARGETS.release_tuple(kv[0]))), indent=1) + "\n")
     session.run(sys.executable, str(ROOT / "ci" / "compat_doc.py"), external=True)
     if failed:
         session.error(f"axolotl {axolotl}: {len(failed)} failed: {', '.join(failed)}")
@@ -418,10 +417,6 @@ def outside(session: nox.Session, axolotl: str) -> None:
     finally:
         if report.exists():
             session.log(report.read_text())
-
-
-def _release(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".")[:3])
 
 
 @nox.session(venv_backend="none")
