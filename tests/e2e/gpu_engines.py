@@ -44,10 +44,9 @@ def _run(root, name, *, plugin, engine):
         cfg["deepspeed"] = str(harness.Path(os.environ["SAVEFIX_DEEPSPEED_CONFIGS"]) / f"{engine}.json")
     cfg["plugins"] = ["save_log.SaveLog", *(cfg.get("plugins") or [])]
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    torchrun = harness.Path(harness.sys.executable).parent / "torchrun"
     observed = harness.run_cli(
         config,
-        launcher=[str(torchrun), "--nproc_per_node", str(WORLD), "-m", "axolotl.cli.train", str(config)],
+        launcher=harness.torchrun(config, WORLD),
         env={"PYTHONPATH": str(HERE)},
     )
     L = case["samples"] // (case["micro_batch"] * WORLD)

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -211,3 +212,19 @@ def resume_from_copy(config_path: Path, first_output: Path, step: int) -> Path:
     cfg["resume_from_checkpoint"] = str(checkpoint)
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return checkpoint
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (several test sessions may share this machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(config_path: Path, world: int, *extra: str) -> list[str]:
+    """``torchrun --nproc_per_node WORLD -m axolotl.cli.train CONFIG`` on a free port (not torchrun's fixed 29500)."""
+    launcher = Path(sys.executable).parent / "torchrun"
+    return [
+        str(launcher), "--nproc_per_node", str(world), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        *extra, "-m", "axolotl.cli.train", str(config_path),
+    ]  # fmt: skip

@@ -19,10 +19,9 @@ def test_two_process_ddp_saves_at_the_per_rank_targets(e2e_root, tmp_path):
     cfg = yaml.safe_load(config.read_text())
     cfg["plugins"] = ["cpu_ddp_shim.CpuDdpShim", *cfg["plugins"]]
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    torchrun = harness.Path(harness.sys.executable).parent / "torchrun"
     observed = harness.run_cli(
         config,
-        launcher=[str(torchrun), "--nproc_per_node", str(WORLD), "-m", "axolotl.cli.train", str(config)],
+        launcher=harness.torchrun(config, WORLD),
         env={"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(harness.Path(__file__).parent)},
     )
     log = (config.parent / "train.log").read_text()

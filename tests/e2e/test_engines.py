@@ -42,10 +42,9 @@ def _fsdp_config(root, name, *, plugin, **extra):
 
 
 def _torchrun(config):
-    torchrun = harness.Path(harness.sys.executable).parent / "torchrun"
     return harness.run_cli(
         config,
-        launcher=[str(torchrun), "--nproc_per_node", str(WORLD), "-m", "axolotl.cli.train", str(config)],
+        launcher=harness.torchrun(config, WORLD),
         env={"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(HERE)},
     )
 

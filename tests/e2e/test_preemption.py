@@ -122,8 +122,7 @@ def test_ddp_one_rank_killed_mid_save_resumes(e2e_root):
     cut = expected[2]
     config = _config(e2e_root, "preempt-ddp", plugin=True, ddp=True)
     out = harness.output_dir(config)
-    torchrun = harness.Path(harness.sys.executable).parent / "torchrun"
-    launch = [str(torchrun), "--nproc_per_node", str(world), "-m", "axolotl.cli.train", str(config)]
+    launch = harness.torchrun(config, world)
     env = {**ENV, "ACCELERATE_USE_CPU": "true"}
 
     code, first = harness.run_cli_raw(config, launcher=launch, env={**env, "SAVEFIX_KILL_AT": f"{cut}:rng:1"}, log_name="first.log")
