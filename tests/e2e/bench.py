@@ -175,7 +175,7 @@ def whole_process(name: str, pairs: int = PAIRS) -> dict:
         for variant in order:
             config = harness.write_config(case, root / f"{variant}-{i}", plugin=variant == "patched")
             start = time.perf_counter()
-            harness.run_cli(config)
+            harness.run_cli(config, forked=False)  # whole processes, as a user runs them
             took[variant] = time.perf_counter() - start
         if i:
             ratios.append(took["patched"] / took["stock"])

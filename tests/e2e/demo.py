@@ -34,7 +34,7 @@ def main() -> None:
     rows = []
     for variant, plugin in (("stock", False), ("patched", True)):
         print(f"  running axolotl train ({variant}) ...", flush=True)
-        observed = harness.run_cli(harness.write_config(case, root / variant, plugin=plugin))
+        observed = harness.run_cli(harness.write_config(case, root / variant, plugin=plugin), forked=False)
         rows.append((variant, observed))
     print()
     print(f"{'run':<8} {'saved at steps':<40} {'kept on disk'}")

@@ -171,20 +171,37 @@ def run_in_process(config_path: Path) -> Observed:
 
 
 def run_cli_raw(
-    config_path: Path, *extra: str, launcher: list[str] | None = None, env: dict | None = None, log_name: str = "train.log"
+    config_path: Path,
+    *extra: str,
+    launcher: list[str] | None = None,
+    env: dict | None = None,
+    log_name: str = "train.log",
+    forked: bool | None = None,
 ) -> tuple[int, str]:
-    """``axolotl train CONFIG`` in a subprocess; its exit status and log (also written next to the config)."""
+    """``axolotl train CONFIG`` in a process of its own; its exit status and log (also written next to the config).
+
+    ``forked`` (default: when there is no ``launcher`` and no ``extra`` argument, unless
+    ``SAVEFIX_HARNESS_FORK=0``): the process is a child forked from the harness' fork server,
+    which imported Axolotl once (tests/e2e/zygote.py), running ``python -m axolotl.cli.train
+    CONFIG``; else the real ``axolotl train`` entry point (or ``launcher``) is spawned.
+    """
     bindir = str(Path(sys.executable).parent)
-    full_env = {
-        **os.environ,
-        **OFFLINE,
-        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
-        **(env or {}),
-    }
+    base_env = {**os.environ, **OFFLINE, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    full_env = {**base_env, **(env or {})}
+    if forked is None:
+        forked = launcher is None and not extra and os.environ.get("SAVEFIX_HARNESS_FORK", "1") != "0"
+    log_path = config_path.parent / log_name
+    if forked:
+        import zygote
+
+        sys_path = [p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        argv = ["axolotl.cli.train", str(config_path)]
+        code = zygote.zygote().run(argv, base_env, full_env, log_path, 900, sys_path)
+        return code, log_path.read_text(errors="replace")
     cmd = launcher or [str(Path(bindir) / "axolotl"), "train", str(config_path), *extra]
     proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
-    (config_path.parent / log_name).write_text(log)
+    log_path.write_text(log)
     return proc.returncode, log
 
 
@@ -192,9 +209,11 @@ def output_dir(config_path: Path) -> Path:
     return Path(yaml.safe_load(config_path.read_text())["output_dir"])
 
 
-def run_cli(config_path: Path, *extra: str, launcher: list[str] | None = None, env: dict | None = None) -> Observed:
-    """``axolotl train CONFIG`` in a subprocess, exactly as a user runs it."""
-    code, log = run_cli_raw(config_path, *extra, launcher=launcher, env=env)
+def run_cli(
+    config_path: Path, *extra: str, launcher: list[str] | None = None, env: dict | None = None, forked: bool | None = None
+) -> Observed:
+    """``axolotl train CONFIG`` in a process of its own (``forked``: see :func:`run_cli_raw`)."""
+    code, log = run_cli_raw(config_path, *extra, launcher=launcher, env=env, forked=forked)
     if code != 0:
         raise AssertionError(f"axolotl train {config_path} failed ({code}):\n{log[-4000:]}")
     return observe(output_dir(config_path), log)

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cli]
 def test_plugin_line_through_the_axolotl_cli(e2e_root):
     case = cases.case("reported")
     config = harness.write_config(case, e2e_root / "cli-patched", plugin=True)
-    observed = harness.run_cli(config)
+    observed = harness.run_cli(config, forked=False)  # the real `axolotl train` entry point
     L = case["samples"] // case["micro_batch"]
     M = reference.axolotl_max_steps(case["samples"], case["micro_batch"], case["grad_accum"], case["num_epochs"])
     expected = reference.patched_saves(L, case["grad_accum"], case["saves_per_epoch"], M)
@@ -42,7 +42,7 @@ def test_evals_per_epoch_zero_with_the_plugin_line_trains_and_saves_what_the_pla
     assert proc.returncode == 0, proc.stderr[-3000:]  # 0: every requested checkpoint saved and kept
     plan = json.loads(proc.stdout)
     assert plan["patched_run"]
-    observed = harness.run_cli(config)
+    observed = harness.run_cli(config, forked=False)  # the real `axolotl train` entry point
     assert plan["max_steps"] == observed.max_steps
     L = observed.batches_per_epoch(case["grad_accum"])
     expected = reference.patched_saves(L, case["grad_accum"], case["saves_per_epoch"], observed.max_steps)
