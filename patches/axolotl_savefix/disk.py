@@ -149,14 +149,16 @@ FULL_ERRNOS = (28, 122)  # ENOSPC, EDQUOT (Linux numbers; errno.ENOSPC / errno.E
 # (Rust: "IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })") and
 # torch.save's zip writer ("PytorchStreamWriter failed writing file ...: file write failed", no errno).
 FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "StorageFull", "QuotaExceeded")
-TORCH_WRITE_FAILED = "file write failed"
+# torch.save's zip writer on a full disk, measured on a tmpfs: "basic_ios::clear: iostream error", then
+# "[enforce fail at inline_container.cc:672] . unexpected pos 5312 vs 5204"; elsewhere "file write failed"
+TORCH_WRITE_FAILED = ("file write failed", "iostream error", "unexpected pos", "PytorchStreamWriter failed")
 
 
 def is_disk_full(error: BaseException, free: int | None = None, checkpoint_bytes: int | None = None) -> bool:
     """True when ``error`` says the file system (or the user's quota) is full: ENOSPC, EDQUOT.
 
     An ``OSError`` with that errno, or an error of another type whose text names it (safetensors).
-    torch's "file write failed" has no errno: it counts when ``free`` (bytes free now) is less than
+    torch's zip writer says no errno ("file write failed", "iostream error"): it counts when ``free`` (bytes free now) is less than
     ``checkpoint_bytes`` (one checkpoint), so the write could not have fitted.
     """
     import errno
@@ -166,7 +168,8 @@ def is_disk_full(error: BaseException, free: int | None = None, checkpoint_bytes
     text = str(error)
     if any(words in text for words in FULL_TEXTS):
         return True
-    return TORCH_WRITE_FAILED in text and free is not None and bool(checkpoint_bytes) and free < (checkpoint_bytes or 0)
+    torch_write = any(words in text for words in TORCH_WRITE_FAILED)
+    return torch_write and free is not None and bool(checkpoint_bytes) and free < (checkpoint_bytes or 0)
 
 
 def fit_count(free: int, checkpoint_bytes: int, kept_bytes: int = 0) -> int:
