@@ -200,7 +200,7 @@ def full_message(
     fit = fit_count(free, checkpoint_bytes, kept_bytes)
     head += (
         f"; one checkpoint is {checkpoint_bytes} bytes ({human(checkpoint_bytes)}, {size_source}); "
-        f"{kept} kept use {kept_bytes} bytes; {fit} checkpoint{'s' if fit != 1 else ''} fit in all"
+        f"{kept} kept use {kept_bytes} bytes; {fit} checkpoint{'s fit' if fit != 1 else ' fits'} in all"
     )
     best = fit - 1  # Transformers writes a checkpoint before it deletes the oldest
     if best >= 1:

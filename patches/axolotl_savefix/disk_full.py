@@ -111,7 +111,8 @@ def _wrap(save: Any) -> Any:
                 estimate = model_checkpoint_bytes(model, str(getattr(self.args.optim, "value", self.args.optim)))
             except Exception:  # noqa: BLE001 - the estimate is a fallback for the message only
                 pass
-            what = f"the save of {os.path.basename(folder)} failed ({error.strerror or error}); " + (
+            cause = (error.strerror if isinstance(error, OSError) else None) or "No space left on device"
+            what = f"the save of {os.path.basename(folder)} failed ({cause}); " + (
                 "the half-written folder was deleted" if removed else "the half-written folder is left to the next resume"
             )
             text = message(run_dir, what, self.args.save_total_limit, estimate)
