@@ -239,7 +239,7 @@ def tests_impl(
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """Unit, patching, Trainer, the in-process CPU e2e matrix (CLI runs: `cli`; kills: `preemption`; FSDP2, DPO: `engines`)."""
-    tests_impl(session, "tests", "-m", "not preemption and not engines and not cli")
+    tests_impl(session, "tests", "-m", "not preemption and not engines and not cli and not disk")
 
 
 @nox.session(venv_backend="none")
@@ -252,6 +252,12 @@ def cli(session: nox.Session) -> None:
 def preemption(session: nox.Session) -> None:
     """Runs killed by SIGKILL at exact points of a save, then resumed by the same command (about 6 minutes)."""
     tests_impl(session, "tests/e2e/test_preemption.py")
+
+
+@nox.session(venv_backend="none")
+def disk(session: nox.Session) -> None:
+    """A full disk (tmpfs mounts of exact sizes: root on Linux, else skipped), rotation killed, set-aside bound."""
+    tests_impl(session, "tests/e2e/test_disk.py")
 
 
 @nox.session(venv_backend="none")

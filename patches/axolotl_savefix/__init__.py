@@ -45,6 +45,7 @@ def apply(
     save_limit: bool = True,
     eval_decision: bool = True,
     resume: bool = True,
+    disk_full: bool = True,
 ) -> bool:
     """Patch the installed Axolotl. Idempotent; returns True when the patches are in place.
 
@@ -52,7 +53,10 @@ def apply(
     ``saves_per_epoch``), ``save_decision`` (the callback that saves at the
     epoch fractions), ``save_limit`` (the ``save_total_limit`` default),
     ``eval_decision`` (the same for ``evals_per_epoch``), ``resume`` (a run
-    killed mid-save resumes from the newest complete checkpoint). ``save_steps``
+    killed mid-save resumes from the newest complete checkpoint), ``disk_full``
+    (a save that fills the disk deletes its half-written checkpoint and stops the
+    run with the numbers and the fix; a rerun stops before training when the
+    next save cannot fit). ``save_steps``
     needs ``save_decision`` (the callback that then makes the saves). Returns
     False, patching nothing, where the installed Axolotl already has the fix.
     Raises :class:`PatchTargetError`, patching nothing, where a target moved. The
@@ -73,6 +77,7 @@ def apply(
             f"axolotl {axolotl_version()} already saves per epoch exactly; axolotl_savefix steps aside.",
         )
         return False
+    from . import disk_full as disk_full_patch
     from . import eval_decision as eval_patch
     from . import resume as resume_patch
     from . import save_decision as decision_patch
@@ -85,6 +90,7 @@ def apply(
         (save_limit, limit_patch),
         (eval_decision, eval_patch),
         (resume, resume_patch),
+        (disk_full, disk_full_patch),
     ]
     enabled = [module for on, module in chosen if on]
 

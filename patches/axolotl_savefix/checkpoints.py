@@ -13,7 +13,11 @@ folder that resume cannot use. The rule, from that order:
    says; a torch file (``.bin``, ``.pt``, ``.pth``) in the zip format of
    ``torch.save`` ends with the zip's central directory. A process killed while
    writing one leaves it truncated.
-3. Sharded weights are all there: every shard a ``*.index.json`` lists exists,
+3. With the record of rule 4: the weights are there (a ``.safetensors`` file, a ``pytorch_model*.bin`` /
+   ``adapter_model.bin``, an index, FSDP's or DeepSpeed's folder), and, unless the run saves the model
+   only, the optimizer state (``optimizer*`` or DeepSpeed's ``global_step*``): rotation's
+   ``shutil.rmtree`` killed half way leaves a folder without some of them.
+   Sharded weights are all there: every shard a ``*.index.json`` lists exists,
    every ``pytorch_model_fsdp_*`` / ``optimizer_*`` folder (FSDP's
    ``SHARDED_STATE_DICT``, torch.distributed.checkpoint) has its ``.metadata``,
    which the coordinator writes after every rank wrote its part, and a DeepSpeed
@@ -39,6 +43,7 @@ import json
 import os
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = "checkpoint-"
@@ -100,6 +105,21 @@ def _whole(path: Path) -> bool:
     return True
 
 
+def _is_weights(path: Path) -> bool:
+    """A weight file or folder of any engine: safetensors, torch bins, an index, FSDP shards, DeepSpeed's folder."""
+    name = path.name
+    if path.is_dir():
+        return name.startswith(("pytorch_model_fsdp_", "model_fsdp_", "global_step"))
+    return name.endswith((".safetensors", ".index.json")) or (
+        name.endswith(".bin") and name.startswith(("pytorch_model", "adapter_model", "model"))
+    )
+
+
+def _is_optimizer(path: Path) -> bool:
+    """The optimizer state: ``optimizer.pt``/``.bin``, FSDP's ``optimizer_*`` folder, or DeepSpeed's ``global_step*``."""
+    return path.name.startswith("optimizer") or (path.is_dir() and path.name.startswith("global_step"))
+
+
 def record(state: dict) -> dict | None:
     """The run's record in a parsed ``trainer_state.json``: ``{"world_size": W, "save_only_model": b}``."""
     stored = (state.get("stateful_callbacks") or {}).get(RECORD)
@@ -156,7 +176,12 @@ def _missing(folder: Path) -> list[str]:
                 problems.append(f"{sharded.name}/.metadata (a sharded save that did not finish)")
         elif sharded.name.startswith("global_step") and not (folder / "latest").is_file():
             problems.append(f"latest (DeepSpeed's {sharded.name} did not finish)")
+    entries = [p.name for p in folder.iterdir()]
     run = record(state)
+    if run and not any(_is_weights(folder / name) for name in entries):
+        problems.append("the model weights (none there: deleted, or never written)")
+    if run and not run.get("save_only_model") and not any(_is_optimizer(folder / name) for name in entries):
+        problems.append("the optimizer state (none there: deleted, or never written)")
     if run and not run.get("save_only_model"):
         world = int(run["world_size"])
         names = ["rng_state.pth"] if world <= 1 else [f"rng_state_{r}.pth" for r in range(world)]
@@ -185,3 +210,97 @@ def quarantine(path: str | os.PathLike[str]) -> Path:
         n += 1
     folder.rename(target)
     return target
+
+
+# --- The set-aside policy (docs/user-guide.md, "Full disk"): which folders a resume scan deletes or sets aside.
+
+
+def set_aside_step(path: Path) -> tuple[int, int] | None:
+    """``(N, n)`` of a set-aside folder ``incomplete-checkpoint-N[.n]`` (``n`` 0 when absent); None for another name."""
+    name = path.name
+    if not name.startswith(QUARANTINE_PREFIX + PREFIX):
+        return None
+    step, _, suffix = name[len(QUARANTINE_PREFIX + PREFIX) :].partition(".")
+    if not step.isdigit() or (suffix and not suffix.isdigit()):
+        return None
+    return int(step), int(suffix or 0)
+
+
+def set_aside_folders(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """The set-aside folders (``incomplete-checkpoint-N[.n]``) of ``output_dir``, oldest (step, n) first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob(f"{QUARANTINE_PREFIX}{PREFIX}*") if set_aside_step(p) is not None and p.is_dir()]
+    return sorted(found, key=lambda p: set_aside_step(p) or (0, 0))
+
+
+ROTATION_GARBAGE = (
+    "older than the newest complete checkpoint: a folder that rotation half deleted, or a cut save a later one superseded"
+)
+SUPERSEDED_CUT = "a cut save older than the newest cut one (only the newest is set aside)"
+OLDER_SET_ASIDE = "an older set-aside folder (only the newest is kept)"
+SHORT_OF_SPACE = "output_dir has less free space than one checkpoint: every set-aside folder is deleted"
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """What a resume scan does with the folders of ``output_dir``, from :func:`cleanup`.
+
+    ``newest``: the newest complete ``checkpoint-N`` (what a resume takes), or None.
+    ``delete``: ``(folder, why)``, each folder to delete (``checkpoint-N`` or set-aside).
+    ``set_aside``: the one incomplete ``checkpoint-N`` to move to ``incomplete-checkpoint-N``, or None.
+    """
+
+    newest: Path | None
+    delete: tuple[tuple[Path, str], ...]
+    set_aside: Path | None
+
+
+def cleanup(
+    scanned: list[tuple[Path, list[str]]],
+    set_aside: list[Path],
+    *,
+    sizes: dict[Path, int] | None = None,
+    free_bytes: int | None = None,
+) -> Cleanup:
+    """The set-aside policy, pure: given the scan, which folders are deleted and which one is set aside.
+
+    ``scanned``: each ``checkpoint-N`` with what it lacks (:func:`missing`), oldest first.
+    ``set_aside``: the existing ``incomplete-checkpoint-N[.n]`` folders (:func:`set_aside_folders`).
+    ``sizes``: bytes of each folder (at least the newest complete one and every folder that may be
+    kept or deleted); ``free_bytes``: the free space of ``output_dir`` now. Rules:
+
+    1. An incomplete ``checkpoint-N`` older than the newest complete one is deleted (rotation's
+       half-deleted folder, or a cut save that a later complete one superseded).
+    2. Of the incomplete ``checkpoint-N`` newer than the newest complete one (the cut save), the
+       newest is set aside, the others deleted; existing set-aside folders are deleted when one is
+       set aside now, else all but the newest (highest N, then n) are deleted.
+    3. When ``free_bytes`` plus what rules 1 and 2 delete is less than one checkpoint (the newest
+       complete one's bytes), the set-aside folder (new or kept) is deleted as well. Without a
+       complete checkpoint, or without ``sizes``/``free_bytes``, this rule does not apply.
+    """
+    complete = [p for p, lacks in scanned if not lacks]
+    newest = complete[-1] if complete else None
+    newest_step = step_of(newest) if newest else None
+    delete: list[tuple[Path, str]] = []
+    cut: list[Path] = []
+    for folder, lacks in scanned:
+        if not lacks:
+            continue
+        if newest_step is not None and (step_of(folder) or 0) < newest_step:
+            delete.append((folder, ROTATION_GARBAGE))
+        else:
+            cut.append(folder)
+    moving = cut[-1] if cut else None
+    delete += [(folder, SUPERSEDED_CUT) for folder in cut[:-1]]
+    older = set_aside if moving else set_aside[:-1]
+    delete += [(folder, OLDER_SET_ASIDE) for folder in older]
+    kept = moving or (set_aside[-1] if set_aside else None)
+    if kept is not None and newest is not None and sizes is not None and free_bytes is not None:
+        one = sizes.get(newest, 0)
+        freed = sum(sizes.get(folder, 0) for folder, _ in delete)
+        if one and free_bytes + freed < one:
+            delete.append((kept, SHORT_OF_SPACE))
+            moving = None
+    return Cleanup(newest, tuple(delete), moving)

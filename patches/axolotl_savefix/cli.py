@@ -1,4 +1,5 @@
 """``axolotl-savefix plan CONFIG.yml``: the checkpoint plan before paying for the run.
+``axolotl-savefix checkpoints OUTPUT_DIR [--json]``: what a run left in ``output_dir`` (see below).
 
 * ``--steps-per-epoch N``: no Axolotl import, no data: the plan from the YAML
   and N optimizer steps per epoch (the run stops at ``max_steps`` or
@@ -10,8 +11,15 @@
   device: no weights are loaded).
 
 Exit status: 0 when every requested checkpoint is saved and kept by this run,
-1 when the run would lose one, 2 for a usage error or a config that the
+1 when the run would lose one or its choice of ``save_total_limit`` cannot fit in the free
+space of ``output_dir`` (peak and final model, ``DISK SHORT`` in the plan), 2 for a usage error or a config that the
 patched run refuses (the message names the key, the value and the fix).
+
+``checkpoints``: each ``checkpoint-N`` and set-aside ``incomplete-checkpoint-N`` folder with
+its step, bytes, complete or what it lacks, which one a resume takes, and what the next resume
+scan deletes or sets aside. Exit 1 when the newest ``checkpoint-N`` is incomplete (a save was
+cut and no resume has dealt with it yet), 2 when ``OUTPUT_DIR`` is not a folder, else 0. What
+an operator runs before requeueing a job.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from . import checks, disk
+from . import checkpoints, checks, disk
 from .plan import Plan, Settings, make_plan, render
 
 
@@ -48,8 +56,13 @@ def plan_from_steps(raw: dict[str, Any], steps_per_epoch: int) -> Plan:
         settings,
         steps_per_epoch * settings.grad_accum,
         max_steps,
-        free_bytes=disk.free_bytes(output_dir),
+        free_bytes=_available(output_dir),
     )
+
+
+def _available(output_dir: str) -> int:
+    """Free bytes of ``output_dir`` plus what its ``checkpoint-N`` folders use (a rerun reuses their room)."""
+    return disk.free_bytes(output_dir) + sum(disk.dir_bytes(p) for p in checkpoints.checkpoints(output_dir))
 
 
 def _lora_params(model: Any, cfg: Any) -> int:
@@ -66,8 +79,8 @@ def _lora_params(model: Any, cfg: Any) -> int:
     return count
 
 
-def estimate_bytes(cfg: Any) -> int:
-    """One checkpoint's size from the model's shapes (meta device) and the config."""
+def estimate_bytes(cfg: Any) -> tuple[int, int]:
+    """One checkpoint's bytes and the final model's (weights only) from the model's shapes (meta device) and the config."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -81,7 +94,7 @@ def estimate_bytes(cfg: Any) -> int:
     dtype_bytes = getattr(dtype, "itemsize", 4) if dtype is not None else 4
     return disk.estimate_checkpoint_bytes(
         total, trainable, dtype_bytes, cfg.optimizer, adapter_only=adapter, save_only_model=bool(cfg.save_only_model)
-    )
+    ), disk.estimate_checkpoint_bytes(total, trainable, dtype_bytes, cfg.optimizer, adapter_only=adapter, save_only_model=True)
 
 
 @contextlib.contextmanager
@@ -109,7 +122,7 @@ def plan_from_data(path: Path, raw: dict[str, Any]) -> Plan:
     with _stdout_to_stderr():  # again: importing Axolotl configured its handlers
         cfg = load_cfg(str(path))
         meta = load_datasets(cfg=cfg)
-        checkpoint_bytes = estimate_bytes(cfg)
+        checkpoint_bytes, final_bytes = estimate_bytes(cfg)
     settings = Settings.from_config(raw)  # the keys as the user wrote them, before Axolotl derives ratios
     world = int(cfg.world_size or 1)
     if cfg.sample_packing:  # Axolotl's own packed count: steps per epoch times accumulation
@@ -122,8 +135,65 @@ def plan_from_data(path: Path, raw: dict[str, Any]) -> Plan:
         batches,
         max_steps,
         checkpoint_bytes=checkpoint_bytes,
-        free_bytes=disk.free_bytes(cfg.output_dir),
+        free_bytes=_available(cfg.output_dir),
+        final_bytes=final_bytes,
     )
+
+
+def inventory(output_dir: Path) -> dict[str, Any]:
+    """Every ``checkpoint-N`` and set-aside folder of ``output_dir``: step, bytes, complete or what it lacks.
+
+    Also which folder a resume takes (the newest complete ``checkpoint-N``) and what the next resume
+    scan would delete or set aside (:func:`checkpoints.cleanup`). Sizes in bytes.
+    """
+    scanned = [(p, checkpoints.missing(p)) for p in checkpoints.checkpoints(output_dir)]
+    aside = checkpoints.set_aside_folders(output_dir)
+    sizes = {p: disk.dir_bytes(p) for p in [*(p for p, _ in scanned), *aside]}
+    free = disk.free_bytes(output_dir)
+    plan = checkpoints.cleanup(scanned, aside, sizes=sizes, free_bytes=free)
+    folders = [
+        {"name": p.name, "kind": "checkpoint", "step": checkpoints.step_of(p), "bytes": sizes[p], "complete": not lacks,
+         "lacks": lacks, "resume": p == plan.newest}
+        for p, lacks in scanned
+    ]  # fmt: skip
+    folders += [
+        {"name": p.name, "kind": "set-aside", "step": (checkpoints.set_aside_step(p) or (0, 0))[0], "bytes": sizes[p],
+         "complete": False, "lacks": ["set aside by a resume: never resumed from"], "resume": False}
+        for p in aside
+    ]  # fmt: skip
+    folders.sort(key=lambda f: (f["step"], f["kind"] == "checkpoint"))
+    newest_checkpoint = scanned[-1] if scanned else None
+    return {
+        "output_dir": str(output_dir),
+        "free_bytes": free,
+        "folders": folders,
+        "resume_from": plan.newest.name if plan.newest else None,
+        "newest_incomplete": bool(newest_checkpoint and newest_checkpoint[1]),
+        "next_resume": {
+            "delete": [{"name": p.name, "why": why} for p, why in plan.delete],
+            "set_aside": plan.set_aside.name if plan.set_aside else None,
+        },
+    }
+
+
+def render_inventory(report: dict[str, Any]) -> str:
+    lines = [f"{report['output_dir']}: {report['free_bytes']} bytes free ({disk.human(report['free_bytes'])})"]
+    if not report["folders"]:
+        lines.append("  no checkpoint-N or set-aside folder")
+    width = max([len(f["name"]) for f in report["folders"]] + [4])
+    for f in report["folders"]:
+        state = "complete" if f["complete"] else "incomplete: lacks " + "; ".join(f["lacks"])
+        mark = "  <- a resume takes this one" if f["resume"] else ""
+        lines.append(f"  {f['name']:<{width}}  step {f['step']:>6}  {f['bytes']:>12} bytes  {state}{mark}")
+    lines.append(f"  resume: from {report['resume_from']}" if report["resume_from"] else "  resume: none (no complete checkpoint)")
+    nxt = report["next_resume"]
+    for d in nxt["delete"]:
+        lines.append(f"  next resume deletes {d['name']}: {d['why']}")
+    if nxt["set_aside"]:
+        lines.append(f"  next resume sets aside {nxt['set_aside']} as incomplete-{nxt['set_aside']}")
+    if report["newest_incomplete"]:
+        lines.append("  the newest checkpoint-N is incomplete: stock Axolotl's resume would fail on it (exit 1)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +205,20 @@ def main(argv: list[str] | None = None) -> int:
         "--steps-per-epoch", type=int, metavar="N", help="optimizer steps per epoch: skip Axolotl and the data set"
     )
     plan_cmd.add_argument("--json", action="store_true", help="print the plan as JSON")
+    folders_cmd = commands.add_parser(
+        "checkpoints", help="list output_dir's checkpoints: step, bytes, complete or what each lacks, what a resume takes"
+    )
+    folders_cmd.add_argument("output_dir", type=Path, help="the run's output_dir")
+    folders_cmd.add_argument("--json", action="store_true", help="print the list as JSON")
     args = parser.parse_args(argv)
+
+    if args.command == "checkpoints":
+        if not args.output_dir.is_dir():
+            print(f"axolotl-savefix checkpoints: {args.output_dir} is not a folder: give the run's output_dir", file=sys.stderr)
+            return 2
+        report = inventory(args.output_dir)
+        print(json.dumps(report) if args.json else render_inventory(report))
+        return 1 if report["newest_incomplete"] else 0
 
     if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
         parser.error(f"--steps-per-epoch {args.steps_per_epoch}: give a positive number of optimizer steps per epoch")
@@ -155,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result.to_json()))
     else:
         print(render(result, str(args.config)))
-    return 1 if result.lost else 0
+    if result.disk_short:
+        print(f"axolotl-savefix plan: {args.config}: this run will fill output_dir's disk (exit 1)", file=sys.stderr)
+    return 1 if result.lost or result.disk_short else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

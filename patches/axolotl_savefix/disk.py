@@ -96,6 +96,31 @@ def human(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def peak_bytes(
+    saved: list[int] | None, limit: int | None, checkpoint_bytes: int | None, final_bytes: int | None = None
+) -> int | None:
+    """The most bytes a run's checkpoints (and final model) take in ``output_dir`` at once; None when unknown.
+
+    ``limit`` None or <= 0 keeps every one of ``saved``; a positive ``limit`` peaks at ``limit + 1``
+    (Transformers writes a checkpoint before it deletes the oldest). At the end, the kept checkpoints
+    and the final model Axolotl writes into ``output_dir`` (``final_bytes``) are there together.
+    """
+    if saved is None or not checkpoint_bytes:
+        return None
+    n = len(saved)
+    keeps_all = limit is None or limit <= 0
+    during = n if keeps_all else min(n, limit + 1)
+    at_end = (n if keeps_all else min(n, limit)) * checkpoint_bytes + (final_bytes or 0)
+    return max(during * checkpoint_bytes, at_end)
+
+
+def max_fitting_limit(checkpoint_bytes: int, available_bytes: int, final_bytes: int = 0) -> int:
+    """The largest ``save_total_limit`` whose peak fits in ``available_bytes`` (0: not even one fits)."""
+    if checkpoint_bytes <= 0:
+        return 0
+    return max(0, min(available_bytes // checkpoint_bytes - 1, (available_bytes - final_bytes) // checkpoint_bytes))
+
+
 # upstream's fixed default, kept as the floor of ours
 UPSTREAM_DEFAULT = 4
 
@@ -113,3 +138,73 @@ def resolve_default_limit(
         return keep_all, False
     fits = fitting_limit(planned, checkpoint_bytes, available_bytes, margin)
     return (keep_all, False) if fits >= planned else (fits, True)
+
+
+# --- A full disk (the `disk_full` patch): the numbers and the one line a run stops with. Pure.
+
+FULL_ERRNOS = (28, 122)  # ENOSPC, EDQUOT (Linux numbers; errno.ENOSPC / errno.EDQUOT where the platform has them)
+
+
+# How the writers of a checkpoint report a full disk when they do not raise OSError: safetensors
+# (Rust: "IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })") and
+# torch.save's zip writer ("PytorchStreamWriter failed writing file ...: file write failed", no errno).
+FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "StorageFull", "QuotaExceeded")
+TORCH_WRITE_FAILED = "file write failed"
+
+
+def is_disk_full(error: BaseException, free: int | None = None, checkpoint_bytes: int | None = None) -> bool:
+    """True when ``error`` says the file system (or the user's quota) is full: ENOSPC, EDQUOT.
+
+    An ``OSError`` with that errno, or an error of another type whose text names it (safetensors).
+    torch's "file write failed" has no errno: it counts when ``free`` (bytes free now) is less than
+    ``checkpoint_bytes`` (one checkpoint), so the write could not have fitted.
+    """
+    import errno
+
+    if isinstance(error, OSError) and error.errno in {errno.ENOSPC, getattr(errno, "EDQUOT", 122)}:
+        return True
+    text = str(error)
+    if any(words in text for words in FULL_TEXTS):
+        return True
+    return TORCH_WRITE_FAILED in text and free is not None and bool(checkpoint_bytes) and free < (checkpoint_bytes or 0)
+
+
+def fit_count(free: int, checkpoint_bytes: int, kept_bytes: int = 0) -> int:
+    """How many checkpoints of ``checkpoint_bytes`` fit in ``free`` bytes plus the ``kept_bytes`` checkpoints use."""
+    return (free + kept_bytes) // checkpoint_bytes if checkpoint_bytes > 0 else 0
+
+
+def full_message(
+    output_dir: str,
+    free: int,
+    checkpoint_bytes: int | None,
+    size_source: str,
+    kept: int,
+    kept_bytes: int,
+    limit: int | None,
+    what: str,
+) -> str:
+    """The one line a run stops with when ``output_dir`` cannot hold its next checkpoint.
+
+    ``free``: free bytes now; ``checkpoint_bytes``: one checkpoint (``size_source`` says how it was
+    known); ``kept``/``kept_bytes``: the complete checkpoints there and their bytes; ``limit``:
+    the run's ``save_total_limit`` (None or <= 0: keeps all); ``what``: what failed, or will.
+    """
+    limit_text = "keep all" if not limit or limit <= 0 else str(limit)
+    head = f"disk full: {what}. output_dir {output_dir} has {free} bytes free ({human(free)})"
+    if not checkpoint_bytes:
+        return head + "; free space there, or set output_dir on a larger disk, and run the same command again."
+    fit = fit_count(free, checkpoint_bytes, kept_bytes)
+    head += (
+        f"; one checkpoint is {checkpoint_bytes} bytes ({human(checkpoint_bytes)}, {size_source}); "
+        f"{kept} kept use {kept_bytes} bytes; {fit} checkpoint{'s' if fit != 1 else ''} fit in all"
+    )
+    best = fit - 1  # Transformers writes a checkpoint before it deletes the oldest
+    if best >= 1:
+        fix = (
+            f"set save_total_limit: {best} (now {limit_text}; Transformers writes one more before it deletes the oldest), "
+            "free space, or set output_dir on a larger disk"
+        )
+    else:
+        fix = f"free space, or set output_dir on a larger disk (save_total_limit, now {limit_text}, cannot make room)"
+    return f"{head}. Fix: {fix}; then run the same command again."

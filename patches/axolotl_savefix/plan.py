@@ -89,6 +89,31 @@ class Plan:
     margin: float = disk.DEFAULT_MARGIN
     limit_lowered_for_disk: bool = False
     notes: list[str] = field(default_factory=list)
+    final_bytes: int | None = None  # the final model Axolotl writes into output_dir at the end
+    disk_need_bytes: int | None = None  # the run's peak on disk: see disk.peak_bytes
+    disk_short: bool = False  # disk_need_bytes is more than free_bytes: the run will fill the disk
+
+    def disk_warning(self) -> str | None:
+        """One line, with the numbers and the fix, when the run's choice cannot fit on the disk; else None."""
+        if not self.disk_short or not self.checkpoint_bytes or self.free_bytes is None or self.disk_need_bytes is None:
+            return None
+        run = self.patched if self.patched_run else self.stock
+        cb, free, final = self.checkpoint_bytes, self.free_bytes, self.final_bytes or 0
+        n = len(run.saved or [])
+        limit = "keep all" if run.limit is None else str(run.limit)
+        at_peak = n if run.limit is None else min(n, run.limit + 1)
+        best = disk.max_fitting_limit(cb, free, final)
+        fix = "free space, or set output_dir on a larger disk"
+        if best >= 1:
+            fix = f"set save_total_limit: {best}, {fix}"
+        fails_at = (free // cb) + 1
+        return (
+            f"disk: save_total_limit {limit} needs {self.disk_need_bytes} bytes ({disk.human(self.disk_need_bytes)}) in "
+            f"output_dir: {at_peak} checkpoints of {cb} bytes ({'measured' if self.checkpoint_measured else 'estimated'}) "
+            f"at the peak, the final model {final} bytes at the end; output_dir has {free} bytes "
+            f"({disk.human(free)}) for them: the run will stop with a full disk at about save {fails_at} of {n}. "
+            f"Fix: {fix}."
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +194,7 @@ def make_plan(
     checkpoint_bytes: int | None = None,
     checkpoint_measured: bool = False,
     free_bytes: int | None = None,
+    final_bytes: int | None = None,
 ) -> Plan:
     """The plan for a run of ``batches_per_epoch`` batches per epoch that stops at ``max_steps``."""
     s = settings
@@ -183,7 +209,8 @@ def make_plan(
     lowered = False
     if s.save_total_limit is None:
         planned = len(patched_saved) if patched_saved is not None else UPSTREAM_DEFAULT
-        patched_limit, lowered = resolve_default_limit(planned, checkpoint_bytes, free_bytes, s.margin)
+        room = None if free_bytes is None else max(0, free_bytes - (final_bytes or 0))  # the final model stays too
+        patched_limit, lowered = resolve_default_limit(planned, checkpoint_bytes, room, s.margin)
     else:
         patched_limit = s.save_total_limit if s.save_total_limit > 0 else None  # 0 (or less) keeps all
 
@@ -197,6 +224,8 @@ def make_plan(
     have_set = set(have or [])
     lost = [step for step in requested if step not in have_set]
 
+    need = disk.peak_bytes(run.saved, run.limit, checkpoint_bytes, final_bytes)
+    short = need is not None and free_bytes is not None and need > free_bytes
     S = shape.steps_per_epoch
     epochs_end_at = math.ceil(s.num_epochs * S)
     notes = []
@@ -226,6 +255,9 @@ def make_plan(
         margin=s.margin,
         limit_lowered_for_disk=lowered,
         notes=notes,
+        final_bytes=final_bytes,
+        disk_need_bytes=need,
+        disk_short=short,
     )
 
 
@@ -278,6 +310,9 @@ def render(plan: Plan, source: str = "") -> str:
                 f"  disk: not every scheduled checkpoint fits: keeping the newest {plan.patched.limit}; "
                 "set save_total_limit to choose, or free space"
             )
+    warning = plan.disk_warning()
+    if warning:
+        lines.append(f"  DISK SHORT: {warning}")
     if plan.lost:
         lines.append(f"  LOST by this run: {steps_text(plan.lost)} of the {len(plan.requested)} checkpoints asked for")
     else:

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from . import checkpoints
+from . import checkpoints, disk
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
@@ -71,25 +72,65 @@ def _describe(problems: list[str]) -> str:
     return "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
 
 
-def set_aside_incomplete(output_dir: str) -> tuple[Path | None, list[tuple[Path, list[str], Path | None]]]:
-    """The newest complete checkpoint; each incomplete one, what it lacks, and where it was moved.
+def _delete(folder: Path) -> bool:
+    """Delete ``folder``; False when it was already gone (another node's main process deleted it first)."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        if folder.exists():  # a concurrent delete from another node: finish what remains
+            shutil.rmtree(folder, ignore_errors=True)
+        return False
+    return True
 
-    Only the main process of each node moves folders (``None``: moved by another
-    process); every rank finds the same newest complete checkpoint, moved or not.
+
+def _sizes(output_dir: str, folders: list[Path]) -> tuple[dict[Path, int], int | None]:
+    try:
+        return {p: disk.dir_bytes(p) for p in folders}, disk.free_bytes(output_dir)
+    except OSError:
+        return {}, None
+
+
+def set_aside_incomplete(output_dir: str) -> tuple[Path | None, list[tuple[Path, list[str], Path | str | None]]]:
+    """The newest complete checkpoint; each incomplete one, what it lacks, and what became of it.
+
+    The set-aside policy (:func:`checkpoints.cleanup`, docs/user-guide.md "Full disk"): an incomplete
+    ``checkpoint-N`` older than the newest complete one is deleted; the newest cut save is moved to
+    ``incomplete-checkpoint-N``; at most one set-aside folder is kept (the newest), none when the free
+    space of ``output_dir`` is short of one checkpoint. What became of each incomplete ``checkpoint-N``:
+    the ``Path`` it was moved to, a ``str`` (deleted, and why), or None (another process's part).
+    Only the main process of each node deletes or moves; every rank finds the same newest complete
+    checkpoint. Deleted set-aside folders are logged here, one warning line each.
     """
     scanned = [(p, checkpoints.missing(p)) for p in checkpoints.checkpoints(output_dir)]  # each folder read once
-    incomplete = [(p, lacks) for p, lacks in scanned if lacks]
+    aside = checkpoints.set_aside_folders(output_dir)
     newest = next((p for p, lacks in reversed(scanned) if not lacks), None)
-    moved = []
+    incomplete = [(p, lacks) for p, lacks in scanned if lacks]
+    if not _local_main():
+        return newest, [(folder, lacks, None) for folder, lacks in incomplete]
+    sizes, free = _sizes(output_dir, [*([newest] if newest else []), *(p for p, _ in incomplete), *aside])
+    plan = checkpoints.cleanup(scanned, aside, sizes=sizes, free_bytes=free)
+    deleted = dict(plan.delete)
+    for folder, why in plan.delete:
+        _delete(folder)
+        if folder in aside:
+            log_once(f"deleted:{folder}", f"deleted {folder.name}: {why}", logging.WARNING)
+    moved: list[tuple[Path, list[str], Path | str | None]] = []
     for folder, lacks in incomplete:
-        target = None
-        if _local_main():
+        fate: Path | str | None = deleted.get(folder)
+        if folder == plan.set_aside:
             try:
-                target = checkpoints.quarantine(folder)
+                fate = checkpoints.quarantine(folder)
             except FileNotFoundError:  # another node's main process (shared disk) moved it first
-                pass
-        moved.append((folder, lacks, target))
+                fate = None
+        moved.append((folder, lacks, fate))
     return newest, moved
+
+
+def _fate(folder: Path, target: Path | str | None) -> str:
+    if isinstance(target, str):
+        return f"deleted ({target})"
+    name = target.name if target else checkpoints.QUARANTINE_PREFIX + folder.name
+    return f"moved to {name} (kept for inspection: only the newest such folder is kept)"
 
 
 def check_explicit(path: str, output_dir: str | None) -> None:
@@ -133,9 +174,7 @@ def apply() -> None:
                 resumed = "not resuming (auto_resume_from_checkpoints is off)"
             log_once(
                 f"incomplete:{folder}",
-                f"{folder.name} is incomplete: it lacks {_describe(lacks)}; moved to "
-                f"{target.name if target else checkpoints.QUARANTINE_PREFIX + folder.name} "
-                f"(delete it to free the space); {resumed}",
+                f"{folder.name} is incomplete: it lacks {_describe(lacks)}; {_fate(folder, target)}; {resumed}",
                 logging.WARNING,
             )
         return result

@@ -30,7 +30,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from . import args as savefix_args
-from . import disk, plan
+from . import checkpoints, disk, plan
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
@@ -78,11 +78,12 @@ class PlanCallback(TrainerCallback):
         self.settings = plan.Settings.from_config(cfg)
         self.shape: tuple[int, int] | None = None
         self.measured = False
+        self.final_bytes: int | None = None
 
     def _plan(self, args: Any, checkpoint_bytes: int | None, measured: bool) -> plan.Plan:
         assert self.shape is not None
         batches, max_steps = self.shape
-        available = disk.free_bytes(args.output_dir) + _checkpoints_bytes(args.output_dir)
+        available = disk.free_bytes(args.output_dir) + _checkpoints_bytes(args.output_dir)  # set-aside folders: used
         return plan.make_plan(
             self.settings,
             batches,
@@ -90,6 +91,7 @@ class PlanCallback(TrainerCallback):
             checkpoint_bytes=checkpoint_bytes,
             checkpoint_measured=measured,
             free_bytes=available,
+            final_bytes=self.final_bytes,
         )
 
     def on_train_begin(
@@ -100,12 +102,19 @@ class PlanCallback(TrainerCallback):
         self.shape = (len(train_dataloader), state.max_steps)
         estimate = None
         if model is not None:
-            estimate = model_checkpoint_bytes(model, str(getattr(args.optim, "value", args.optim)), args.save_only_model)
-        run_plan = self._plan(args, estimate, measured=False)
+            optim = str(getattr(args.optim, "value", args.optim))
+            estimate = model_checkpoint_bytes(model, optim, args.save_only_model)
+            self.final_bytes = model_checkpoint_bytes(model, optim, save_only_model=True)  # Axolotl's final save
+        newest = checkpoints.newest_complete(args.output_dir)  # a resumed run: one checkpoint, measured
+        measured = disk.dir_bytes(newest) if newest is not None else 0
+        run_plan = self._plan(args, measured or estimate, measured=bool(measured))
         if self.cfg.get("save_total_limit") is None:
             args.save_total_limit = run_plan.patched.limit
         for n, line in enumerate(plan.log_lines(run_plan)):
             log_once(f"plan{n}:{id(self)}", line)  # once per run
+        warning = run_plan.disk_warning()
+        if warning:  # the user's choice: the run goes on, told once
+            log_once(f"disk-short:{id(self)}", warning, logging.WARNING)
         return control
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:

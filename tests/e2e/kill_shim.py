@@ -9,6 +9,9 @@ same config trains normally on the next run). POINT is where the save of
 ``before_state``  everything but trainer_state.json written (the kill instead of that write)
 ``after_state``   trainer_state.json written, the kill right after it (the checkpoint is complete)
 ``rng``           rng_state_RANK.pth half written, in rank RANK only (a multi-process run)
+``rotation``      checkpoint-STEP written whole, then rotation's ``shutil.rmtree`` of the oldest checkpoint
+                  cut half way: the first half of its files, in the order ``rmtree`` meets them
+                  (``os.scandir``), deleted, then the kill (needs a ``save_total_limit``)
 
 "Half written" is what a kill during a write leaves: the file exists, truncated.
 The kill is a real ``SIGKILL`` of the process by itself, after a line
@@ -18,6 +21,7 @@ Never shipped; used by tests/e2e/test_preemption.py.
 """
 
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -95,5 +99,23 @@ class KillShim(BasePlugin):
                 return result
 
             TrainerState.save_to_json = save_to_json
+        elif point == "rotation":
+            original_rmtree = shutil.rmtree
+
+            def rmtree(path, *args, **kwargs):
+                folder = Path(str(path))
+                newest = max(
+                    (int(p.name.split("-")[1]) for p in folder.parent.glob("checkpoint-*") if p.name.split("-")[1].isdigit()),
+                    default=None,
+                )
+                if folder.name.startswith("checkpoint-") and newest == step and folder.name != f"checkpoint-{step}":
+                    files = [e.path for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+                    for file in files[: max(1, len(files) // 2)]:
+                        os.unlink(file)
+                    names = ", ".join(Path(f).name for f in files[: max(1, len(files) // 2)])
+                    _kill(f"in rotation after checkpoint-{step}: {folder.name} half deleted ({names})")
+                return original_rmtree(path, *args, **kwargs)
+
+            shutil.rmtree = rmtree
         else:
             raise ValueError(f"SAVEFIX_KILL_AT: unknown point {point!r}")

@@ -1,0 +1,200 @@
+"""A save that fills the disk (ENOSPC, EDQUOT): the garbage is removed and the run stops with one clear line.
+
+Stock Transformers leaves the half-written ``checkpoint-N`` where it failed (its
+``trainer_state.json`` may be cut mid-file), so the same command again resumes
+from it and dies at once, or, with ``save_total_limit: 0``, sets it aside on the
+full disk and dies at the same save again: a crash loop on a cluster that
+requeues failed jobs.
+
+Targets:
+
+* ``transformers.trainer.Trainer._save_checkpoint`` and Axolotl's override
+  ``axolotl.core.trainers.base.AxolotlTrainer._save_checkpoint`` (it writes
+  files before it calls Transformers'): an ``OSError`` with ENOSPC or EDQUOT (or
+  safetensors' and torch's own errors for it, :func:`disk.is_disk_full`)
+  deletes the half-written ``checkpoint-N`` (the main process of each node: the
+  others leave it to the next resume scan, which deletes it when the disk is
+  short, rule 3 of the set-aside policy) and is raised again as
+  :class:`DiskFullError`, whose message is the run's last line: ``output_dir``,
+  free bytes, one checkpoint's bytes, how many fit, the keys to change.
+* ``TrainerBuilderBase.get_callbacks``: adds :class:`DiskFullGuard`. At train
+  begin, when ``output_dir`` holds a complete checkpoint (measured) and a save is
+  still ahead but the free space is less than that checkpoint, it first deletes
+  what the next rotation would delete anyway (the oldest beyond a positive
+  ``save_total_limit``, never the newest or the best), and if that is not
+  enough, stops before the first training step with the same message. A rerun
+  of the same command therefore never trains to the same full save again.
+
+DDP: the rank that hits ENOSPC raises (as in stock); torchrun's agent then stops
+the other ranks, also those waiting at a collective. A rank that does not hit it
+is not made to wait longer than in stock.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from . import checkpoints, disk
+from ._log import log_once
+from ._patching import patch_item, wraps
+from ._targets import require
+from .save_decision import CALLBACKS_TARGET
+
+SAVE_TARGET = ("transformers.trainer", "Trainer._save_checkpoint", ("model", "trial"))
+AXOLOTL_SAVE_TARGET = ("axolotl.core.trainers.base", "AxolotlTrainer._save_checkpoint", ("model", "trial"))
+
+
+class DiskFullError(OSError):
+    """``output_dir`` cannot hold the run's next checkpoint; the message says the numbers and the fix."""
+
+
+def _local_main() -> bool:
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0
+
+
+def _measure(output_dir: str) -> tuple[Path | None, int, int, int]:
+    """The newest complete checkpoint, its bytes, how many complete ones there are and their bytes."""
+    complete = [p for p in checkpoints.checkpoints(output_dir) if not checkpoints.missing(p)]
+    sizes = [disk.dir_bytes(p) for p in complete]
+    return (complete[-1] if complete else None), (sizes[-1] if sizes else 0), len(complete), sum(sizes)
+
+
+def message(output_dir: str, what: str, limit: int | None, estimate: int | None = None) -> str:
+    """The stop line for ``output_dir`` now (its free space and complete checkpoints, measured)."""
+    newest, size, kept, kept_bytes = _measure(output_dir)
+    source = f"measured: {newest.name}" if newest else "estimated from the model"
+    return disk.full_message(output_dir, disk.free_bytes(output_dir), size or estimate, source, kept, kept_bytes, limit, what)
+
+
+def _remove(folder: str) -> bool:
+    import shutil
+
+    if not _local_main() or not os.path.isdir(folder):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not os.path.exists(folder)
+
+
+def _full(error: BaseException, run_dir: str) -> bool:
+    if isinstance(error, OSError) and disk.is_disk_full(error):
+        return True
+    try:
+        _, size, _, _ = _measure(run_dir)
+        return disk.is_disk_full(error, disk.free_bytes(run_dir), size)
+    except OSError:
+        return False
+
+
+def _wrap(save: Any) -> Any:
+    @wraps(save)
+    def _save_checkpoint(self: Any, model: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return save(self, model, trial, *args, **kwargs)
+        except DiskFullError:
+            raise  # the inner seam (Transformers' own method) already handled it
+        except Exception as error:
+            run_dir = self._get_output_dir(trial=trial)
+            if not _full(error, run_dir):
+                raise
+            folder = os.path.join(run_dir, f"{checkpoints.PREFIX}{self.state.global_step}")
+            removed = _remove(folder)
+            estimate = None
+            try:
+                from .save_limit import model_checkpoint_bytes
+
+                estimate = model_checkpoint_bytes(model, str(getattr(self.args.optim, "value", self.args.optim)))
+            except Exception:  # noqa: BLE001 - the estimate is a fallback for the message only
+                pass
+            what = f"the save of {os.path.basename(folder)} failed ({error.strerror or error}); " + (
+                "the half-written folder was deleted" if removed else "the half-written folder is left to the next resume"
+            )
+            text = message(run_dir, what, self.args.save_total_limit, estimate)
+            log_once(f"disk-full:{folder}", text, logging.ERROR)
+            raise DiskFullError(errno.ENOSPC, text) from error
+
+    return _save_checkpoint
+
+
+class DiskFullGuard(TrainerCallback):
+    """At train begin: stop before the first step when the next save cannot fit (see the module)."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002
+        output_dir = str(args.output_dir)
+        if str(getattr(args.save_strategy, "value", args.save_strategy)) == "no" or state.global_step >= state.max_steps:
+            return control  # no save ahead
+        newest, size, _, _ = _measure(output_dir)
+        if newest is None or not size:
+            return control
+        free = disk.free_bytes(output_dir)
+        if free >= size:
+            return control
+        limit = args.save_total_limit
+        rotatable = _rotatable(output_dir, limit, state.best_model_checkpoint)
+        freed = sum(disk.dir_bytes(p) for p in rotatable)
+        if rotatable and free + freed >= size:
+            from transformers.trainer_utils import rotate_checkpoints
+
+            if _local_main():
+                rotate_checkpoints(output_dir, limit, state.best_model_checkpoint)
+            log_once(
+                "disk-rotate-early",
+                f"output_dir has {free} bytes free, less than one checkpoint ({size} bytes, {newest.name}): deleted "
+                f"{', '.join(p.name for p in rotatable)} now, as rotation (save_total_limit: {limit}) would right after "
+                "the next save, which needs their room",
+                logging.WARNING,
+            )
+            return control
+        what = (
+            f"the next save (after step {state.global_step}) cannot fit: the run stops before training, "
+            "as it would stop at that save"
+        )
+        text = message(output_dir, what, limit)
+        log_once("disk-full:begin", text, logging.ERROR)
+        raise DiskFullError(errno.ENOSPC, text)
+
+
+def _rotatable(output_dir: str, limit: int | None, best: str | None) -> list[Path]:
+    """What Transformers' rotation deletes after the next save and may go now: the oldest beyond ``limit``."""
+    if not limit or limit <= 0:
+        return []
+    found = checkpoints.checkpoints(output_dir)
+    protected = {found[-1]} if found else set()
+    if best:
+        protected.add(Path(best))
+    keep = max(limit, len(protected))
+    out: list[Path] = []
+    remaining = len(found)
+    for folder in found:
+        if remaining <= keep:
+            break
+        if folder not in protected:
+            out.append(folder)
+            remaining -= 1
+    return out
+
+
+def apply() -> None:
+    """Nothing at config time: every target is the trainer's (:func:`apply_builder`)."""
+
+
+def apply_builder() -> None:
+    """The trainers' saves and the guard, applied when ``axolotl.core.builders.base`` is imported."""
+    for target in (SAVE_TARGET, AXOLOTL_SAVE_TARGET):
+        owner, name, save = require(*target)
+        patch_item(owner, name, _wrap(save))
+
+    owner, name, get_callbacks = require(*CALLBACKS_TARGET)
+
+    @wraps(get_callbacks)
+    def get_callbacks_with_guard(self: Any, *args: Any, **kwargs: Any) -> Any:
+        callbacks = get_callbacks(self, *args, **kwargs)
+        callbacks.append(DiskFullGuard())
+        return callbacks
+
+    patch_item(owner, name, get_callbacks_with_guard)

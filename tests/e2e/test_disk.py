@@ -1,0 +1,275 @@
+"""A full disk and the folders faults leave behind, on real file systems (tmpfs mounts of exact sizes).
+
+The reported case (60 samples, micro batch 2, ``saves_per_epoch: 4``, 2 epochs) with
+``output_dir`` on a tmpfs sized from one measured checkpoint (room for about four), each run a
+real ``axolotl train`` process, stock beside patched. Needs root on Linux (``mount -t tmpfs``);
+elsewhere the tests skip and say why. Session: ``nox -s disk``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import cases
+import harness
+import pytest
+import reference
+import yaml
+from test_preemption import assert_complete
+
+pytestmark = [pytest.mark.e2e, pytest.mark.disk]
+
+HERE = harness.Path(__file__).parent
+ENV = {"PYTHONPATH": str(HERE)}  # kill_shim.py
+CASE = cases.case("reported")  # 30 steps per epoch, saves at 8 15 23 30 38 45 53 60
+PAGE = 4096
+STOP_LINE = re.compile(r"DiskFullError: \[Errno 28\] (disk full: .*)")
+TRAIN_STEP = re.compile(r"\{'loss': ")  # Transformers logs every step (logging_steps: 1)
+RECORD = HERE.parent.parent / ".nox" / "disk-outcomes.jsonl"
+
+
+def _expected(stock: bool = False) -> list[int]:
+    L = CASE["samples"] // CASE["micro_batch"]
+    G, k, epochs = CASE["grad_accum"], CASE["saves_per_epoch"], CASE["num_epochs"]
+    M = reference.axolotl_max_steps(CASE["samples"], CASE["micro_batch"], G, epochs, 1)
+    return reference.stock_saves(L, G, k, epochs, M) if stock else reference.patched_saves(L, G, k, M)
+
+
+def _mount_reason() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return f"tmpfs mounts need Linux (this is {sys.platform})"
+    if os.geteuid() != 0:
+        return "mounting a tmpfs of an exact size needs root (run the disk session as root, or in a container)"
+    return None
+
+
+@contextlib.contextmanager
+def tmpfs(path: harness.Path, size: int):
+    """A real file system of ``size`` bytes (rounded up to pages) at ``path``; skips where mounting is not permitted."""
+    reason = _mount_reason()
+    if reason:
+        pytest.skip(reason)
+    path.mkdir(parents=True, exist_ok=True)
+    size = -(-size // PAGE) * PAGE
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"mount -t tmpfs is not permitted here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _config(root: harness.Path, name: str, *, plugin: bool, output_dir: harness.Path | None = None, **keys) -> harness.Path:
+    config = harness.write_config(CASE, root / name, plugin=plugin)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["plugins"] = ["kill_shim.KillShim", *(cfg.get("plugins") or [])]
+    cfg["auto_resume_from_checkpoints"] = True
+    if output_dir is not None:
+        cfg["output_dir"] = str(output_dir)
+    cfg.update(keys)
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return config
+
+
+def _record(test: str, **outcome) -> None:
+    """What a run did (stock or patched), appended to .nox/disk-outcomes.jsonl and printed (pytest -s)."""
+    line = {"test": test, **outcome}
+    print(json.dumps(line))
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    with RECORD.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def _last_error(log: str) -> str:
+    lines = [line for line in log.splitlines() if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    return lines[-1] if lines else log.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def sizes(e2e_root):
+    """One checkpoint's bytes and the final model's, measured on a real run of the case (the first save only)."""
+    config = _config(e2e_root, "disk-measure", plugin=True, max_steps=8, save_total_limit=1)
+    code, log = harness.run_cli_raw(config, env=ENV)
+    assert code == 0, log[-4000:]
+    out = harness.output_dir(config)
+    checkpoint = harness.Path(out / "checkpoint-8")
+    one = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+    pages = sum(-(-f.stat().st_size // PAGE) * PAGE for f in checkpoint.rglob("*") if f.is_file())
+    final = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    _record("measure", checkpoint_bytes=one, checkpoint_pages_bytes=pages, final_model_bytes=final)
+    return {"checkpoint": one, "pages": pages, "final": final}
+
+
+def _small_disk(sizes) -> int:
+    """Room for about four checkpoints (as in the issue: 1.4 MB for 310 KB ones), in the pages tmpfs counts."""
+    return 4 * sizes["pages"] + sizes["pages"] // 2
+
+
+def test_keep_all_on_a_small_disk_warns_stops_clearly_and_does_not_loop(e2e_root, sizes):
+    """Row 3 of the issue: save_total_limit: 0 (keep all) on a disk for about four checkpoints."""
+    expected = _expected()
+    with tmpfs(e2e_root / "disk-keep-all-mnt", _small_disk(sizes)) as mnt:
+        config = _config(e2e_root, "disk-keep-all", plugin=True, output_dir=mnt / "out", save_total_limit=0)
+        out = harness.output_dir(config)
+        code, first = harness.run_cli_raw(config, env=ENV, log_name="first.log")
+        warnings = [line for line in first.splitlines() if "WARNING: disk: save_total_limit keep all needs" in line]
+        stop = STOP_LINE.findall(first)
+        _record("keep-all patched, first", code=code, warning=warnings[:1], stop=stop[-1:], kept=sorted(os.listdir(out)))
+        assert code != 0
+        assert len(warnings) == 1, first[-4000:]  # at start, once, with the numbers and the fix
+        assert "save_total_limit: " in warnings[0].split("Fix:")[1]
+        assert first.index(warnings[0]) < first.index("Saving model checkpoint")  # before the first save
+        assert len(stop) == 1, first[-4000:]
+        cut = int(re.search(r"the save of checkpoint-(\d+) failed", stop[0]).group(1))
+        assert cut in expected
+        assert first.strip().splitlines()[-1].endswith(stop[0])  # the run's last line
+        for words in (f"output_dir {out} has", "bytes free", "one checkpoint is", "fit in all", "save_total_limit"):
+            assert words in stop[0]
+        assert not (out / f"checkpoint-{cut}").exists()  # the half-written checkpoint is gone
+        assert not list(out.glob("incomplete-*"))
+        before = [s for s in expected if s < cut]
+        assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == before
+
+        code, second = harness.run_cli_raw(config, env=ENV, log_name="second.log")
+        stop2 = STOP_LINE.findall(second)
+        _record("keep-all patched, rerun", code=code, stop=stop2[-1:], steps=len(TRAIN_STEP.findall(second)))
+        if code != 0:  # stops before the first training step, with the same message
+            assert len(stop2) == 1 and "cannot fit: the run stops before training" in stop2[0], second[-4000:]
+            assert not TRAIN_STEP.findall(second) and "Saving model checkpoint" not in second
+            assert stop2[0].split("output_dir ", 1)[1].split(";")[0] == stop[0].split("output_dir ", 1)[1].split(";")[0]
+        else:  # or it fits (the garbage is gone): then it completes exactly
+            observed = harness.observe(out, second)
+            assert observed.kept == expected
+        assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == before  # nothing lost
+
+
+def test_unset_limit_on_a_small_disk_stays_green_and_exact(e2e_root, sizes):
+    """Row 2 of the issue: the disk rule keeps what fits and warns once; every scheduled save is made."""
+    expected = _expected()
+    with tmpfs(e2e_root / "disk-unset-mnt", _small_disk(sizes)) as mnt:
+        config = _config(e2e_root, "disk-unset", plugin=True, output_dir=mnt / "out")
+        out = harness.output_dir(config)
+        code, log = harness.run_cli_raw(config, env=ENV)
+        observed = harness.observe(out, log) if code == 0 else None
+        kept = re.findall(r"keeping the newest (\d+)", log)
+        _record("unset patched", code=code, kept_limit=kept[:1], saved=observed and observed.saved, kept=observed and observed.kept)
+        assert code == 0, log[-4000:]
+        assert len(kept) == 1 and int(kept[0]) >= 2
+        assert observed.saved == expected
+        assert observed.kept == expected[-int(kept[0]) :]
+        for step in observed.kept:
+            assert_complete(out / f"checkpoint-{step}", step)
+
+
+def test_stock_unset_limit_on_a_small_disk_fails_and_its_rerun_too(e2e_root, sizes):
+    """Row 1 of the issue, recorded: stock keeps 4, dies of Errno 28, and the same command fails again."""
+    with tmpfs(e2e_root / "disk-stock-mnt", _small_disk(sizes)) as mnt:
+        config = _config(e2e_root, "disk-stock", plugin=False, output_dir=mnt / "out")
+        out = harness.output_dir(config)
+        code, first = harness.run_cli_raw(config, env=ENV, log_name="first.log")
+        left = sorted(os.listdir(out))
+        code2, second = harness.run_cli_raw(config, env=ENV, log_name="second.log")
+        _record(
+            "unset stock", first_code=code, first_error=_last_error(first), left=left,
+            rerun_code=code2, rerun_error=_last_error(second),
+        )  # fmt: skip
+        assert code != 0 and "No space left on device" in first
+        assert code2 != 0  # no resume from the broken folder: it fails again, until someone deletes by hand
+
+
+def test_a_kill_inside_the_rotations_delete_resumes_exactly(e2e_root):
+    """save_total_limit: 2; SIGKILL while rotation's rmtree of the oldest checkpoint is half done (after the 4th save)."""
+    expected = _expected()
+    limit = 2
+    at = expected[3]  # after checkpoint-30 is written, rotation deletes checkpoint-15
+    victim = [s for s in expected if s <= at][-limit - 1]
+    config = _config(e2e_root, "disk-rotation", plugin=True, save_total_limit=limit)
+    out = harness.output_dir(config)
+    code, first = harness.run_cli_raw(config, env={**ENV, "SAVEFIX_KILL_AT": f"{at}:rotation"}, log_name="first.log")
+    assert code != 0 and f"[kill_shim] SIGKILL in rotation after checkpoint-{at}: checkpoint-{victim} half deleted" in first
+    assert (out / f"checkpoint-{victim}").is_dir()  # half deleted: still there, not whole
+
+    code, second = harness.run_cli_raw(config, env=ENV, log_name="second.log")
+    assert code == 0, second[-4000:]
+    observed = harness.observe(out, first + second)
+    assert f"resume from checkpoint at {out / f'checkpoint-{at}'}" in second
+    assert observed.saved == expected  # each scheduled save once: the first run's, then the rest
+    assert observed.kept == expected[-limit:]
+    assert f"checkpoint-{victim} is incomplete" in second and f"deleted ({harness_reason('rotation')})" in second
+    assert not list(out.glob("incomplete-*"))  # deleted, never set aside
+    for step in observed.kept:
+        assert_complete(out / f"checkpoint-{step}", step)
+
+
+def harness_reason(kind: str) -> str:
+    from axolotl_savefix import checkpoints
+
+    return {"rotation": checkpoints.ROTATION_GARBAGE, "short": checkpoints.SHORT_OF_SPACE}[kind]
+
+
+def test_set_aside_folders_are_bounded(e2e_root):
+    """Saves cut three times in a row (kill_shim): at most one incomplete-* is left, the newest; the run ends exact."""
+    expected = _expected()
+    config = _config(e2e_root, "disk-aside", plugin=True)
+    out = harness.output_dir(config)
+    cuts = expected[2:4]  # 23, then 30 (the run resumed from 15 saves 23 again, then is cut at 30)
+    for n, cut in enumerate(cuts):
+        code, log = harness.run_cli_raw(config, env={**ENV, "SAVEFIX_KILL_AT": f"{cut}:before_state"}, log_name=f"cut{n}.log")
+        assert code != 0 and f"[kill_shim] SIGKILL just before writing checkpoint-{cut}/trainer_state.json" in log
+        aside = sorted(p.name for p in out.glob("incomplete-*"))
+        assert aside == ([f"incomplete-checkpoint-{cuts[n - 1]}"] if n else []), aside
+    code, log = harness.run_cli_raw(config, env=ENV, log_name="last.log")
+    assert code == 0, log[-4000:]
+    assert f"deleted incomplete-checkpoint-{cuts[0]}: " in log  # the older set-aside folder
+    assert sorted(p.name for p in out.glob("incomplete-*")) == [f"incomplete-checkpoint-{cuts[-1]}"]  # the newest only
+    assert harness.observe(out, log).kept == expected
+
+
+def test_short_of_space_every_set_aside_folder_is_deleted(e2e_root, sizes):
+    """Rule 3, on a real full tmpfs: a cut save and an older set-aside folder, free space short of one checkpoint.
+
+    Folders built from a real checkpoint of the case; the resume scan is Axolotl's own
+    determine_last_checkpoint, patched, in a fresh process.
+    """
+    source = e2e_root / "disk-measure" / "out" / "checkpoint-8"
+    with tmpfs(e2e_root / "disk-short-mnt", 4 * sizes["pages"] + sizes["pages"] // 2) as mnt:
+        out = mnt / "out"
+        out.mkdir()
+        shutil.copytree(source, out / "checkpoint-8")
+        shutil.copytree(source, out / "incomplete-checkpoint-4")
+        (out / "incomplete-checkpoint-4" / "trainer_state.json").unlink()
+        shutil.copytree(source, out / "checkpoint-15")
+        (out / "checkpoint-15" / "trainer_state.json").unlink()  # the cut save
+        filler = out / "filler"
+        with filler.open("wb") as f:  # fill the disk: a few KB free
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * PAGE)
+                    f.flush()
+        free = os.statvfs(out).f_bavail * os.statvfs(out).f_frsize
+        state = (source / "trainer_state.json").stat().st_size
+        assert free < state  # short of one checkpoint even after the older set-aside folder (all but its state) goes
+        probe = (
+            "import axolotl_savefix, sys\n"
+            "axolotl_savefix.apply()\n"
+            "from axolotl.utils.dict import DictDefault\n"
+            "from axolotl.utils.train import determine_last_checkpoint\n"
+            f"print('RESUME', determine_last_checkpoint(DictDefault(output_dir={str(out)!r}, auto_resume_from_checkpoints=True)))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+        log = done.stdout + done.stderr
+        _record("short of space: resume scan", free=free, log=[line for line in log.splitlines() if "axolotl_savefix" in line])
+        assert done.returncode == 0, log[-3000:]
+        assert f"RESUME {out / 'checkpoint-8'}" in log
+        assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-8"]  # both set-aside candidates gone
+        from axolotl_savefix import checkpoints
+
+        assert f"deleted incomplete-checkpoint-4: {checkpoints.OLDER_SET_ASIDE}" in log
+        assert "checkpoint-15 is incomplete" in log and f"deleted ({checkpoints.SHORT_OF_SPACE})" in log

@@ -1,0 +1,185 @@
+"""The set-aside policy, the disk check for every save_total_limit, `axolotl-savefix checkpoints`: on folders built here."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_checkpoints import make_checkpoint
+
+from axolotl_savefix import checkpoints, cli, disk, plan
+
+
+def _scan(steps_complete: dict[int, bool]) -> list[tuple[Path, list[str]]]:
+    return [(Path(f"/o/checkpoint-{s}"), [] if ok else ["trainer_state.json"]) for s, ok in sorted(steps_complete.items())]
+
+
+folders = st.dictionaries(st.integers(1, 60), st.booleans(), max_size=8)
+aside_steps = st.lists(st.tuples(st.integers(1, 60), st.integers(0, 2)), unique=True, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scan=folders, aside=aside_steps, free=st.none() | st.integers(0, 3000), size=st.integers(1, 1000))
+def test_the_policy(scan, aside, free, size):
+    scanned = _scan(scan)
+    aside_paths = sorted(
+        (Path(f"/o/incomplete-checkpoint-{s}" + (f".{n}" if n else "")) for s, n in aside),
+        key=lambda p: checkpoints.set_aside_step(p),
+    )
+    sizes = {p: size for p, _ in scanned} | {p: size for p in aside_paths}
+    plan_ = checkpoints.cleanup(scanned, aside_paths, sizes=sizes, free_bytes=free)
+    complete = [p for p, lacks in scanned if not lacks]
+    newest = complete[-1] if complete else None
+    assert plan_.newest == newest
+    deleted = [p for p, _ in plan_.delete]
+    assert len(deleted) == len(set(deleted))
+    assert not set(deleted) & set(complete)  # a complete checkpoint is never touched
+    assert plan_.set_aside not in deleted
+    incomplete = [p for p, lacks in scanned if lacks]
+    newest_step = checkpoints.step_of(newest) if newest else -1
+    older = [p for p in incomplete if checkpoints.step_of(p) < newest_step]
+    newer = [p for p in incomplete if checkpoints.step_of(p) > newest_step]
+    # rule 1: an incomplete checkpoint-N older than the newest complete one is deleted, never set aside
+    assert set(older) <= set(deleted)
+    # every incomplete checkpoint-N is dealt with: deleted or set aside
+    dealt = {p for p in deleted if p not in aside_paths} | ({plan_.set_aside} if plan_.set_aside else set())
+    assert set(incomplete) == dealt
+    assert set(deleted) <= set(incomplete) | set(aside_paths)
+    kept_aside = [p for p in aside_paths if p not in deleted]
+    kept = kept_aside + ([plan_.set_aside] if plan_.set_aside else [])
+    assert len(kept) <= 1  # rule 2: at most one set-aside folder
+    if newer:
+        # the newest cut save is the candidate; it is kept unless the disk is short
+        assert kept in ([newer[-1]], [])
+        assert kept_aside == []
+    elif aside_paths:
+        assert kept in ([aside_paths[-1]], [])
+    # rule 3: short of one checkpoint (after what the other rules free), every set-aside folder goes
+    freed = sum(sizes[p] for p, why in plan_.delete if why != checkpoints.SHORT_OF_SPACE)
+    short = newest is not None and free is not None and free + freed < size
+    if short:
+        assert kept == []
+    elif newer or aside_paths:
+        assert len(kept) == 1
+
+
+def test_rule_3_counts_what_rules_1_and_2_free():
+    scanned = _scan({8: True, 15: False, 23: True, 30: False})
+    aside = [Path("/o/incomplete-checkpoint-5")]
+    sizes = {p: 100 for p, _ in scanned} | {aside[0]: 100}
+    # 15 (rotation garbage) and the old set-aside folder free 200: with 0 free, 200 >= one checkpoint
+    result = checkpoints.cleanup(scanned, aside, sizes=sizes, free_bytes=0)
+    assert result.set_aside == Path("/o/checkpoint-30")
+    assert dict(result.delete) == {
+        Path("/o/checkpoint-15"): checkpoints.ROTATION_GARBAGE,
+        aside[0]: checkpoints.OLDER_SET_ASIDE,
+    }
+    alone = checkpoints.cleanup(_scan({23: True, 30: False}), [], sizes={Path("/o/checkpoint-23"): 100}, free_bytes=99)
+    assert alone.set_aside is None and dict(alone.delete) == {Path("/o/checkpoint-30"): checkpoints.SHORT_OF_SPACE}
+
+
+def test_set_aside_names():
+    assert checkpoints.set_aside_step(Path("incomplete-checkpoint-30")) == (30, 0)
+    assert checkpoints.set_aside_step(Path("incomplete-checkpoint-30.2")) == (30, 2)
+    assert checkpoints.set_aside_step(Path("incomplete-checkpoint-x")) is None
+    assert checkpoints.set_aside_step(Path("checkpoint-30")) is None
+
+
+@pytest.mark.parametrize("gone", ["model.safetensors", "optimizer.pt", "rng_state.pth", "trainer_state.json"])
+def test_a_folder_rotation_half_deleted_is_incomplete(tmp_path, gone):
+    folder = make_checkpoint(tmp_path, 8)
+    (folder / gone).unlink()
+    assert checkpoints.missing(folder)
+
+
+@settings(max_examples=50, deadline=None)
+@given(limit=st.none() | st.integers(-1, 10), n=st.integers(0, 12), size=st.integers(1, 10**6), final=st.integers(0, 10**6))
+def test_peak_bytes(limit, n, size, final):
+    need = disk.peak_bytes(list(range(1, n + 1)), limit, size, final)
+    at_once = n if limit is None or limit <= 0 else min(n, limit + 1)
+    assert need == max(at_once * size, (n if limit is None or limit <= 0 else min(n, limit)) * size + final)
+    best = disk.max_fitting_limit(size, need or 0, final)
+    if n and (limit is not None and 0 < limit < n):
+        assert best >= limit  # a choice whose peak is the available space fits exactly
+
+
+SETTINGS = dict(num_epochs=2, saves_per_epoch=4, patched=True)
+
+
+@pytest.mark.parametrize(
+    ("limit", "short"),
+    [(0, True), (-1, True), (None, False), (2, False), (3, False), (4, True)],
+)
+def test_every_limit_is_checked_against_the_disk(limit, short):
+    """30 steps per epoch, 8 saves of 310 KB, a final model of 100 KB, 1.3 MB available (about four)."""
+    s = plan.Settings(**SETTINGS, save_total_limit=limit)
+    result = plan.make_plan(s, 30, 60, checkpoint_bytes=310_000, free_bytes=1_300_000, final_bytes=100_000)
+    assert result.disk_short is short
+    warning = result.disk_warning()
+    assert (warning is not None) is short
+    if short:
+        assert "1300000 bytes" in warning and "310000 bytes" in warning and "save_total_limit: 3" in warning
+        assert "DISK SHORT" in plan.render(result)
+    if limit is None:  # the unset rule counts the final model too: (2+1) * 310 KB + room for it
+        assert result.patched.limit == 2
+
+
+def test_a_limit_that_fits_is_not_warned():
+    s = plan.Settings(**SETTINGS, save_total_limit=0)
+    result = plan.make_plan(s, 30, 60, checkpoint_bytes=310_000, free_bytes=8 * 310_000 + 100_000, final_bytes=100_000)
+    assert not result.disk_short and result.disk_warning() is None
+
+
+def test_full_message_names_the_numbers_and_the_keys():
+    text = disk.full_message(
+        "/o", 100_000, 310_000, "measured: checkpoint-23", 3, 930_000, None, "the save of checkpoint-30 failed"
+    )
+    assert "output_dir /o has 100000 bytes free" in text
+    assert "one checkpoint is 310000 bytes" in text and "3 checkpoints fit in all" in text
+    assert "set save_total_limit: 2 (now keep all" in text and "output_dir" in text
+    assert disk.is_disk_full(OSError(28, "No space left on device"))
+    assert not disk.is_disk_full(OSError(2, "No such file"))
+
+
+def _cli(capsys, *argv):
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_cli_checkpoints(tmp_path, capsys):
+    out = tmp_path / "out"
+    for step in (8, 15, 23):
+        make_checkpoint(out, step)
+    cut = make_checkpoint(out, 30)
+    (cut / "trainer_state.json").write_text('{"global_st')
+    half = out / "checkpoint-15" / "optimizer.pt"
+    half.unlink()
+    make_checkpoint(out, 4).rename(out / "incomplete-checkpoint-4")
+
+    code, text = _cli(capsys, "checkpoints", str(out))
+    assert code == 1  # the newest checkpoint-N was cut
+    assert "checkpoint-23" in text and "<- a resume takes this one" in text
+    assert "checkpoint-30" in text and "trainer_state.json (cut while being written)" in text
+    assert "next resume deletes checkpoint-15" in text and "next resume sets aside checkpoint-30" in text
+
+    code, text = _cli(capsys, "checkpoints", "--json", str(out))
+    report = json.loads(text)
+    assert code == 1 and report["resume_from"] == "checkpoint-23"
+    rows = {f["name"]: f for f in report["folders"]}
+    assert [f["name"] for f in report["folders"]] == [
+        "incomplete-checkpoint-4", "checkpoint-8", "checkpoint-15", "checkpoint-23", "checkpoint-30",
+    ]  # fmt: skip
+    assert rows["checkpoint-8"]["complete"] and rows["checkpoint-8"]["step"] == 8
+    assert rows["checkpoint-8"]["bytes"] == sum(f.stat().st_size for f in (out / "checkpoint-8").iterdir())
+    assert not rows["checkpoint-15"]["complete"] and rows["checkpoint-15"]["lacks"]
+    assert rows["incomplete-checkpoint-4"]["kind"] == "set-aside"
+    assert {d["name"] for d in report["next_resume"]["delete"]} == {"checkpoint-15", "incomplete-checkpoint-4"}
+
+    os.rename(out / "checkpoint-30", out / "incomplete-checkpoint-30")
+    code, text = _cli(capsys, "checkpoints", str(out))
+    assert code == 0, text  # the newest checkpoint-N is complete: a resume (patched or stock) takes it
+
+    code, _ = _cli(capsys, "checkpoints", str(tmp_path / "nowhere"))
+    assert code == 2
