@@ -166,14 +166,17 @@ class Case:
     limit: int
     workdir: Path
     expected: list[int]
+    stock: bool = False  # stock Axolotl (no plugin): its outcome is recorded, not asserted
     runs: list[dict] = field(default_factory=list)
+    outcome: str = ""
 
 
-def expected_saves(engine: str) -> list[int]:
+def expected_saves(engine: str, stock: bool = False) -> list[int]:
     world = WORLD[engine]
     L = CASE["samples"] // (CASE["micro_batch"] * world)
-    M = reference.axolotl_max_steps(CASE["samples"], CASE["micro_batch"], CASE["grad_accum"], CASE["num_epochs"], world)
-    return reference.patched_saves(L, CASE["grad_accum"], CASE["saves_per_epoch"], M)
+    G, k, epochs = CASE["grad_accum"], CASE["saves_per_epoch"], CASE["num_epochs"]
+    M = reference.axolotl_max_steps(CASE["samples"], CASE["micro_batch"], G, epochs, world)
+    return reference.stock_saves(L, G, k, epochs, M) if stock else reference.patched_saves(L, G, k, M)
 
 
 FSDP = {
@@ -189,14 +192,14 @@ FSDP = {
 }
 
 
-def write_config(engine: str, limit: int, workdir: Path) -> Path:
+def write_config(engine: str, limit: int, workdir: Path, stock: bool = False) -> Path:
     import cases
 
     case = {**cases.BASE, **CASE, "save_total_limit": limit, "name": workdir.name}
-    config = harness.write_config(case, workdir, plugin=True)
+    config = harness.write_config(case, workdir, plugin=not stock)
     cfg = yaml.safe_load(config.read_text())
     shims = {"single": [], "ddp": ["cpu_ddp_shim.CpuDdpShim"], "fsdp": ["cpu_fsdp_shim.CpuFsdpShim"]}[engine]
-    cfg["plugins"] = [*shims, "chaos_shim.ChaosShim", "save_log.SaveLog", *cfg["plugins"]]
+    cfg["plugins"] = [*shims, "chaos_shim.ChaosShim", "save_log.SaveLog", *(cfg.get("plugins") or [])]
     cfg["auto_resume_from_checkpoints"] = True
     if engine == "fsdp":
         cfg.update(FSDP)
@@ -313,12 +316,14 @@ class Calibration:
     saves: int
 
 
-def choose_kill(rng: random.Random, engine: str, cal: Calibration, snap: Snapshot, expected: list[int], limit: int) -> Kill:
+def choose_kill(
+    rng: random.Random, engine: str, cal: Calibration, snap: Snapshot, expected: list[int], limit: int, stock: bool = False
+) -> Kill:
     remaining = [s for s in expected if s > snap.newest_complete]
     options = ["timer", "save", "save"]
     if limit and len(remaining) + len(snap.complete) > limit:
         options.append("rotation")
-    if snap.incomplete or len(snap.set_aside) > 1:
+    if not stock and (snap.incomplete or len(snap.set_aside) > 1):
         options += ["set-aside", "set-aside"]
     kind = rng.choice(options)
     if kind == "timer":  # half uniform over the whole wall time, half over the part after the imports
@@ -344,7 +349,7 @@ def choose_kill(rng: random.Random, engine: str, cal: Calibration, snap: Snapsho
 
 
 def run_case(case: Case, rng: random.Random, kills: int, cal: Calibration, timeout: float, log) -> None:
-    config = write_config(case.engine, case.limit, case.workdir)
+    config = write_config(case.engine, case.limit, case.workdir, case.stock)
     out = harness.output_dir(config)
     snapshots: list[Snapshot] = []
     cap = kills + 4
@@ -352,23 +357,32 @@ def run_case(case: Case, rng: random.Random, kills: int, cal: Calibration, timeo
         snap = scan(out, case.engine)
         snapshots.append(snap)
         planned = sum(1 for r in case.runs if "kill" in r and r["kill"]["phase"] != "none")
-        kill = choose_kill(rng, case.engine, cal, snap, case.expected, case.limit) if planned < kills else None
+        kill = choose_kill(rng, case.engine, cal, snap, case.expected, case.limit, case.stock) if planned < kills else None
         timer = float(kill.spec) if kill and kill.kind == "timer" else None
         result = run_once(case, config, n, kill, timeout, timer)
         case.runs.append(result)
         log(f"  {case.workdir.name} run {n}: rc {result['rc']} {result['wall_s']} s" + (
             f", kill {kill.kind} {kill.spec} -> {kill.phase} {kill.detail}" if kill else ""))  # fmt: skip
         if result["rc"] == 0:
-            check_case(case, out, snapshots + [scan(out, case.engine)])
+            failures = check_case(case, out, snapshots + [scan(out, case.engine)])
+            case.outcome = "completed" + (": " + "; ".join(failures) if failures else ", exact")
+            if failures and not case.stock:
+                raise ChaosFailure(f"{case.workdir} ({case.engine}, save_total_limit {case.limit}):\n  " + "\n  ".join(failures))
             return
         if kill is None:
-            tail = (case.workdir / f"run-{n}.log").read_text()[-3000:]
-            raise ChaosFailure(f"{case.workdir.name} run {n} failed with no kill (rc {result['rc']}):\n{tail}")
-    raise ChaosFailure(f"{case.workdir.name}: not complete after {cap} restarts")
+            text = (case.workdir / f"run-{n}.log").read_text()
+            errors = [line for line in text.splitlines() if re.match(r"\w*(Error|Exception)\b", line)]
+            case.outcome = f"run {n}, with no kill, failed (rc {result['rc']}): {errors[-1] if errors else text[-300:]}"
+            if case.stock:
+                return
+            raise ChaosFailure(f"{case.workdir.name} run {n} failed with no kill (rc {result['rc']}):\n{text[-3000:]}")
+    case.outcome = f"not complete after {cap} restarts"
+    if not case.stock:
+        raise ChaosFailure(f"{case.workdir.name}: not complete after {cap} restarts")
 
 
-def check_case(case: Case, out: Path, snapshots: list[Snapshot]) -> None:
-    """The run's end state against the reference schedule, the limit and the set-aside policy."""
+def check_case(case: Case, out: Path, snapshots: list[Snapshot]) -> list[str]:
+    """What is wrong with the run's end state, against the reference schedule, the limit and the set-aside policy."""
     failures = []
     expected = case.expected
     ever = sorted({s for snap in snapshots for s in snap.complete + snap.incomplete})
@@ -380,7 +394,7 @@ def check_case(case: Case, out: Path, snapshots: list[Snapshot]) -> None:
         failures.append(f"never saved: {sorted(set(expected) - saved)}")
     final = snapshots[-1]
     kept_now = sorted(step_of(p.name) for p in out.glob("checkpoint-*"))
-    want = reference.kept(expected, case.limit)
+    want = reference.kept(expected, reference.stock_limit(case.limit) if case.stock else case.limit)
     if kept_now != want:
         failures.append(f"kept {kept_now}, the reference keeps {want} (save_total_limit {case.limit})")
     for step in final.incomplete:
@@ -392,6 +406,8 @@ def check_case(case: Case, out: Path, snapshots: list[Snapshot]) -> None:
         step = step_of(name, "incomplete-checkpoint-")
         if step not in allowed:
             failures.append(f"{name} kept: it was not newer than the newest complete checkpoint (policy: delete it)")
+    if case.stock:
+        return failures
     whole = f"{' '.join(map(str, expected))} ({len(expected)})"
     for r in case.runs:
         if any(p != whole for p in r["plans"]):
@@ -401,8 +417,7 @@ def check_case(case: Case, out: Path, snapshots: list[Snapshot]) -> None:
         failures.append("the completing run logged no plan")
     if case.engine != "fsdp" and not (out / "model.safetensors").is_file():
         failures.append("no final model.safetensors in output_dir")
-    if failures:
-        raise ChaosFailure(f"{case.workdir} ({case.engine}, save_total_limit {case.limit}):\n  " + "\n  ".join(failures))
+    return failures
 
 
 # --- the session ---------------------------------------------------------------------------------------
@@ -416,7 +431,9 @@ def calibrate(engine: str, root: Path, timeout: float, log) -> Calibration:
     case.runs.append(result)
     if result["rc"] != 0:
         raise ChaosFailure(f"{engine}: the clean run failed:\n{(case.workdir / 'run-0.log').read_text()[-3000:]}")
-    check_case(case, harness.output_dir(config), [scan(harness.output_dir(config), engine)])
+    failures = check_case(case, harness.output_dir(config), [scan(harness.output_dir(config), engine)])
+    if failures:
+        raise ChaosFailure(f"{engine}: the clean run: " + "; ".join(failures))
     saves = {int(rank): calls.get("save", 0) for rank, calls in result["calls"].items()}
     log(f"{engine}: clean run {result['wall_s']} s, hooked save calls per rank {saves}")
     trace = case.workdir / "trace-0"
@@ -426,8 +443,12 @@ def calibrate(engine: str, root: Path, timeout: float, log) -> Calibration:
     return Calibration(result["wall_s"], round(train_from, 1), saves, len(case.expected) + 1)
 
 
-def chaos(seed: int, kills: int, engines: list[str], root: Path, timeout: float, log=print) -> dict:
-    """``kills`` kills per engine (as many cases as it takes); returns the summary; raises ChaosFailure."""
+def chaos(seed: int, kills: int, engines: list[str], root: Path, timeout: float, log=print, stock: bool = False) -> dict:
+    """``kills`` kills per engine (as many cases as it takes); returns the summary; raises ChaosFailure.
+
+    ``stock``: then one case of stock Axolotl per engine (no plugin, ``save_total_limit`` 2) under the
+    same kind of kills; its outcome is recorded in the summary, not asserted.
+    """
     log(f"chaos: seed {seed}, {kills} kills per engine, engines {','.join(engines)} (replay: --seed {seed} --kills {kills})")
     summary: dict = {"seed": seed, "kills_per_engine": kills, "engines": {}, "phases": dict.fromkeys(PHASES, 0)}
     started = time.monotonic()
@@ -467,6 +488,16 @@ def chaos(seed: int, kills: int, engines: list[str], root: Path, timeout: float,
         }
         for p, v in phases.items():
             summary["phases"][p] += v
+        if stock:
+            case = Case(engine, LIMITS[0], root / f"{engine}-stock-limit{LIMITS[0]}", expected_saves(engine, True), stock=True)
+            t1 = time.monotonic()
+            run_case(case, random.Random(f"{seed}:{engine}:stock"), kills, cal, timeout, log)
+            summary["engines"][engine]["stock"] = {
+                "outcome": case.outcome,
+                "kills": [r["kill"] for r in case.runs if "kill" in r],
+                "seconds": round(time.monotonic() - t1, 1),
+            }
+            log(f"{engine}: stock, the same kind of kills: {case.outcome}")
     summary["kills"] = sum(e["kills"] for e in summary["engines"].values())
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary
@@ -477,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=int(os.environ.get("SAVEFIX_CHAOS_SEED") or random.randrange(1 << 31)))
     parser.add_argument("--kills", type=int, default=int(os.environ.get("SAVEFIX_CHAOS_KILLS") or 34), help="per engine")
     parser.add_argument("--engines", default=os.environ.get("SAVEFIX_CHAOS_ENGINES") or "single,ddp,fsdp")
+    parser.add_argument("--stock", action="store_true", help="also one stock case per engine, its outcome recorded")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take before it counts as a hang")
     parser.add_argument("--root", type=Path, default=None, help="work folder (default: a fresh temporary one)")
     parser.add_argument("--out", type=Path, default=HERE.parent.parent / ".nox" / "chaos.json")
@@ -488,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(harness.OFFLINE)
     engines = args.engines.split(",")
     try:
-        summary = chaos(args.seed, args.kills, engines, root, args.timeout, log=lambda s: print(s, flush=True))
+        summary = chaos(args.seed, args.kills, engines, root, args.timeout, log=lambda s: print(s, flush=True), stock=args.stock)
         summary["failures"] = 0
         code = 0
     except ChaosFailure as exc:

@@ -152,11 +152,9 @@ def _arg(i, key):
     return lambda args, kwargs: args[i] if len(args) > i else kwargs.get(key)
 
 
-def _install() -> None:
+def _install(patched: bool) -> None:
     import axolotl.train as ax_train
     import torch.distributed.checkpoint as dcp
-
-    import axolotl_savefix.resume as resume
 
     # windows
     hf_trainer.Trainer._save_checkpoint = _window("save", lambda a, k: f"checkpoint-{a[0].state.global_step}")(
@@ -164,7 +162,10 @@ def _install() -> None:
     )
     ax_train.save_trained_model = _window("save", lambda a, k: "final")(ax_train.save_trained_model)
     hf_trainer.rotate_checkpoints = _window("rotation", lambda a, k: "rotate")(hf_trainer.rotate_checkpoints)
-    resume.set_aside_incomplete = _window("set-aside", lambda a, k: "scan")(resume.set_aside_incomplete)
+    if patched:  # stock runs have no set-aside
+        import axolotl_savefix.resume as resume
+
+        resume.set_aside_incomplete = _window("set-aside", lambda a, k: "scan")(resume.set_aside_incomplete)
     # calls
     save = ("save",)
     torch.save = _hooked(save, "torch.save", _arg(1, "f"), _cut_by_writing_half)(torch.save)
@@ -182,7 +183,7 @@ _installed = False
 
 
 class ChaosShim(BasePlugin):
-    def register(self, cfg):  # noqa: ARG002
+    def register(self, cfg):
         global _installed
         value = os.environ.get("SAVEFIX_CHAOS_KILL")
         if value:
@@ -191,5 +192,5 @@ class ChaosShim(BasePlugin):
                 _spec.update(phase=phase, n=int(n), mode=mode, seed=seed)
         if not _installed:
             _installed = True
-            _install()
+            _install(any("axolotl_savefix" in str(p) for p in (cfg.get("plugins") or [])))
             _trace("start", "-", f"pid {os.getpid()} kill {value or 'none'}")
