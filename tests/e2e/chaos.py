@@ -474,6 +474,10 @@ def chaos(seed: int, kills: int, engines: list[str], root: Path, timeout: float,
                             landed += 1
                             phases[r["kill"]["phase"]] += 1
                 restarts += len(case.runs) - 1
+                done = [r["wall_s"] for r in case.runs if r["rc"] == 0]
+                if done:  # the timer's range: the shortest complete run seen (a resumed run is shorter than a clean one)
+                    cal.wall_s = min(cal.wall_s, *done)
+                    cal.train_from_s = min(cal.train_from_s, 0.8 * cal.wall_s)
             number += 1
         chaos_s = time.monotonic() - t0 - calibration_s
         summary["engines"][engine] = {
