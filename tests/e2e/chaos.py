@@ -348,7 +348,10 @@ def choose_kill(
 # --- a case: kills until it completes, then the checks -------------------------------------------------
 
 
-def run_case(case: Case, rng: random.Random, kills: int, cal: Calibration, timeout: float, log) -> None:
+def run_case(
+    case: Case, rng: random.Random, kills: int, cal: Calibration | None, timeout: float, log, forced: list[str] | None = None
+) -> None:
+    """Kill, rerun, until a run completes; then check. ``forced``: these shim kills (``SAVEFIX_CHAOS_KILL``), in order."""
     config = write_config(case.engine, case.limit, case.workdir, case.stock)
     out = harness.output_dir(config)
     snapshots: list[Snapshot] = []
@@ -357,7 +360,11 @@ def run_case(case: Case, rng: random.Random, kills: int, cal: Calibration, timeo
         snap = scan(out, case.engine)
         snapshots.append(snap)
         planned = sum(1 for r in case.runs if "kill" in r and r["kill"]["phase"] != "none")
-        kill = choose_kill(rng, case.engine, cal, snap, case.expected, case.limit, case.stock) if planned < kills else None
+        if forced is not None:
+            kill = Kill(forced[n].split(":")[0], forced[n]) if n < len(forced) else None
+        else:
+            assert cal is not None
+            kill = choose_kill(rng, case.engine, cal, snap, case.expected, case.limit, case.stock) if planned < kills else None
         timer = float(kill.spec) if kill and kill.kind == "timer" else None
         result = run_once(case, config, n, kill, timeout, timer)
         case.runs.append(result)
@@ -512,6 +519,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=int(os.environ.get("SAVEFIX_CHAOS_SEED") or random.randrange(1 << 31)))
     parser.add_argument("--kills", type=int, default=int(os.environ.get("SAVEFIX_CHAOS_KILLS") or 34), help="per engine")
     parser.add_argument("--engines", default=os.environ.get("SAVEFIX_CHAOS_ENGINES") or "single,ddp,fsdp")
+    parser.add_argument(
+        "--kill",
+        action="append",
+        help="replay exact shim kills instead (PHASE:N:MODE:RANK:SEED, repeatable, in order) on one case of the first engine",
+    )
+    parser.add_argument("--limit", type=int, default=LIMITS[0], help="save_total_limit of the --kill case")
     parser.add_argument("--stock", action="store_true", help="also one stock case per engine, its outcome recorded")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take before it counts as a hang")
     parser.add_argument("--root", type=Path, default=None, help="work folder (default: a fresh temporary one)")
@@ -523,6 +536,16 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     os.environ.update(harness.OFFLINE)
     engines = args.engines.split(",")
+    if args.kill:
+        engine = engines[0]
+        case = Case(engine, args.limit, root / f"{engine}-replay-limit{args.limit}", expected_saves(engine, args.stock), args.stock)
+        try:
+            run_case(case, random.Random(0), len(args.kill), None, args.timeout, lambda s: print(s, flush=True), args.kill)
+        except ChaosFailure as exc:
+            print(f"replay of {args.kill} FAILED:\n{exc}")
+            return 1
+        print(f"replay of {args.kill}: {case.outcome}")
+        return 0
     try:
         summary = chaos(args.seed, args.kills, engines, root, args.timeout, log=lambda s: print(s, flush=True), stock=args.stock)
         summary["failures"] = 0
