@@ -250,6 +250,16 @@ def bench(session: nox.Session) -> None:
     run_script(session, "bench.py", session.posargs[0] if session.posargs else str(ROOT / ".nox" / "bench.json"))
 
 
+@nox.session(venv_backend="none")
+def chaos(session: nox.Session) -> None:
+    """Real runs SIGKILLed at random instants, resumed by the same command until they complete; checked after each.
+
+    `nox -s chaos -- --seed S --kills N --engines single,ddp,fsdp` (N per engine; a failing seed replays).
+    Summary: .nox/chaos.json. See tests/e2e/chaos.py.
+    """
+    run_script(session, "chaos.py", *session.posargs)
+
+
 @nox.session(python="3.11")
 def bench_plan(session: nox.Session) -> None:
     """`axolotl-savefix plan` on a 1M-step config: median time, JSON to .nox/bench-plan.json (no Axolotl)."""
