@@ -139,8 +139,8 @@ def disk(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def engines(session: nox.Session) -> None:
-    """2-process DDP, FSDP2 (2 CPU processes, sharded checkpoints) and DPO (Axolotl's RL builder), stock vs patched."""
-    tests_impl(session, "tests/e2e/test_engines.py", "tests/e2e/test_ddp.py")
+    """2-process DDP, FSDP2 (2 CPU processes, sharded checkpoints), DPO, KTO, ORPO, SimPO and reward models, stock vs patched."""
+    tests_impl(session, "tests/e2e/test_engines.py", "tests/e2e/test_ddp.py", "tests/e2e/test_trainers.py")
 
 
 @nox.session(python="3.11")

@@ -69,6 +69,67 @@ def write_dataset(path: Path, samples: int, seed: int = 0) -> Path:
     return path
 
 
+def _phrase(rng: random.Random, low: int = 4, high: int = 8) -> str:
+    return " ".join(rng.choices(VOCAB_WORDS, k=rng.randint(low, high)))
+
+
+def _write_rows(path: Path, rows) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def write_kto_dataset(path: Path, samples: int, seed: int = 0) -> Path:
+    """KTO rows for Axolotl's ``kto`` type ``chatml.ultra``: ``prompt``, ``completion``, ``label`` (alternating)."""
+    rng = random.Random(seed)
+    return _write_rows(path, ({"prompt": _phrase(rng), "completion": _phrase(rng), "label": i % 2 == 0} for i in range(samples)))
+
+
+def write_orpo_dataset(path: Path, samples: int, seed: int = 0) -> Path:
+    """ORPO rows for Axolotl's ``orpo`` type ``chat_template.argilla``: ``chosen`` and ``rejected`` as user/assistant turns."""
+    rng = random.Random(seed)
+
+    def turns(prompt: str) -> list[dict]:
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": _phrase(rng)}]
+
+    rows = []
+    for _ in range(samples):
+        prompt = _phrase(rng)
+        rows.append({"chosen": turns(prompt), "rejected": turns(prompt)})
+    return _write_rows(path, rows)
+
+
+def write_preference_dataset(path: Path, samples: int, seed: int = 0) -> Path:
+    """Preference pairs for Axolotl's ``dpo`` type ``chatml`` (DPO, SimPO): ``prompt``, ``chosen``, ``rejected``."""
+    rng = random.Random(seed)
+    return _write_rows(path, ({k: _phrase(rng) for k in ("prompt", "chosen", "rejected")} for _ in range(samples)))
+
+
+def write_bradley_terry_dataset(path: Path, samples: int, seed: int = 0) -> Path:
+    """Reward-model pairs for ``bradley_terry.chat_template``: ``system``, ``input``, ``chosen``, ``rejected``."""
+    rng = random.Random(seed)
+    return _write_rows(
+        path, ({"system": "", "input": _phrase(rng), "chosen": _phrase(rng), "rejected": _phrase(rng)} for _ in range(samples))
+    )
+
+
+def write_stepwise_dataset(path: Path, samples: int, seed: int = 0) -> Path:
+    """Process-reward rows for ``stepwise_supervised``: ``prompt``, ``completions`` (steps), ``labels`` (one bool per step)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(samples):
+        steps = rng.randint(2, 3)
+        rows.append(
+            {
+                "prompt": _phrase(rng),
+                "completions": [_phrase(rng, 2, 4) for _ in range(steps)],
+                "labels": [rng.random() < 0.5 for _ in range(steps)],
+            }
+        )
+    return _write_rows(path, rows)
+
+
 def build(root: Path) -> Path:
     """Model and tokenizer under ``root/model``; returns that directory."""
     model_dir = root / "model"
