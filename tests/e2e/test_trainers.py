@@ -3,10 +3,10 @@
 KTO, ORPO and SimPO go through Axolotl's RL builder (``rl: kto|orpo|simpo``; Axolotl's only
 CPO trainer is ``AxolotlCPOTrainer``, built for ``rl: simpo`` with TRL's ``loss_type: simpo``:
 there is no ``rl: cpo``). The reward model (``reward_model: true``, TRL's ``RewardTrainer``)
-and the process reward model (``process_reward_model: true``, TRL's ``PRMTrainer``) go through
-the causal builder with a classification head on the tiny local Llama. Each runs ``axolotl
-train`` on a tiny local data set in the format Axolotl's loader for that trainer expects
-(tests/fixture.py). TRL's trainers log no save line: tests/e2e/save_log.py writes one.
+goes through the causal builder with a classification head on the tiny local Llama; the process
+reward model is not in the matrix yet (see TRAINERS). Each runs ``axolotl train`` on a tiny
+local data set in the format Axolotl's loader for that trainer expects (tests/fixture.py).
+TRL's trainers log no save line: tests/e2e/save_log.py writes one.
 
 ``L`` (batches per epoch) is read back from the run and checked against the sample count, so a
 collation that changed it would show; the expected steps come from tests/reference.py.
@@ -32,17 +32,18 @@ TRAINERS = {
         "chat_template.argilla",
         {"rl": "orpo", "chat_template": "chatml", "remove_unused_columns": False},
     ),
-    "simpo": (fixture.write_preference_dataset, "chatml", {"rl": "simpo", "remove_unused_columns": False}),
+    # simpo_gamma is required: Axolotl passes the unset key on as None over TRL's default, and the
+    # first step fails (TypeError: unsupported operand type(s) for /: 'NoneType' and 'float'), stock or patched
+    "simpo": (fixture.write_preference_dataset, "chatml", {"rl": "simpo", "simpo_gamma": 0.5, "remove_unused_columns": False}),
     "reward_model": (
         fixture.write_bradley_terry_dataset,
         "bradley_terry.chat_template",
         {"reward_model": True, "model_type": "AutoModelForSequenceClassification", "chat_template": "chatml"},
     ),
-    "process_reward_model": (
-        fixture.write_stepwise_dataset,
-        "stepwise_supervised",
-        {"process_reward_model": True, "model_type": "AutoModelForTokenClassification"},
-    ),
+    # Not yet in the matrix: the process reward model (TRL's PRMTrainer). Its config below passes
+    # `axolotl preprocess` (fixture.write_stepwise_dataset, type `stepwise_supervised`); no training
+    # run of it was finished yet on this machine, so it is not asserted here:
+    # {"process_reward_model": True, "model_type": "AutoModelForTokenClassification"}
 }
 
 
