@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +74,17 @@ def _describe(problems: list[str]) -> str:
     return "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
 
 
-def set_aside_incomplete(output_dir: str) -> tuple[Path | None, list[tuple[Path, list[str], Path | None]]]:
+def set_aside_incomplete(
+    output_dir: str, judge: Callable[[Path], list[str]] = checkpoints.missing
+) -> tuple[Path | None, list[tuple[Path, list[str], Path | None]]]:
     """The newest complete checkpoint; each incomplete one, what it lacks, and where it was moved.
 
     Only the main process of each node moves folders (``None``: moved by another
     process); every rank finds the same newest complete checkpoint, moved or not.
+    ``judge``: what a folder lacks (default :func:`checkpoints.missing`, one disk;
+    several processes pass :meth:`checkpoints.Agreement.judge`, every rank's verdict).
     """
-    scanned = [(p, checkpoints.missing(p)) for p in checkpoints.checkpoints(output_dir)]  # each folder read once
+    scanned = [(p, judge(p)) for p in checkpoints.checkpoints(output_dir)]  # each folder read once
     incomplete = [(p, lacks) for p, lacks in scanned if lacks]
     newest = next((p for p, lacks in reversed(scanned) if not lacks), None)
     moved = []
@@ -90,6 +97,74 @@ def set_aside_incomplete(output_dir: str) -> tuple[Path | None, list[tuple[Path,
                 pass
         moved.append((folder, lacks, target))
     return newest, moved
+
+
+AGREE_SECONDS = 600.0  # how long a rank waits for the others' views (SAVEFIX_AGREE_SECONDS overrides)
+
+
+class NotSharedOutputDirError(RuntimeError):
+    """A checkpoint was saved whole, but some node cannot load it from its own ``output_dir``."""
+
+
+class ResumeAgreementError(RuntimeError):
+    """The ranks could not exchange their views of ``output_dir`` in time."""
+
+
+def _node() -> str:
+    # torchrun's node rank (GROUP_RANK; NODE_RANK for other launchers), else the host name
+    return os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or socket.gethostname()
+
+
+def _gather(view: dict, world: int) -> list[dict]:
+    """Every rank's ``view``, through a gloo group of its own whose collectives time out after AGREE_SECONDS.
+
+    Axolotl calls ``determine_last_checkpoint`` after it built the trainer, so the
+    default process group exists by then (accelerate's ``PartialState`` made it); where
+    it does not, ``PartialState()`` makes it from the launcher's environment.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()
+    seconds = float(os.environ.get("SAVEFIX_AGREE_SECONDS") or AGREE_SECONDS)
+    try:
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=seconds))
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, view, group=group)
+        dist.destroy_process_group(group)
+    except Exception as error:  # a rank that died or never came: gloo's error, or its timeout
+        raise ResumeAgreementError(
+            f"the {world} ranks could not agree on the checkpoint to resume from within {seconds:.0f} s "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Check that every node "
+            "runs the same command; set SAVEFIX_AGREE_SECONDS to wait longer."
+        ) from error
+    return gathered
+
+
+def agree_on_resume(output_dir: str) -> checkpoints.Agreement | None:
+    """The resume decision, taken by every rank together (``None`` for one process: its own disk decides).
+
+    Each rank judges the checkpoints in its own ``output_dir`` (:func:`checkpoints.views`),
+    every rank's views are gathered, and :func:`checkpoints.agree` picks the newest
+    checkpoint every rank can load, the same on every rank. Raises
+    :class:`ResumeAgreementError` when the views cannot be gathered within
+    ``SAVEFIX_AGREE_SECONDS`` (default 600 seconds).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    rank = int(os.environ.get("RANK", "0") or 0)
+    mine = {"rank": rank, "node": _node(), "output_dir": str(output_dir), "views": checkpoints.views(output_dir, rank, world)}
+    agreement = checkpoints.agree(_gather(mine, world))
+    if agreement.lacks and not agreement.error:
+        log_once(
+            "agreed",
+            f"resume decision taken by all {world} ranks: "
+            + (f"checkpoint-{agreement.step}" if agreement.step is not None else "no checkpoint every rank can load"),
+        )
+    return agreement
 
 
 def check_explicit(path: str, output_dir: str | None) -> None:
@@ -119,8 +194,17 @@ def apply() -> None:
             return determine(cfg, *args, **kwargs)
         if not cfg.get("output_dir"):
             return determine(cfg, *args, **kwargs)
-        newest, incomplete = set_aside_incomplete(cfg.output_dir)
+        update = kwargs.get("update", args[0] if args else True)
+        agreement = agree_on_resume(cfg.output_dir) if update else None  # the resume decision: every rank's
+        if agreement is not None and agreement.error and cfg.get("auto_resume_from_checkpoints"):
+            raise NotSharedOutputDirError(agreement.error)
+        judge = agreement.judge if agreement is not None else checkpoints.missing
+        newest, incomplete = set_aside_incomplete(cfg.output_dir, judge)
         result = determine(cfg, *args, **kwargs)
+        if agreement is not None and result is not None and cfg.get("auto_resume_from_checkpoints"):
+            agreed = str(Path(cfg.output_dir) / f"{checkpoints.PREFIX}{agreement.step}") if agreement.step is not None else None
+            if result != agreed:  # never ranks on different steps
+                result = cfg["resume_from_checkpoint"] = agreed
         moved = {str(p) for p, _, _ in incomplete}
         if result is not None and str(result) in moved:
             # another rank: it listed the folders before the main process moved one aside
