@@ -208,13 +208,38 @@ def quarantine(path: str | os.PathLike[str]) -> Path:
 OWN_WHOLE, OWN_CUT, OWN_ABSENT = "whole", "cut", "absent"
 
 
+# what Transformers' _load_from_checkpoint accepts as the model's weights in a checkpoint folder
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+WEIGHTS_DESCRIPTION = "model.safetensors (or other model weights)"
+
+
+def _has_weights(folder: Path) -> bool:
+    """Rule 1 implies the weights on one disk (written before trainer_state.json); on a node's own disk it does not."""
+    if any((folder / name).is_file() for name in WEIGHT_FILES):
+        return True
+    for sub in (p for p in folder.iterdir() if p.is_dir()):
+        if sub.name.startswith(("pytorch_model_fsdp_", "global_step")):
+            return True
+        if any((sub / name).is_file() for name in WEIGHT_FILES[4:]):  # an adapter in a subfolder
+            return True
+    return False
+
+
 def rank_view(path: str | os.PathLike[str], rank: int, world: int) -> dict:
     """What rank ``rank`` (of ``world`` processes) finds of ``checkpoint-N`` at ``path`` on its own disk.
 
     JSON-able, to be gathered from every rank: ``lacks``, what this rank lacks to resume
     from it (rules 1 to 3, and rule 4 for its own RNG file only: each rank loads its own
-    ``rng_state_R.pth``, never another rank's); ``main``, whether rules 1 to 3 hold (the
-    main process's files are there and whole); ``own``, this rank's RNG file, ``"whole"``,
+    ``rng_state_R.pth``, never another rank's), and the weights themselves (on one disk rule 1
+    implies them; on a node that did not write them it does not); ``main``, whether rules 1
+    to 3 hold and the weights are there (the main process's files are there and whole); ``own``, this rank's RNG file, ``"whole"``,
     ``"cut"`` or ``"absent"``; ``record``, the run's record from ``trainer_state.json``
     (``None`` where that file is missing: a node whose main process did not write, or a
     cut save); ``files``, the names in the folder. The world size named in the record wins
@@ -222,8 +247,9 @@ def rank_view(path: str | os.PathLike[str], rank: int, world: int) -> dict:
     """
     folder = Path(path)
     try:
-        main = not _missing(folder, ranks=[])
-        lacks = _missing(folder, ranks=[rank])
+        weights = [] if _has_weights(folder) else [f"{WEIGHTS_DESCRIPTION} (never written on this node)"]
+        main = not _missing(folder, ranks=[]) and not weights
+        lacks = _missing(folder, ranks=[rank]) + weights
         try:
             state = json.loads((folder / STATE).read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -238,3 +238,47 @@ def apply_builder() -> None:
         return callbacks
 
     patch_item(owner, name, get_callbacks_with_record)
+    apply_save_on_each_node()
+
+
+SAVE_TARGET = ("axolotl.core.trainers.base", "AxolotlTrainer._save", ("output_dir", "state_dict"))
+
+
+class _NodeMainAccelerator:
+    """The trainer's accelerator as Axolotl's ``_save`` sees it on a node's main process: ``is_main_process``."""
+
+    is_main_process = True
+
+    def __init__(self, accelerator: Any) -> None:
+        self._accelerator = accelerator
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._accelerator, name)
+
+
+def apply_save_on_each_node() -> None:
+    """``save_on_each_node: true`` writes the weights on every node's main process, not only on rank 0.
+
+    Transformers calls ``_save`` where ``args.should_save`` (each node's local rank 0 under
+    ``save_on_each_node``), but Axolotl's ``AxolotlTrainer._save`` passes
+    ``is_main_process=accelerator.is_main_process`` (rank 0 only) to ``save_pretrained``: the
+    other nodes' checkpoints get the optimizer, scheduler and ``trainer_state.json`` but no
+    ``model.safetensors`` nor ``config.json``, and Transformers' resume then fails there with
+    ``Can't find a valid checkpoint`` (observed, Axolotl 0.19.0, two nodes). During a save on a
+    node's main process that is not rank 0, ``_save`` sees an accelerator whose
+    ``is_main_process`` is true.
+    """
+    owner, name, save = require(*SAVE_TARGET)
+
+    @wraps(save)
+    def _save(self: Any, output_dir: Any = None, state_dict: Any = None, *args: Any, **kwargs: Any) -> Any:
+        accelerator = self.accelerator
+        if not (getattr(self.args, "save_on_each_node", False) and self.args.should_save and not accelerator.is_main_process):
+            return save(self, output_dir, state_dict, *args, **kwargs)
+        self.accelerator = _NodeMainAccelerator(accelerator)
+        try:
+            return save(self, output_dir, state_dict, *args, **kwargs)
+        finally:
+            self.accelerator = accelerator
+
+    patch_item(owner, name, _save)

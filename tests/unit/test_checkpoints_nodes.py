@@ -47,7 +47,10 @@ def test_a_node_without_the_main_files_tells_its_own_part(tmp_path):
     disk = node_disk(tmp_path, 1, [4, 8], main=False, cut_rng=8)
     whole, cut = checkpoints.rank_view(disk / "checkpoint-4", 1, WORLD), checkpoints.rank_view(disk / "checkpoint-8", 1, WORLD)
     assert whole["own"] == "whole" and not whole["main"] and whole["record"] is None
-    assert whole["lacks"] == ["trainer_state.json (never written: the save was cut before its end)"]
+    assert whole["lacks"] == [
+        "trainer_state.json (never written: the save was cut before its end)",
+        "model.safetensors (or other model weights) (never written on this node)",
+    ]
     assert cut["own"] == "cut" and "rng_state_1.pth (cut while being written)" in cut["lacks"]
 
 
@@ -101,3 +104,16 @@ def test_no_checkpoint_saved_whole_anywhere_starts_from_the_beginning(tmp_path):
     agreement = checkpoints.agree(gather(node0, node1))
     assert agreement.step is None and agreement.error is None
     assert checkpoints.agree(gather(tmp_path / "empty0", tmp_path / "empty1")) == checkpoints.Agreement(None, {}, None)
+
+
+def test_a_node_whose_main_process_did_not_write_the_weights_cannot_load(tmp_path):
+    # Axolotl 0.19.0's _save writes the weights on rank 0 only, even with save_on_each_node
+    node0 = node_disk(tmp_path, 0, [4, 8], main=True)
+    node1 = node_disk(tmp_path, 1, [4, 8], main=True)
+    for step in (4, 8):
+        (node1 / f"checkpoint-{step}" / "model.safetensors").unlink()
+    view = checkpoints.rank_view(node1 / "checkpoint-8", 1, WORLD)
+    assert view["lacks"] == ["model.safetensors (or other model weights) (never written on this node)"] and not view["main"]
+    agreement = checkpoints.agree(gather(node0, node1))
+    assert agreement.step is None
+    assert agreement.error and f"node 1 (rank 1) lacks model.safetensors in {node1}/checkpoint-8" in agreement.error
