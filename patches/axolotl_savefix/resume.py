@@ -256,6 +256,10 @@ class _NodeMainAccelerator:
         return getattr(self._accelerator, name)
 
 
+def _node_main_saves(is_main_process: bool) -> bool:
+    return is_main_process
+
+
 def apply_save_on_each_node() -> None:
     """``save_on_each_node: true`` writes the weights on every node's main process, not only on rank 0.
 
@@ -264,9 +268,12 @@ def apply_save_on_each_node() -> None:
     ``is_main_process=accelerator.is_main_process`` (rank 0 only) to ``save_pretrained``: the
     other nodes' checkpoints get the optimizer, scheduler and ``trainer_state.json`` but no
     ``model.safetensors`` nor ``config.json``, and Transformers' resume then fails there with
-    ``Can't find a valid checkpoint`` (observed, Axolotl 0.19.0, two nodes). During a save on a
-    node's main process that is not rank 0, ``_save`` sees an accelerator whose
-    ``is_main_process`` is true.
+    ``Can't find a valid checkpoint`` (observed, Axolotl 0.19.0, two nodes). Transformers'
+    ``save_pretrained`` itself writes only on ``torch.distributed`` rank 0
+    (``should_save_on_this_rank``, Transformers 5), whatever ``is_main_process`` says. During
+    a save on a node's main process that is not rank 0, ``_save`` sees an accelerator whose
+    ``is_main_process`` is true, and the model's ``should_save_on_this_rank`` (an instance
+    attribute for that save only) returns what it is given.
     """
     owner, name, save = require(*SAVE_TARGET)
 
@@ -275,10 +282,15 @@ def apply_save_on_each_node() -> None:
         accelerator = self.accelerator
         if not (getattr(self.args, "save_on_each_node", False) and self.args.should_save and not accelerator.is_main_process):
             return save(self, output_dir, state_dict, *args, **kwargs)
+        models = {id(m): m for m in (self.model, accelerator.unwrap_model(self.model)) if hasattr(m, "should_save_on_this_rank")}
         self.accelerator = _NodeMainAccelerator(accelerator)
+        for model in models.values():  # an instance attribute, for this save only
+            model.should_save_on_this_rank = _node_main_saves
         try:
             return save(self, output_dir, state_dict, *args, **kwargs)
         finally:
             self.accelerator = accelerator
+            for model in models.values():
+                del model.should_save_on_this_rank
 
     patch_item(owner, name, _save)
