@@ -116,7 +116,7 @@ def tests_impl(
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """Unit, patching, Trainer, the in-process CPU e2e matrix (CLI runs: `cli`; kills: `preemption`; FSDP2, DPO: `engines`)."""
-    tests_impl(session, "tests", "-m", "not preemption and not engines and not cli and not disk")
+    tests_impl(session, "tests", "-m", "not preemption and not engines and not cli and not disk and not nodes")
 
 
 @nox.session(venv_backend="none")
@@ -141,6 +141,12 @@ def disk(session: nox.Session) -> None:
 def engines(session: nox.Session) -> None:
     """2-process DDP, FSDP2 (2 CPU processes, sharded checkpoints), DPO, KTO, ORPO, SimPO and reward models, stock vs patched."""
     tests_impl(session, "tests/e2e/test_engines.py", "tests/e2e/test_ddp.py", "tests/e2e/test_trainers.py")
+
+
+@nox.session(venv_backend="none")
+def nodes(session: nox.Session) -> None:
+    """Two nodes on one machine (torchrun --nnodes 2, a mount namespace each): node-local and shared output_dir."""
+    tests_impl(session, "tests/e2e/test_nodes.py")
 
 
 @nox.session(python="3.11")

@@ -1,4 +1,4 @@
-"""The config key axolotl-savefix reads, ``savefix_disk_margin``, and its check.
+"""The config keys axolotl-savefix reads, ``savefix_disk_margin`` and ``save_on_each_node``, and their checks.
 
 Not merged into Axolotl's schema through ``get_input_args`` (that costs every run
 a rebuild of the whole schema): the ``save_limit`` patch checks it with
@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 from .checks import SaveFixConfigError
 
 KEY = "savefix_disk_margin"
+ON_EACH_NODE = "save_on_each_node"  # Transformers' TrainingArguments key, which Axolotl's schema lacks
 
 
 class SaveFixArgs(BaseModel):
@@ -28,6 +29,15 @@ class SaveFixArgs(BaseModel):
         json_schema_extra={
             "description": "Share of the free space in output_dir that an unset save_total_limit leaves free "
             "(default 0.1). Checkpoints that do not fit are rotated, newest kept, never fewer than 2."
+        },
+    )
+    save_on_each_node: bool | None = Field(
+        default=None,
+        strict=True,
+        json_schema_extra={
+            "description": "Several nodes whose output_dir is not shared (node-local disks): every node's main "
+            "process writes a whole checkpoint to its own output_dir, so that each node can resume from it. "
+            "Transformers' TrainingArguments.save_on_each_node (default false); leave it off on shared storage."
         },
     )
 
@@ -43,4 +53,18 @@ def disk_margin(cfg: Mapping[str, Any]) -> float | None:
         raise SaveFixConfigError(
             f"{KEY}: {value!r} is not a share of the free space. Set it to a number from 0 up to (not "
             "including) 1, for example 0.1 to leave 10% of output_dir's free space free, or remove it."
+        ) from None
+
+
+def save_on_each_node(cfg: Mapping[str, Any]) -> bool | None:
+    """``save_on_each_node`` from a config, checked: ``None`` when unset."""
+    value = cfg.get(ON_EACH_NODE)
+    if value is None:
+        return None
+    try:
+        return SaveFixArgs(save_on_each_node=value).save_on_each_node
+    except ValidationError:
+        raise SaveFixConfigError(
+            f"{ON_EACH_NODE}: {value!r} is not true or false. Set it to true where each node has its own "
+            "output_dir (node-local disks), false or remove it where every node shares output_dir."
         ) from None

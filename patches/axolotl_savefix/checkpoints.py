@@ -43,7 +43,7 @@ import json
 import os
 import struct
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "checkpoint-"
@@ -129,6 +129,7 @@ def record(state: dict) -> dict | None:
     return attributes if isinstance(attributes, dict) and "world_size" in attributes else None
 
 
+NO_WEIGHTS = "the model weights (none there: deleted, or never written)"
 GONE = "the folder (moved or deleted while being checked)"
 
 
@@ -143,7 +144,7 @@ def missing(path: str | os.PathLike[str]) -> list[str]:
         return [GONE]
 
 
-def _missing(folder: Path) -> list[str]:
+def _missing(folder: Path, ranks: list[int] | None = None) -> list[str]:
     if not folder.is_dir():
         return [GONE]
     problems: list[str] = []
@@ -179,14 +180,25 @@ def _missing(folder: Path) -> list[str]:
     entries = [p.name for p in folder.iterdir()]
     run = record(state)
     if run and not any(_is_weights(folder / name) for name in entries):
-        problems.append("the model weights (none there: deleted, or never written)")
+        problems.append(NO_WEIGHTS)
     if run and not run.get("save_only_model") and not any(_is_optimizer(folder / name) for name in entries):
         problems.append("the optimizer state (none there: deleted, or never written)")
-    if run and not run.get("save_only_model"):
-        world = int(run["world_size"])
-        names = ["rng_state.pth"] if world <= 1 else [f"rng_state_{r}.pth" for r in range(world)]
-        problems += [f"{name} (rank {n} of {world})" for n, name in enumerate(names) if not (folder / name).is_file()]
-    return problems
+    return problems + _rng_missing(folder, state, ranks)
+
+
+def rng_name(rank: int, world: int) -> str:
+    """The RNG file rank ``rank`` of ``world`` processes writes (Transformers' ``_save_rng_state``)."""
+    return "rng_state.pth" if world <= 1 else f"rng_state_{rank}.pth"
+
+
+def _rng_missing(folder: Path, state: dict, ranks: list[int] | None = None) -> list[str]:
+    """Rule 4 for ``ranks`` (all of the recorded world when ``None``)."""
+    run = record(state)
+    if not run or run.get("save_only_model"):
+        return []
+    world = int(run["world_size"])
+    wanted = range(world) if ranks is None else [r for r in ranks if r < world]
+    return [f"{rng_name(r, world)} (rank {r} of {world})" for r in wanted if not (folder / rng_name(r, world)).is_file()]
 
 
 def newest_complete(output_dir: str | os.PathLike[str]) -> Path | None:
@@ -304,3 +316,166 @@ def cleanup(
             delete.append((kept, SHORT_OF_SPACE))
             moving = None
     return Cleanup(newest, tuple(delete), moving)
+
+
+# Several nodes. A node's disk holds what its own ranks wrote: every rank its
+# ``rng_state_R.pth``, and the main process of the node the rest when Transformers'
+# ``save_on_each_node`` is on (else only rank 0 writes it, on node 0's disk). Every
+# rank loads, on resume, ``trainer_state.json``, the weights, optimizer and scheduler,
+# and its own RNG file, from its own ``output_dir``. So each rank judges what it can
+# load (:func:`rank_view`), and :func:`agree` combines the views of every rank.
+
+OWN_WHOLE, OWN_CUT, OWN_ABSENT = "whole", "cut", "absent"
+
+
+# what Transformers' _load_from_checkpoint accepts as the model's weights in a checkpoint folder
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+WEIGHTS_DESCRIPTION = "model.safetensors (or other model weights)"
+
+
+def _has_weights(folder: Path) -> bool:
+    """Rule 1 implies the weights on one disk (written before trainer_state.json); on a node's own disk it does not."""
+    if any((folder / name).is_file() for name in WEIGHT_FILES):
+        return True
+    for sub in (p for p in folder.iterdir() if p.is_dir()):
+        if sub.name.startswith(("pytorch_model_fsdp_", "global_step")):
+            return True
+        if any((sub / name).is_file() for name in WEIGHT_FILES[4:]):  # an adapter in a subfolder
+            return True
+    return False
+
+
+def rank_view(path: str | os.PathLike[str], rank: int, world: int) -> dict:
+    """What rank ``rank`` (of ``world`` processes) finds of ``checkpoint-N`` at ``path`` on its own disk.
+
+    JSON-able, to be gathered from every rank: ``lacks``, what this rank lacks to resume
+    from it (rules 1 to 3, and rule 4 for its own RNG file only: each rank loads its own
+    ``rng_state_R.pth``, never another rank's), and the weights themselves (on one disk rule 1
+    implies them; on a node that did not write them it does not); ``main``, whether rules 1
+    to 3 hold and the weights are there (the main process's files are there and whole); ``own``, this rank's RNG file, ``"whole"``,
+    ``"cut"`` or ``"absent"``; ``record``, the run's record from ``trainer_state.json``
+    (``None`` where that file is missing: a node whose main process did not write, or a
+    cut save); ``files``, the names in the folder. The world size named in the record wins
+    over ``world``.
+    """
+    folder = Path(path)
+    try:
+        weights = [] if _has_weights(folder) else [f"{WEIGHTS_DESCRIPTION} (never written on this node)"]
+        # the node-aware weights check replaces the one-disk rule's NO_WEIGHTS (said once)
+        main = not [p for p in _missing(folder, ranks=[]) if p != NO_WEIGHTS] and not weights
+        lacks = [p for p in _missing(folder, ranks=[rank]) if p != NO_WEIGHTS] + weights
+        try:
+            state = json.loads((folder / STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = {}
+        run = record(state) if isinstance(state, dict) else None
+        name = folder / rng_name(rank, int(run["world_size"]) if run else world)
+        own = (OWN_WHOLE if _whole(name) else OWN_CUT) if name.is_file() else OWN_ABSENT
+        files = sorted(p.name for p in folder.iterdir())
+    except FileNotFoundError:
+        return {"lacks": [GONE], "main": False, "own": OWN_ABSENT, "record": None, "files": []}
+    return {"lacks": lacks, "main": main, "own": own, "record": run, "files": files}
+
+
+def views(output_dir: str | os.PathLike[str], rank: int, world: int) -> dict[int, dict]:
+    """:func:`rank_view` of every ``checkpoint-N`` in ``output_dir``, by step."""
+    return {step_of(p) or 0: rank_view(p, rank, world) for p in checkpoints(output_dir)}
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """What every rank resumes from, decided from every rank's views (:func:`agree`).
+
+    ``step``: the newest checkpoint every rank can load (``None``: none); ``lacks``: by
+    step, what each rank that cannot load it lacks (empty list: every rank can); ``error``:
+    set when a checkpoint newer than ``step`` was saved whole but some rank cannot load it
+    from its own disk, so ``output_dir`` is not shared: resuming from ``step`` (or from the
+    start) would silently throw that progress away. The message names the node, what it
+    lacks, and the fix.
+    """
+
+    step: int | None
+    lacks: dict[int, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+    def judge(self, path: str | os.PathLike[str]) -> list[str]:
+        """What ``checkpoint-N`` at ``path`` lacks, judged for the whole run (a stand-in for :func:`missing`)."""
+        step = step_of(Path(path))
+        return self.lacks.get(step, [GONE]) if step is not None else [GONE]
+
+
+def _who(gathered: dict) -> str:
+    return f"rank {gathered['rank']} (node {gathered['node']})"
+
+
+def agree(gathered: list[dict]) -> Agreement:
+    """Combine every rank's views into one decision, the same on every rank.
+
+    ``gathered``: one entry per rank, ``{"rank": R, "node": NAME, "output_dir": PATH,
+    "views": {N: rank_view}}``. A checkpoint can be resumed from when every rank can load
+    it. It was *saved whole* when some rank holds the main process's files, whole, and,
+    unless the record says ``save_only_model``, every rank of the recorded world holds its
+    own RNG file, whole. A checkpoint saved whole, newer than the newest every rank can
+    load, means a rank's ``output_dir`` lacks what another node wrote: the error.
+    """
+    steps = sorted({step for g in gathered for step in g["views"]})
+    lacks: dict[int, list[str]] = {}
+    for step in steps:
+        problems = []
+        for g in gathered:
+            view = g["views"].get(step)
+            if view is None:
+                problems.append(f"{_who(g)}: the folder (not in its output_dir)")
+            else:
+                problems += [f"{_who(g)}: {lack}" for lack in view["lacks"]]
+        lacks[step] = problems
+    resumable = [step for step in steps if not lacks[step]]
+    newest = resumable[-1] if resumable else None
+    for step in reversed(steps):
+        if newest is not None and step <= newest:
+            break
+        if _saved_whole(step, gathered):
+            return Agreement(newest, lacks, _not_shared(step, gathered))
+    return Agreement(newest, lacks)
+
+
+def _saved_whole(step: int, gathered: list[dict]) -> bool:
+    holders = [g["views"][step] for g in gathered if step in g["views"] and g["views"][step]["main"]]
+    run = next((v["record"] for v in holders if v["record"]), None)
+    if run is None:
+        return False  # no record: what the other ranks wrote cannot be told
+    if run.get("save_only_model"):
+        return True
+    world = int(run["world_size"])
+    own = {g["rank"]: g["views"].get(step, {}).get("own") for g in gathered}
+    return len(gathered) == world and all(own.get(r) == OWN_WHOLE for r in range(world))
+
+
+def _not_shared(step: int, gathered: list[dict]) -> str:
+    holding = [g for g in gathered if step in g["views"] and g["views"][step]["main"]]
+    holders = sorted({str(g["node"]) for g in holding})
+    written = set(holding[0]["views"][step]["files"])
+    lacking = []
+    for g in gathered:
+        view = g["views"].get(step)
+        if view is None:
+            lacking.append(f"node {g['node']} (rank {g['rank']}) has no checkpoint-{step} in its output_dir {g['output_dir']}")
+        elif view["lacks"]:
+            others = {f"rng_state_{r}.pth" for r in range(len(gathered)) if r != g["rank"]}
+            names = sorted(written - set(view["files"]) - others) or [lack.split(" (")[0] for lack in view["lacks"]]
+            lacking.append(f"node {g['node']} (rank {g['rank']}) lacks {', '.join(names)} in {g['output_dir']}/checkpoint-{step}")
+    return (
+        f"output_dir is not shared between the nodes: checkpoint-{step} was saved whole (its trainer_state.json, "
+        f"weights and optimizer on node {', '.join(holders)}, every rank's RNG state on its own node), but "
+        + "; ".join(lacking)
+        + ". Every rank resumes from its own output_dir. Put output_dir on storage every node mounts, or set "
+        "save_on_each_node: true (with the axolotl_savefix plugin) so that each node writes a whole checkpoint. "
+        "Nothing was moved or deleted."
+    )

@@ -26,6 +26,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +93,9 @@ def _sizes(output_dir: str, folders: list[Path]) -> tuple[dict[Path, int], int |
         return {}, None
 
 
-def set_aside_incomplete(output_dir: str) -> tuple[Path | None, list[tuple[Path, list[str], Path | str | None]]]:
+def set_aside_incomplete(
+    output_dir: str, judge: Callable[[Path], list[str]] = checkpoints.missing
+) -> tuple[Path | None, list[tuple[Path, list[str], Path | str | None]]]:
     """The newest complete checkpoint; each incomplete one, what it lacks, and what became of it.
 
     The set-aside policy (:func:`checkpoints.cleanup`, docs/user-guide.md "Full disk"): an incomplete
@@ -100,8 +105,11 @@ def set_aside_incomplete(output_dir: str) -> tuple[Path | None, list[tuple[Path,
     the ``Path`` it was moved to, a ``str`` (deleted, and why), or None (another process's part).
     Only the main process of each node deletes or moves; every rank finds the same newest complete
     checkpoint. Deleted set-aside folders are logged here, one warning line each.
+    ``judge``: what a folder lacks (default :func:`checkpoints.missing`, one disk; several
+    processes pass :meth:`checkpoints.Agreement.judge`, every rank's verdict), so a checkpoint
+    another node holds part of is never taken for garbage.
     """
-    scanned = [(p, checkpoints.missing(p)) for p in checkpoints.checkpoints(output_dir)]  # each folder read once
+    scanned = [(p, judge(p)) for p in checkpoints.checkpoints(output_dir)]  # each folder read once
     aside = checkpoints.set_aside_folders(output_dir)
     newest = next((p for p, lacks in reversed(scanned) if not lacks), None)
     incomplete = [(p, lacks) for p, lacks in scanned if lacks]
@@ -133,6 +141,74 @@ def _fate(folder: Path, target: Path | str | None) -> str:
     return f"moved to {name} (kept for inspection: only the newest such folder is kept)"
 
 
+AGREE_SECONDS = 600.0  # how long a rank waits for the others' views (SAVEFIX_AGREE_SECONDS overrides)
+
+
+class NotSharedOutputDirError(RuntimeError):
+    """A checkpoint was saved whole, but some node cannot load it from its own ``output_dir``."""
+
+
+class ResumeAgreementError(RuntimeError):
+    """The ranks could not exchange their views of ``output_dir`` in time."""
+
+
+def _node() -> str:
+    # torchrun's node rank (GROUP_RANK; NODE_RANK for other launchers), else the host name
+    return os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or socket.gethostname()
+
+
+def _gather(view: dict, world: int) -> list[dict]:
+    """Every rank's ``view``, through a gloo group of its own whose collectives time out after AGREE_SECONDS.
+
+    Axolotl calls ``determine_last_checkpoint`` after it built the trainer, so the
+    default process group exists by then (accelerate's ``PartialState`` made it); where
+    it does not, ``PartialState()`` makes it from the launcher's environment.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()
+    seconds = float(os.environ.get("SAVEFIX_AGREE_SECONDS") or AGREE_SECONDS)
+    try:
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=seconds))
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, view, group=group)
+        dist.destroy_process_group(group)
+    except Exception as error:  # a rank that died or never came: gloo's error, or its timeout
+        raise ResumeAgreementError(
+            f"the {world} ranks could not agree on the checkpoint to resume from within {seconds:.0f} s "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Check that every node "
+            "runs the same command; set SAVEFIX_AGREE_SECONDS to wait longer."
+        ) from error
+    return gathered
+
+
+def agree_on_resume(output_dir: str) -> checkpoints.Agreement | None:
+    """The resume decision, taken by every rank together (``None`` for one process: its own disk decides).
+
+    Each rank judges the checkpoints in its own ``output_dir`` (:func:`checkpoints.views`),
+    every rank's views are gathered, and :func:`checkpoints.agree` picks the newest
+    checkpoint every rank can load, the same on every rank. Raises
+    :class:`ResumeAgreementError` when the views cannot be gathered within
+    ``SAVEFIX_AGREE_SECONDS`` (default 600 seconds).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    rank = int(os.environ.get("RANK", "0") or 0)
+    mine = {"rank": rank, "node": _node(), "output_dir": str(output_dir), "views": checkpoints.views(output_dir, rank, world)}
+    agreement = checkpoints.agree(_gather(mine, world))
+    if agreement.lacks and not agreement.error:
+        log_once(
+            "agreed",
+            f"resume decision taken by all {world} ranks: "
+            + (f"checkpoint-{agreement.step}" if agreement.step is not None else "no checkpoint every rank can load"),
+        )
+    return agreement
+
+
 def check_explicit(path: str, output_dir: str | None) -> None:
     lacks = checkpoints.missing(path) if Path(path).is_dir() else []
     if not lacks:
@@ -160,8 +236,17 @@ def apply() -> None:
             return determine(cfg, *args, **kwargs)
         if not cfg.get("output_dir"):
             return determine(cfg, *args, **kwargs)
-        newest, incomplete = set_aside_incomplete(cfg.output_dir)
+        update = kwargs.get("update", args[0] if args else True)
+        agreement = agree_on_resume(cfg.output_dir) if update else None  # the resume decision: every rank's
+        if agreement is not None and agreement.error and cfg.get("auto_resume_from_checkpoints"):
+            raise NotSharedOutputDirError(agreement.error)
+        judge = agreement.judge if agreement is not None else checkpoints.missing
+        newest, incomplete = set_aside_incomplete(cfg.output_dir, judge)
         result = determine(cfg, *args, **kwargs)
+        if agreement is not None and result is not None and cfg.get("auto_resume_from_checkpoints"):
+            agreed = str(Path(cfg.output_dir) / f"{checkpoints.PREFIX}{agreement.step}") if agreement.step is not None else None
+            if result != agreed:  # never ranks on different steps
+                result = cfg["resume_from_checkpoint"] = agreed
         moved = {str(p) for p, _, _ in incomplete}
         if result is not None and str(result) in moved:
             # another rank: it listed the folders before the main process moved one aside
@@ -193,3 +278,59 @@ def apply_builder() -> None:
         return callbacks
 
     patch_item(owner, name, get_callbacks_with_record)
+    apply_save_on_each_node()
+
+
+SAVE_TARGET = ("axolotl.core.trainers.base", "AxolotlTrainer._save", ("output_dir", "state_dict"))
+
+
+class _NodeMainAccelerator:
+    """The trainer's accelerator as Axolotl's ``_save`` sees it on a node's main process: ``is_main_process``."""
+
+    is_main_process = True
+
+    def __init__(self, accelerator: Any) -> None:
+        self._accelerator = accelerator
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._accelerator, name)
+
+
+def _node_main_saves(is_main_process: bool) -> bool:
+    return is_main_process
+
+
+def apply_save_on_each_node() -> None:
+    """``save_on_each_node: true`` writes the weights on every node's main process, not only on rank 0.
+
+    Transformers calls ``_save`` where ``args.should_save`` (each node's local rank 0 under
+    ``save_on_each_node``), but Axolotl's ``AxolotlTrainer._save`` passes
+    ``is_main_process=accelerator.is_main_process`` (rank 0 only) to ``save_pretrained``: the
+    other nodes' checkpoints get the optimizer, scheduler and ``trainer_state.json`` but no
+    ``model.safetensors`` nor ``config.json``, and Transformers' resume then fails there with
+    ``Can't find a valid checkpoint`` (observed, Axolotl 0.19.0, two nodes). Transformers'
+    ``save_pretrained`` itself writes only on ``torch.distributed`` rank 0
+    (``should_save_on_this_rank``, Transformers 5), whatever ``is_main_process`` says. During
+    a save on a node's main process that is not rank 0, ``_save`` sees an accelerator whose
+    ``is_main_process`` is true, and the model's ``should_save_on_this_rank`` (an instance
+    attribute for that save only) returns what it is given.
+    """
+    owner, name, save = require(*SAVE_TARGET)
+
+    @wraps(save)
+    def _save(self: Any, output_dir: Any = None, state_dict: Any = None, *args: Any, **kwargs: Any) -> Any:
+        accelerator = self.accelerator
+        if not (getattr(self.args, "save_on_each_node", False) and self.args.should_save and not accelerator.is_main_process):
+            return save(self, output_dir, state_dict, *args, **kwargs)
+        models = {id(m): m for m in (self.model, accelerator.unwrap_model(self.model)) if hasattr(m, "should_save_on_this_rank")}
+        self.accelerator = _NodeMainAccelerator(accelerator)
+        for model in models.values():  # an instance attribute, for this save only
+            model.should_save_on_this_rank = _node_main_saves
+        try:
+            return save(self, output_dir, state_dict, *args, **kwargs)
+        finally:
+            self.accelerator = accelerator
+            for model in models.values():
+                del model.should_save_on_this_rank
+
+    patch_item(owner, name, _save)

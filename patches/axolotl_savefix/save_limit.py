@@ -3,7 +3,8 @@
 Targets: ``TrainerBuilderBase._configure_save_and_eval_strategy`` (the line
 ``save_total_limit if save_total_limit else 4``), ``get_callbacks``, and
 ``validate_config`` (and its ``axolotl.cli.config`` copy), which checks
-``savefix_disk_margin`` and carries it past Axolotl's schema.
+``savefix_disk_margin`` and ``save_on_each_node`` and carries them past Axolotl's
+schema (the builder passes ``save_on_each_node`` on to Transformers' training args).
 
 Replacement:
 
@@ -151,9 +152,12 @@ def apply() -> None:
     @wraps(validate)
     def validate_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
         margin = savefix_args.disk_margin(cfg)  # checked first: Axolotl's schema would drop the key
+        on_each_node = savefix_args.save_on_each_node(cfg)  # the same, for Transformers' save_on_each_node
         validated = validate(cfg, *args, **kwargs)
         if margin is not None:
             validated[savefix_args.KEY] = margin
+        if on_each_node is not None:
+            validated[savefix_args.ON_EACH_NODE] = on_each_node
         return validated
 
     patch_item(module, name, validate_config, rebind_copies=True)
@@ -173,6 +177,8 @@ def apply_builder() -> None:
             training_args_kwargs["save_total_limit"] = None  # keep every checkpoint (Transformers' meaning of <= 0)
         else:
             training_args_kwargs["save_total_limit"] = limit
+        if self.cfg.get(savefix_args.ON_EACH_NODE) is not None:  # carried past Axolotl's schema by validate_config
+            training_args_kwargs[savefix_args.ON_EACH_NODE] = bool(self.cfg.get(savefix_args.ON_EACH_NODE))
         return result
 
     patch_item(owner, name, _configure_save_and_eval_strategy)
