@@ -45,6 +45,7 @@ def apply(
     save_limit: bool = True,
     eval_decision: bool = True,
     resume: bool = True,
+    preemption: bool = True,
 ) -> bool:
     """Patch the installed Axolotl. Idempotent; returns True when the patches are in place.
 
@@ -52,7 +53,10 @@ def apply(
     ``saves_per_epoch``), ``save_decision`` (the callback that saves at the
     epoch fractions), ``save_limit`` (the ``save_total_limit`` default),
     ``eval_decision`` (the same for ``evals_per_epoch``), ``resume`` (a run
-    killed mid-save resumes from the newest complete checkpoint). ``save_steps``
+    killed mid-save resumes from the newest complete checkpoint), ``preemption``
+    (SIGTERM, SIGINT or ``savefix_preemption_signal`` saves a resumable checkpoint
+    at the step the run is in, on every rank, and exits ``128 + signal number``;
+    :mod:`axolotl_savefix.preemption`). ``save_steps``
     needs ``save_decision`` (the callback that then makes the saves). Returns
     False, patching nothing, where the installed Axolotl already has the fix.
     Raises :class:`PatchTargetError`, patching nothing, where a target moved. The
@@ -74,6 +78,7 @@ def apply(
         )
         return False
     from . import eval_decision as eval_patch
+    from . import preemption as preemption_patch
     from . import resume as resume_patch
     from . import save_decision as decision_patch
     from . import save_limit as limit_patch
@@ -85,6 +90,7 @@ def apply(
         (save_limit, limit_patch),
         (eval_decision, eval_patch),
         (resume, resume_patch),
+        (preemption, preemption_patch),
     ]
     enabled = [module for on, module in chosen if on]
 
