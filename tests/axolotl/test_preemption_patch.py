@@ -75,3 +75,35 @@ def test_rotation_never_counts_a_preemption_checkpoint_and_removes_it_once_super
     checkpoint(23)
     assert [p.name for p in preemption.remove_superseded(tmp_path)] == ["checkpoint-19"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-15", "checkpoint-23", "checkpoint-8"]
+
+
+SCRIPT = """
+import os, signal, sys, time
+from axolotl_savefix import preemption
+preemption.install([signal.SIGTERM], grace={grace})
+os.kill(os.getpid(), signal.SIGTERM)
+{second}
+time.sleep(30)
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize(
+    ("grace", "second", "why"),
+    [
+        (None, "os.kill(os.getpid(), signal.SIGTERM)", "a second signal (SIGTERM)"),
+        (0.2, "", "savefix_preemption_grace (0.2 s) passed since SIGTERM"),
+    ],
+)
+def test_a_second_signal_or_the_grace_deadline_exits_at_once_with_the_preempted_status(grace, second, why):
+    import subprocess
+    import sys
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(grace=grace, second=second)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert why in proc.stderr and "exiting now with status 143" in proc.stderr
+    assert time.monotonic() - start < 25  # not the 30 s sleep

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.preemption]
 
 HERE = harness.Path(__file__).parent
 ENV = {"PYTHONPATH": str(HERE)}
-CASE = cases.case("reported")  # 30 steps per epoch, 4 saves per epoch, 2 epochs: 8 15 23 30 38 45 53 60
+CASE = {**cases.case("reported"), "num_epochs": 1}  # 30 steps, 4 saves per epoch: 8 15 23 30 (one process)
 SEED = int(os.environ.get("SAVEFIX_PREEMPT_SEED", "20"))
 MARKER = "savefix_preemption.json"
 SIGTERM = 128 + signal.SIGTERM  # 143: the documented "preempted" status
@@ -164,28 +164,35 @@ def test_sigterm_at_a_random_step_resumes_with_the_losses_of_an_uninterrupted_ru
     assert sorted(ours) == sorted(theirs)
     for s in theirs:
         assert abs(ours[s] - theirs[s]) <= 1e-4 * abs(theirs[s]), (s, ours[s], theirs[s])
+    report("single process, SIGTERM", signalled=step, saved=step, lost=0, status=SIGTERM)
 
+
+def test_stock_dies_of_sigterm_and_retrains_the_steps_since_its_last_checkpoint(e2e_root):
+    """Stock beside the named test: the same signal at the same step, then the same command."""
+    step = random_step(1, "single")
     stock = stock_beside(e2e_root, "notice-single", step, f"{step}:SIGTERM")
     assert stock["status"] == -signal.SIGTERM  # dies of the signal: nothing saved
-    report("single process, SIGTERM", signalled=step, saved=step, lost=0, status=code and SIGTERM, stock=stock)
+    assert stock["lost"] > 0
+    report("stock, SIGTERM", signalled=step, saved="nothing", **stock)
 
 
-def test_sigterm_during_a_scheduled_save_stops_right_after_it(e2e_root):
+def test_a_configured_sigusr1_during_a_scheduled_save_stops_right_after_it(e2e_root):
+    """SLURM's --signal=USR1@90 with savefix_preemption_signal: SIGUSR1, landing while checkpoint-23 is written."""
     saved, _ = expected()
     cut = saved[2]
-    config = _config(e2e_root, "notice-during-save", plugin=True)
+    config = _config(e2e_root, "notice-during-save", plugin=True, savefix_preemption_signal="SIGUSR1")
     code, first = harness.run_cli_raw(
         config,
         launcher=python_launch(config),
-        env={**ENV, "SAVEFIX_SIGNAL_AT": f"{cut}:SIGTERM::save"},
+        env={**ENV, "SAVEFIX_SIGNAL_AT": f"{cut}:SIGUSR1::save"},
         log_name="first.log",
     )
-    folder = check_preempted(config, code, first, cut)
+    folder = check_preempted(config, code, first, cut, status=128 + signal.SIGUSR1)
     assert not (folder / MARKER).exists()  # the scheduled checkpoint itself: no extra one
     code, second = harness.run_cli_raw(config, launcher=python_launch(config), env=ENV, log_name="second.log")
     assert code == 0, second[-3000:]
     check_resumed(config, second, cut)
-    report("single process, SIGTERM during the scheduled save", signalled=cut, saved=cut, lost=0, status=SIGTERM)
+    report("single process, SIGUSR1 during the scheduled save", signalled=cut, saved=cut, lost=0, status=128 + 10)
 
 
 def test_stock_sigint_writes_weights_only_into_output_dir_and_exits_0(e2e_root):
@@ -201,19 +208,6 @@ def test_stock_sigint_writes_weights_only_into_output_dir_and_exits_0(e2e_root):
     assert not (out / "trainer_state.json").exists() and not (out / "optimizer.pt").exists()
     assert not (out / f"checkpoint-{step}").exists()
     report("stock SIGINT", signalled=step, saved="weights only, in output_dir", status=code)
-
-
-def test_sigint_and_a_configured_sigusr1_save_and_exit_with_their_status(e2e_root):
-    step = random_step(1, "usr1")
-    config = _config(e2e_root, "notice-usr1", plugin=True, savefix_preemption_signal="SIGUSR1")
-    code, first = harness.run_cli_raw(
-        config, launcher=python_launch(config), env={**ENV, "SAVEFIX_SIGNAL_AT": f"{step}:SIGUSR1"}, log_name="first.log"
-    )
-    check_preempted(config, code, first, step, status=128 + signal.SIGUSR1)
-    code, second = harness.run_cli_raw(config, launcher=python_launch(config), env=ENV, log_name="second.log")
-    assert code == 0, second[-3000:]
-    check_resumed(config, second, step)
-    report("single process, SIGUSR1 (savefix_preemption_signal)", signalled=step, saved=step, lost=0, status=128 + 10)
 
 
 def test_sigterm_from_outside_with_a_save_total_limit(e2e_root):
