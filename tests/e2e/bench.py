@@ -21,6 +21,7 @@ import time
 import timeit
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 
@@ -78,22 +79,23 @@ def _agreement_worker(rank: int, world: int, port: int, calls: int, out: str) ->
         for _ in range(100):  # warm-up: the flag tensor, gloo's buffers
             callback.on_step_end(args, state, control)
         dist.barrier()
-        start = time.perf_counter()
+        took = []
         for _ in range(calls):
+            start = time.perf_counter()
             callback.on_step_end(args, state, control)
-        took = (time.perf_counter() - start) / calls * 1e6
+            took.append((time.perf_counter() - start) * 1e6)
         if rank == 0:
-            Path(out).write_text(json.dumps(took))
+            Path(out).write_text(json.dumps({"median": statistics.median(took), "mean": statistics.fmean(took)}))
     finally:
         dist.destroy_process_group()
 
 
-def preemption_agreement_us(calls: int = 20_000, ddp_calls: int = 2_000) -> dict[str, float]:
+def preemption_agreement_us(calls: int = 20_000, ddp_calls: int = 500, rounds: int = 2) -> dict[str, Any]:
     """Per optimizer step, what the preemption patch costs when no signal comes (µs).
 
     Single process: :meth:`PreemptionCallback.on_step_end` (no collective). 2-process DDP (CPU, gloo,
     two local processes): the same call with its one ``all_reduce(MAX)`` of one int32 and its
-    ``.item()``; the median of 3 rounds.
+    ``.item()``, timed per call: the median and the mean of ``rounds`` rounds.
     """
     import torch.multiprocessing as mp
     from transformers import TrainerControl
@@ -104,13 +106,19 @@ def preemption_agreement_us(calls: int = 20_000, ddp_calls: int = 2_000) -> dict
     state = SimpleNamespace(global_step=0, epoch=0.0, max_steps=10**9)
     control, callback = TrainerControl(), PreemptionCallback({})
     single = timeit.timeit(lambda: callback.on_step_end(args, state, control), number=calls) / calls * 1e6
-    rounds = []
-    for _ in range(3):
+    measured = []
+    for _ in range(rounds):
         out = tempfile.mktemp(prefix="savefix-agree-", suffix=".json")
         mp.spawn(_agreement_worker, args=(2, harness.free_port(), ddp_calls, out), nprocs=2, join=True)
-        rounds.append(json.loads(Path(out).read_text()))
+        measured.append(json.loads(Path(out).read_text()))
         os.unlink(out)
-    return {"single_process_us_per_step": single, "ddp2_gloo_us_per_step": statistics.median(rounds), "ddp2_rounds": rounds}
+    return {
+        "single_process_us_per_step": single,
+        "ddp2_gloo_us_per_step": statistics.median(r["median"] for r in measured),
+        "ddp2_gloo_mean_us_per_step": statistics.fmean(r["mean"] for r in measured),
+        "ddp2_rounds": measured,
+        "load_average_1min": os.getloadavg()[0],
+    }
 
 
 def wall_times(name: str) -> dict[str, float]:

@@ -159,7 +159,8 @@ def test_sigterm_at_a_random_step_resumes_with_the_losses_of_an_uninterrupted_ru
     resumed = check_resumed(config, second, step)
     assert not folder.exists()  # the preemption checkpoint, removed once a later one was complete
 
-    straight = harness.run_cli(_config(e2e_root, "notice-straight", plugin=True), launcher=None, env=ENV)
+    straight_config = _config(e2e_root, "notice-straight", plugin=True)
+    straight = harness.run_cli(straight_config, launcher=python_launch(straight_config), env=ENV)
     ours, theirs = losses(resumed.log_history), losses(straight.log_history)
     assert sorted(ours) == sorted(theirs)
     for s in theirs:
