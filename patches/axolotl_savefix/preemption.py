@@ -177,7 +177,7 @@ def _handler(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal's handle
 
 def install(signals: list[signal.Signals], grace: float | None) -> None:
     """Record ``signals`` from now on (replacing the handlers there were, kept for :func:`uninstall`)."""
-    _notice.signum, _notice.grace = 0, grace
+    _notice.signum, _notice.grace, _notice.received_at = 0, grace, 0.0
     for sig in signals:
         previous = signal.signal(sig, _handler)
         _notice.previous.setdefault(int(sig), previous)
@@ -331,8 +331,8 @@ def _exit_preempted(callback: PreemptionCallback) -> None:
     import torch.distributed as dist
 
     signum = callback.stop_signal
-    took = time.monotonic() - _notice.received_at if _notice.signum else None
-    since = f" {took:.1f} s after the signal reached this process;" if took is not None else ";"
+    took = time.monotonic() - _notice.received_at if _notice.received_at else None
+    since = f" {took:.1f} s after the signal reached this process;" if took is not None else ""
     folder = f"{checkpoints.PREFIX}{callback.stop_step}"
     log_once(
         "preempt-exit",
@@ -375,10 +375,15 @@ def apply() -> None:
         trainer.add_callback(callback)  # last: it sees what the schedule decided for the step
         try:
             result = execute(cfg, trainer, resume_from_checkpoint, *args, **kwargs)
-        finally:
+        except BaseException:
             uninstall()
+            raise
         if callback.stop_signal:
+            # the handlers stay: a launcher's SIGTERM to the ranks still tearing down (torchrun stops the
+            # others when one exits) then exits at once with the same status, not as a signal death
+            _notice.signum = _notice.signum or callback.stop_signal
             _exit_preempted(callback)
+        uninstall()
         if _notice.signum:
             log_once(
                 "preempt-late",
