@@ -270,8 +270,8 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(engine, e2e_root)
         }
     config = _config(e2e_root, f"notice-{engine}", plugin=True, shims=shims, **extra)
     out = harness.output_dir(config)
-    code, first = _torchrun(config, {"SAVEFIX_SIGNAL_AT": f"{step}:SIGTERM:1"}, "first.log")
-    assert code != 0 and WORKER_STATUS in first, first[-4000:]
+    first_code, first = _torchrun(config, {"SAVEFIX_SIGNAL_AT": f"{step}:SIGTERM:1"}, "first.log")
+    assert first_code != 0 and WORKER_STATUS in first, first[-4000:]
     assert f"[signal_shim] SIGTERM at the end of step {step} (rank 1)" in first
     assert "(rank 0)" not in first.split("[signal_shim]")[1].splitlines()[0]
     assert f"every rank stops after step {step}" in first
@@ -288,4 +288,4 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(engine, e2e_root)
     assert observed.kept == kept
     assert sorted(losses(observed.log_history)) == list(range(1, _shape(world)[3] + 1))
     report(f"2-process {engine}, SIGTERM to rank 1 only", signalled=step, saved=step, lost=0,
-           status=f"143 per worker (torchrun {code and 1})")  # fmt: skip
+           status=f"143 per worker (torchrun {first_code})")  # fmt: skip
