@@ -46,6 +46,7 @@ def apply(
     eval_decision: bool = True,
     resume: bool = True,
     disk_full: bool = True,
+    preemption: bool = True,
 ) -> bool:
     """Patch the installed Axolotl. Idempotent; returns True when the patches are in place.
 
@@ -56,7 +57,10 @@ def apply(
     killed mid-save resumes from the newest complete checkpoint), ``disk_full``
     (a save that fills the disk deletes its half-written checkpoint and stops the
     run with the numbers and the fix; a rerun stops before training when the
-    next save cannot fit). ``save_steps``
+    next save cannot fit), ``preemption`` (SIGTERM, SIGINT or
+    ``savefix_preemption_signal`` saves a resumable checkpoint at the step the run
+    is in, on every rank, and exits ``128 + signal number``;
+    :mod:`axolotl_savefix.preemption`). ``save_steps``
     needs ``save_decision`` (the callback that then makes the saves). Returns
     False, patching nothing, where the installed Axolotl already has the fix.
     Raises :class:`PatchTargetError`, patching nothing, where a target moved. The
@@ -79,6 +83,7 @@ def apply(
         return False
     from . import disk_full as disk_full_patch
     from . import eval_decision as eval_patch
+    from . import preemption as preemption_patch
     from . import resume as resume_patch
     from . import save_decision as decision_patch
     from . import save_limit as limit_patch
@@ -91,6 +96,7 @@ def apply(
         (eval_decision, eval_patch),
         (resume, resume_patch),
         (disk_full, disk_full_patch),
+        (preemption, preemption_patch),
     ]
     enabled = [module for on, module in chosen if on]
 

@@ -5,7 +5,8 @@
   warm-up pair; the order inside a pair alternates (ABBA) so drift cancels; the
   median of the per-pair ratios patched/stock is the number (target: <= 1.01);
 * training in one interpreter (``apply()`` vs stock, no process start);
-* the per-step cost of the save decision.
+* the per-step cost of the save decision;
+* the per-step cost of the preemption agreement (one process; 2-process DDP, gloo).
 
 Prints a table; writes JSON to argv[1] (default bench.json)."""
 
@@ -20,6 +21,7 @@ import time
 import timeit
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 
@@ -59,6 +61,63 @@ def decision_cost_us(calls: int = 200_000) -> dict[str, float]:
     return {
         "savefix_us_per_step": timeit.timeit(lambda: step(ours), number=calls) / calls * 1e6,
         "transformers_flow_us_per_step": timeit.timeit(lambda: step(flow), number=calls) / calls * 1e6,
+    }
+
+
+def _agreement_worker(rank: int, world: int, port: int, calls: int, out: str) -> None:
+    import torch.distributed as dist
+    from transformers import TrainerControl
+
+    from axolotl_savefix.preemption import PreemptionCallback
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        args = SimpleNamespace(device="cpu", should_save=False, output_dir=tempfile.gettempdir())
+        state = SimpleNamespace(global_step=0, epoch=0.0, max_steps=10**9)
+        control, callback = TrainerControl(), PreemptionCallback({})
+        for _ in range(100):  # warm-up: the flag tensor, gloo's buffers
+            callback.on_step_end(args, state, control)
+        dist.barrier()
+        took = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            callback.on_step_end(args, state, control)
+            took.append((time.perf_counter() - start) * 1e6)
+        if rank == 0:
+            Path(out).write_text(json.dumps({"median": statistics.median(took), "mean": statistics.fmean(took)}))
+    finally:
+        dist.destroy_process_group()
+
+
+def preemption_agreement_us(calls: int = 20_000, ddp_calls: int = 500, rounds: int = 2) -> dict[str, Any]:
+    """Per optimizer step, what the preemption patch costs when no signal comes (µs).
+
+    Single process: :meth:`PreemptionCallback.on_step_end` (no collective). 2-process DDP (CPU, gloo,
+    two local processes): the same call with its one ``all_reduce(MAX)`` of one int32 and its
+    ``.item()``, timed per call: the median and the mean of ``rounds`` rounds.
+    """
+    import torch.multiprocessing as mp
+    from transformers import TrainerControl
+
+    from axolotl_savefix.preemption import PreemptionCallback
+
+    args = SimpleNamespace(device="cpu", should_save=False, output_dir=tempfile.gettempdir())
+    state = SimpleNamespace(global_step=0, epoch=0.0, max_steps=10**9)
+    control, callback = TrainerControl(), PreemptionCallback({})
+    single = timeit.timeit(lambda: callback.on_step_end(args, state, control), number=calls) / calls * 1e6
+    measured = []
+    for _ in range(rounds):
+        out = tempfile.mktemp(prefix="savefix-agree-", suffix=".json")
+        mp.spawn(_agreement_worker, args=(2, harness.free_port(), ddp_calls, out), nprocs=2, join=True)
+        measured.append(json.loads(Path(out).read_text()))
+        os.unlink(out)
+    return {
+        "single_process_us_per_step": single,
+        "ddp2_gloo_us_per_step": statistics.median(r["median"] for r in measured),
+        "ddp2_gloo_mean_us_per_step": statistics.fmean(r["mean"] for r in measured),
+        "ddp2_rounds": measured,
+        "load_average_1min": os.getloadavg()[0],
     }
 
 
@@ -196,8 +255,13 @@ def whole_process(name: str, pairs: int = PAIRS) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["preemption"]:  # just the preemption agreement: seconds, not the whole bench
+        p = preemption_agreement_us()
+        print(json.dumps(p, indent=2))
+        return
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench.json")
     result = {
+        "preemption": preemption_agreement_us(),
         "decision": decision_cost_us(),
         "checkpoint": checkpoint_costs("reported"),
         "process": whole_process("reported"),
@@ -207,6 +271,9 @@ def main() -> None:
     print(f"\n{'measure':<46} {'value':>10}")
     print(f"{'save decision, axolotl_savefix (us/step)':<46} {d['savefix_us_per_step']:>10.2f}")
     print(f"{'DefaultFlowCallback, transformers (us/step)':<46} {d['transformers_flow_us_per_step']:>10.2f}")
+    p = result["preemption"]
+    print(f"{'preemption agreement, 1 process (us/step)':<46} {p['single_process_us_per_step']:>10.2f}")
+    print(f"{'preemption agreement, 2-process DDP (us/step)':<46} {p['ddp2_gloo_us_per_step']:>10.2f}")
     print(f"{'train wall time, stock (s, median of ' + str(REPEATS) + ')':<46} {t['stock_s']:>10.2f}")
     print(f"{'train wall time, patched (s, median of ' + str(REPEATS) + ')':<46} {t['patched_s']:>10.2f}")
     print(f"{'ratio patched / stock':<46} {t['ratio_patched_over_stock']:>10.3f}")

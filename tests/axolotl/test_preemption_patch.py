@@ -1,0 +1,109 @@
+"""The preemption patch on the installed Axolotl: its targets, its keys, its handler (no training)."""
+
+import os
+import signal
+
+import axolotl.train as axolotl_train
+import pytest
+import transformers.trainer as hf_trainer
+from axolotl.core.builders.base import TrainerBuilderBase  # noqa: F401 - the builder's hook patches rotation
+from axolotl.utils.dict import DictDefault
+
+import axolotl_savefix
+from axolotl_savefix import SaveFixConfigError, preemption
+
+
+def test_apply_patches_the_signal_handler_execute_training_and_rotation_and_revert_restores_them():
+    before = (axolotl_train.setup_signal_handler, axolotl_train.execute_training, hf_trainer.rotate_checkpoints)
+    axolotl_savefix.apply()
+    after = (axolotl_train.setup_signal_handler, axolotl_train.execute_training, hf_trainer.rotate_checkpoints)
+    assert all(a is not b for a, b in zip(after, before, strict=True))
+    axolotl_savefix.revert()
+    restored = (axolotl_train.setup_signal_handler, axolotl_train.execute_training, hf_trainer.rotate_checkpoints)
+    assert all(a is b for a, b in zip(restored, before, strict=True))
+
+
+def test_the_knob_leaves_stock_signal_handling():
+    before = axolotl_train.setup_signal_handler
+    axolotl_savefix.apply(preemption=False)
+    assert axolotl_train.setup_signal_handler is before
+
+
+@pytest.mark.parametrize(("value", "expected"), [("SIGUSR1", signal.SIGUSR1), ("usr2", signal.SIGUSR2), (10, signal.SIGUSR1)])
+def test_signal_key_accepts_names_and_numbers(value, expected):
+    assert preemption.parse_signal(value) == expected
+
+
+@pytest.mark.parametrize("value", ["SIGNOPE", "SIGKILL", 9, True])
+def test_signal_key_refuses_unknown_and_uncatchable_signals_naming_the_key(value):
+    with pytest.raises(SaveFixConfigError, match="savefix_preemption_signal"):
+        preemption.parse_signal(value)
+
+
+@pytest.mark.parametrize("value", [0, -5, "soon"])
+def test_grace_key_refuses_what_is_not_seconds_above_zero(value):
+    with pytest.raises(SaveFixConfigError, match="savefix_preemption_grace"):
+        preemption.grace_seconds(DictDefault({"savefix_preemption_grace": value}))
+
+
+def test_the_handler_only_records_and_uninstall_gives_back_the_previous_handler():
+    previous = signal.getsignal(signal.SIGUSR1)
+    preemption.install([signal.SIGUSR1], grace=None)
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert preemption.received() == signal.SIGUSR1
+        assert preemption.exit_status(preemption.received()) == 138
+    finally:
+        preemption.uninstall()
+    assert signal.getsignal(signal.SIGUSR1) is previous
+
+
+def test_rotation_never_counts_a_preemption_checkpoint_and_removes_it_once_superseded(tmp_path):
+    import json
+
+    def checkpoint(step, marked=False):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        if marked:
+            (folder / preemption.MARKER).write_text("{}")
+
+    for step in (8, 15):
+        checkpoint(step)
+    checkpoint(19, marked=True)
+    assert preemption.remove_superseded(tmp_path) == []  # the newest: kept
+    checkpoint(23)
+    assert [p.name for p in preemption.remove_superseded(tmp_path)] == ["checkpoint-19"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-15", "checkpoint-23", "checkpoint-8"]
+
+
+SCRIPT = """
+import os, signal, sys, time
+from axolotl_savefix import preemption
+preemption.install([signal.SIGTERM], grace={grace})
+os.kill(os.getpid(), signal.SIGTERM)
+{second}
+time.sleep(30)
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize(
+    ("grace", "second", "why"),
+    [
+        (None, "os.kill(os.getpid(), signal.SIGTERM)", "a second signal (SIGTERM)"),
+        (0.2, "", "savefix_preemption_grace (0.2 s) passed since SIGTERM"),
+    ],
+)
+def test_a_second_signal_or_the_grace_deadline_exits_at_once_with_the_preempted_status(grace, second, why):
+    import subprocess
+    import sys
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(grace=grace, second=second)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert why in proc.stderr and "exiting now with status 143" in proc.stderr
+    assert time.monotonic() - start < 25  # not the 30 s sleep
