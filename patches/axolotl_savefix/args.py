@@ -1,4 +1,4 @@
-"""The config key axolotl-savefix reads, ``savefix_disk_margin``, and its check.
+"""The config keys axolotl-savefix reads, ``savefix_disk_margin`` and ``savefix_resume_anyway``, and their checks.
 
 Not merged into Axolotl's schema through ``get_input_args`` (that costs every run
 a rebuild of the whole schema): the ``save_limit`` patch checks it with
@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 from .checks import SaveFixConfigError
 
 KEY = "savefix_disk_margin"
+RESUME_ANYWAY_KEY = "savefix_resume_anyway"
 
 
 class SaveFixArgs(BaseModel):
@@ -28,6 +29,13 @@ class SaveFixArgs(BaseModel):
         json_schema_extra={
             "description": "Share of the free space in output_dir that an unset save_total_limit leaves free "
             "(default 0.1). Checkpoints that do not fit are rotated, newest kept, never fewer than 2."
+        },
+    )
+    savefix_resume_anyway: bool | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "Resume even from a checkpoint that does not match the run (past its last step, other "
+            "data or batches, no optimizer state): each stop becomes a warning, as stock resumes. Default false."
         },
     )
 
@@ -44,3 +52,19 @@ def disk_margin(cfg: Mapping[str, Any]) -> float | None:
             f"{KEY}: {value!r} is not a share of the free space. Set it to a number from 0 up to (not "
             "including) 1, for example 0.1 to leave 10% of output_dir's free space free, or remove it."
         ) from None
+
+
+def resume_anyway(cfg: Mapping[str, Any]) -> bool | None:
+    """``savefix_resume_anyway`` from a config, checked: ``None`` when unset.
+
+    Raises :class:`SaveFixConfigError` naming the value when it is not true or false.
+    """
+    value = cfg.get(RESUME_ANYWAY_KEY)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise SaveFixConfigError(
+            f"{RESUME_ANYWAY_KEY}: {value!r} is not true or false. Set it to true to resume from a checkpoint that "
+            "does not match the run (past its end, other data or batches, no optimizer state), or remove it."
+        )
+    return value
