@@ -120,3 +120,13 @@ def test_config_time_warning_only_when_save_only_model_meets_auto_resume():
     assert save_only_model_warning({"auto_resume_from_checkpoints": True}) is None
     text = save_only_model_warning({"save_only_model": True, "auto_resume_from_checkpoints": True})
     assert text.startswith("save_only_model: true with auto_resume_from_checkpoints: true") and ANYWAY_KEY in text
+
+
+def test_the_plan_shows_the_save_only_model_warning():
+    from axolotl_savefix import plan
+
+    settings = plan.Settings.from_config({"save_only_model": True, "auto_resume_from_checkpoints": True, "saves_per_epoch": 2})
+    text = plan.render(plan.make_plan(settings, 10, 10))
+    assert "  WARNING: save_only_model: true with auto_resume_from_checkpoints: true" in text
+    assert not any("save_only_model" in line for line in plan.log_lines(plan.make_plan(settings, 10, 10)))
+    assert "WARNING" not in plan.render(plan.make_plan(plan.Settings.from_config({"saves_per_epoch": 2}), 10, 10))
