@@ -107,8 +107,14 @@ def lacks_training_state(names: Iterable[tuple[str, bool]]) -> list[str]:
     return lacks
 
 
+def _shown(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # num_epochs: 2.0 as the user wrote it, 2
+    return repr(value)
+
+
 def _pairs(items: list[tuple[str, Any, Any]]) -> str:
-    return ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in items)
+    return ", ".join(f"{key} {_shown(old)} -> {_shown(new)}" for key, old, new in items)
 
 
 @dataclass
