@@ -147,3 +147,20 @@ def kept_with_best(saved: list[int], limit: int | None, best: int | None) -> lis
         if step not in protected:
             survivors.remove(step)
     return survivors
+
+
+def interval_steps(batches_per_epoch: int, grad_accum: int, interval: int, max_steps: int) -> list[int]:
+    """Integer ``save_steps``/``eval_steps``: every ``interval`` optimizer steps, and the last step."""
+    return [s for s, *_ in walk(batches_per_epoch, grad_accum, max_steps) if s % interval == 0 or s == max_steps]
+
+
+def cosine_lr(scheduler_steps: int, warmup: int, total: int, base: float) -> float:
+    """The learning rate after ``scheduler_steps`` steps of a linear warmup then half a cosine to 0 over ``total``.
+
+    The schedule Transformers documents for ``lr_scheduler_type: cosine``
+    (``get_cosine_schedule_with_warmup``, ``num_cycles`` 0.5).
+    """
+    if scheduler_steps < warmup:
+        return base * scheduler_steps / max(1, warmup)
+    progress = (scheduler_steps - warmup) / max(1, total - warmup)
+    return base * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))

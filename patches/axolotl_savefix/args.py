@@ -1,4 +1,4 @@
-"""The config keys axolotl-savefix reads, ``savefix_disk_margin`` and ``save_on_each_node``, and their checks.
+"""Config keys axolotl-savefix reads (``savefix_disk_margin``, ``save_on_each_node``, ``savefix_resume_anyway``) and their checks.
 
 Not merged into Axolotl's schema through ``get_input_args`` (that costs every run
 a rebuild of the whole schema): the ``save_limit`` patch checks it with
@@ -17,6 +17,7 @@ from .checks import SaveFixConfigError
 
 KEY = "savefix_disk_margin"
 ON_EACH_NODE = "save_on_each_node"  # Transformers' TrainingArguments key, which Axolotl's schema lacks
+RESUME_ANYWAY_KEY = "savefix_resume_anyway"
 
 
 class SaveFixArgs(BaseModel):
@@ -38,6 +39,13 @@ class SaveFixArgs(BaseModel):
             "description": "Several nodes whose output_dir is not shared (node-local disks): every node's main "
             "process writes a whole checkpoint to its own output_dir, so that each node can resume from it. "
             "Transformers' TrainingArguments.save_on_each_node (default false); leave it off on shared storage."
+        },
+    )
+    savefix_resume_anyway: bool | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "Resume even from a checkpoint that does not match the run (past its last step, other "
+            "data or batches, no optimizer state): each stop becomes a warning, as stock resumes. Default false."
         },
     )
 
@@ -68,3 +76,19 @@ def save_on_each_node(cfg: Mapping[str, Any]) -> bool | None:
             f"{ON_EACH_NODE}: {value!r} is not true or false. Set it to true where each node has its own "
             "output_dir (node-local disks), false or remove it where every node shares output_dir."
         ) from None
+
+
+def resume_anyway(cfg: Mapping[str, Any]) -> bool | None:
+    """``savefix_resume_anyway`` from a config, checked: ``None`` when unset.
+
+    Raises :class:`SaveFixConfigError` naming the value when it is not true or false.
+    """
+    value = cfg.get(RESUME_ANYWAY_KEY)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise SaveFixConfigError(
+            f"{RESUME_ANYWAY_KEY}: {value!r} is not true or false. Set it to true to resume from a checkpoint that "
+            "does not match the run (past its end, other data or batches, no optimizer state), or remove it."
+        )
+    return value

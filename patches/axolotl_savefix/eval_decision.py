@@ -18,12 +18,27 @@ Targets:
 Evaluations then run at the first step that reaches each target
 j/``evals_per_epoch`` of every epoch, and once at the last step. Runs without a
 validation set, or with ``eval_strategy: no``, do not evaluate, as upstream.
+
+A resumed step is never evaluated twice (issue 22), for every schedule
+(per epoch, integer ``eval_steps``), under auto-resume and an explicit
+``resume_from_checkpoint``: :class:`NoEvalOnResumeCallback`. The second eval
+comes from Transformers' ``eval_on_start`` (which Axolotl turns on with any eval
+schedule): ``_inner_training_loop`` evaluates right after ``on_train_begin``
+at whatever ``global_step`` the checkpoint restored, and that step was
+evaluated before the stop (an eval precedes the save at the same step).
+Axolotl's ``SkipEvalOnResumeCallback`` guards ``on_step_end`` only, so it
+misses this eval even when it is added; and it is added only when
+``resume_from_checkpoint`` is set before the builder runs, which auto-resume
+does later.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from transformers import TrainerCallback
+
+from ._log import log_once
 from ._patching import key_hidden, patch_item, wraps
 from ._targets import require
 from .checks import check_best_model_alignment, check_eval_config
@@ -32,6 +47,31 @@ from .save_decision import CALLBACKS_TARGET, STRATEGY_TARGET
 from .save_steps import TARGET as NORMALIZE_TARGET
 
 VALIDATE_TARGET = ("axolotl.utils.config", "validate_config", ("cfg",))
+
+
+class NoEvalOnResumeCallback(TrainerCallback):
+    """Skip ``eval_on_start`` on a resumed run: the restored step was evaluated before the stop.
+
+    ``args.eval_on_start`` is turned off in ``on_train_begin`` (Transformers reads
+    it right after) when ``global_step`` > 0, and put back at train end.
+    """
+
+    def __init__(self) -> None:
+        self.restore: bool | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> Any:
+        if state.global_step > 0 and getattr(args, "eval_on_start", False):
+            self.restore, args.eval_on_start = args.eval_on_start, False
+            log_once(
+                f"no-eval-on-resume:{state.global_step}",
+                f"resumed at global_step {state.global_step}: not evaluating it again (eval_on_start is for a fresh run)",
+            )
+        return control
+
+    def on_train_end(self, args: Any, _state: Any, control: Any, **_: Any) -> Any:
+        if self.restore is not None:
+            args.eval_on_start, self.restore = self.restore, None
+        return control
 
 
 def apply() -> None:
@@ -89,6 +129,8 @@ def apply_builder() -> None:
         callbacks = get_callbacks(self, *args, **kwargs)
         if self.cfg.evals_per_epoch and self.eval_dataset is not None:
             callbacks.append(EvalsPerEpochCallback(self.cfg.evals_per_epoch))
+        if self.eval_dataset is not None:
+            callbacks.append(NoEvalOnResumeCallback())
         return callbacks
 
     patch_item(owner, name, get_callbacks_with_evals)

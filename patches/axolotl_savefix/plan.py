@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import disk, schedule
+from . import disk, run_match, schedule
 from .checks import strategy_name as _strategy
 from .disk import UPSTREAM_DEFAULT, resolve_default_limit
 
@@ -39,6 +39,7 @@ class Settings:
     has_eval: bool = False
     patched: bool = False
     margin: float = disk.DEFAULT_MARGIN
+    resume_warning: str | None = None  # run_match.save_only_model_warning: save_only_model meets auto-resume
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Settings:
@@ -59,6 +60,7 @@ class Settings:
             has_eval=bool(cfg.get("val_set_size") or cfg.get("test_datasets")),
             patched=PLUGIN in plugins,
             margin=disk.DEFAULT_MARGIN if margin is None else float(margin),
+            resume_warning=run_match.save_only_model_warning(cfg),
         )
 
 
@@ -89,6 +91,7 @@ class Plan:
     margin: float = disk.DEFAULT_MARGIN
     limit_lowered_for_disk: bool = False
     notes: list[str] = field(default_factory=list)
+    resume_warning: str | None = None  # shown by `axolotl-savefix plan`; a run logs it once, at validate_config
     final_bytes: int | None = None  # the final model Axolotl writes into output_dir at the end
     disk_need_bytes: int | None = None  # the run's peak on disk: see disk.peak_bytes
     disk_short: bool = False  # disk_need_bytes is more than free_bytes: the run will fill the disk
@@ -258,6 +261,7 @@ def make_plan(
         final_bytes=final_bytes,
         disk_need_bytes=need,
         disk_short=short,
+        resume_warning=s.resume_warning,
     )
 
 
@@ -289,6 +293,8 @@ def render(plan: Plan, source: str = "") -> str:
         f"{plan.steps_per_epoch} optimizer steps per epoch; {epochs}; the run stops at step {plan.max_steps}",
     ]
     lines += [f"  note: {note}" for note in plan.notes]
+    if plan.resume_warning:
+        lines.append(f"  WARNING: {plan.resume_warning}")
     width = max(len(steps_text(plan.stock.saved)), len(steps_text(plan.patched.saved)), 5)
     lines.append(f"  {'':8}{'saves at':<{width}}  keeps")
     for name, sched in (("stock", plan.stock), ("patched", plan.patched)):

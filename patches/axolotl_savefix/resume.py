@@ -18,11 +18,24 @@ Targets:
   checkpoint.
 * ``TrainerBuilderBase.get_callbacks``: adds :class:`SaveFixCheckpointRecord`, whose
   state Transformers writes into each checkpoint's ``trainer_state.json``: the
-  world size (so every rank's RNG file can be asked for) and ``save_only_model``.
+  world size (so every rank's RNG file can be asked for), ``save_only_model``, and the
+  run's fingerprint (:mod:`axolotl_savefix.run_match`); and :class:`RunMatchCallback`,
+  which stops a resume into a checkpoint that does not belong to the run (issue 22).
+* ``axolotl.utils.config.validate_config``: carries ``savefix_resume_anyway`` past
+  Axolotl's schema and warns when ``save_only_model`` meets auto-resume.
+
+Where the resume is checked: at train begin (``on_train_begin``), not in
+``determine_last_checkpoint``. Axolotl picks the checkpoint before the trainer
+exists, but the run's last step (``max_steps``) is only known once the
+dataloader is built (packing, sharding across ranks), inside Transformers'
+``_inner_training_loop``; ``on_train_begin`` is its first callback, after the
+checkpoint's state is loaded and before ``eval_on_start`` and the first step,
+so nothing has been trained or written when it stops the run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -35,13 +48,15 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from . import checkpoints, disk
+from . import args as savefix_args
+from . import checkpoints, disk, run_match
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
 from .save_decision import CALLBACKS_TARGET
 
 RESUME_TARGET = ("axolotl.utils.train", "determine_last_checkpoint", ("cfg",))
+VALIDATE_TARGET = ("axolotl.utils.config", "validate_config", ("cfg",))
 
 
 class IncompleteCheckpointError(ValueError):
@@ -54,14 +69,18 @@ class SaveFixCheckpointRecord(TrainerCallback, ExportableState):
     def __init__(self) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
         self.save_only_model = False
+        self.fingerprint: dict = {}  # run_match.fingerprint, set by the builder seam
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self.world_size = int(args.world_size)
         self.save_only_model = bool(args.save_only_model)
+        if self.fingerprint:
+            self.fingerprint = {**self.fingerprint, "world_size": self.world_size, "max_steps": int(state.max_steps)}
         return control
 
     def state(self) -> dict:
-        return {"args": {}, "attributes": {"world_size": self.world_size, "save_only_model": self.save_only_model}}
+        attributes = {"world_size": self.world_size, "save_only_model": self.save_only_model, "fingerprint": self.fingerprint}
+        return {"args": {}, "attributes": attributes}
 
 
 assert SaveFixCheckpointRecord.__name__ == checkpoints.RECORD  # the name Transformers stores its state under
@@ -265,6 +284,7 @@ def apply() -> None:
         return result
 
     patch_item(module, name, determine_last_checkpoint, rebind_copies=True)
+    apply_run_match()
 
 
 def apply_builder() -> None:
@@ -274,7 +294,9 @@ def apply_builder() -> None:
     @wraps(get_callbacks)
     def get_callbacks_with_record(self: Any, *args: Any, **kwargs: Any) -> Any:
         callbacks = get_callbacks(self, *args, **kwargs)
-        callbacks.append(SaveFixCheckpointRecord())
+        record = SaveFixCheckpointRecord()
+        record.fingerprint = run_match.fingerprint(self.cfg, dataset_hash=_dataset_hash(self), world_size=_world_size())
+        callbacks += [record, RunMatchCallback(self.cfg, record.fingerprint)]
         return callbacks
 
     patch_item(owner, name, get_callbacks_with_record)
@@ -334,3 +356,101 @@ def apply_save_on_each_node() -> None:
                 del model.should_save_on_this_rank
 
     patch_item(owner, name, _save)
+
+
+# --- issue 22: a resume that matches the run -------------------------------------------------------------------
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _dataset_hash(builder: Any) -> str | None:
+    """Axolotl's prepared-dataset hash of the train split (what ``dataset_prepared_path`` is keyed by); None if unknown."""
+    try:
+        from axolotl.utils.data.shared import generate_dataset_hash_from_config
+
+        tokenizer = getattr(builder, "tokenizer", None)
+        datasets = builder.cfg.get("datasets")
+        if tokenizer is None or not datasets:
+            return None
+        return str(generate_dataset_hash_from_config(builder.cfg, datasets, tokenizer.name_or_path))
+    except Exception:  # noqa: BLE001 - a builder without SFT datasets (RL, pretraining): compared without it
+        return None
+
+
+def _put_scheduler_at(scheduler: Any, step: int) -> bool:
+    """Put a fresh learning-rate scheduler at ``step`` (as if it had been stepped ``step`` times)."""
+    import warnings
+
+    inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate's AcceleratedScheduler wraps it
+    if not hasattr(inner, "last_epoch") or not hasattr(inner, "step"):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": on purpose here
+        inner.last_epoch = step - 1
+        inner.step()
+    return True
+
+
+class RunMatchCallback(TrainerCallback):
+    """At train begin of a resumed run: stop when the checkpoint does not belong to the run (:func:`run_match.decide`).
+
+    Raises :class:`run_match.RunMismatchError` (before the first step and before
+    ``eval_on_start``) naming what was found, why, and the fix.
+    """
+
+    def __init__(self, cfg: Any, fingerprint: dict) -> None:
+        self.cfg = cfg
+        self.fingerprint = fingerprint
+        # Axolotl's builder runs before determine_last_checkpoint: set now means set by the user
+        self.explicit = cfg.get("resume_from_checkpoint")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> Any:
+        checkpoint = self.cfg.get("resume_from_checkpoint")
+        if not checkpoint or not state.global_step or not Path(str(checkpoint)).is_dir():
+            return control
+        folder = Path(str(checkpoint))
+        try:
+            saved = json.loads((folder / checkpoints.STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = {}
+        recorded = (checkpoints.record(saved) or {}).get("fingerprint") or None
+        current = {**self.fingerprint, "world_size": int(args.world_size), "max_steps": int(state.max_steps)}
+        verdict = run_match.decide(
+            folder.name,
+            int(state.global_step),
+            int(state.max_steps),
+            auto=not self.explicit,
+            anyway=bool(self.cfg.get(savefix_args.RESUME_ANYWAY_KEY)),
+            recorded=recorded,
+            current=current,
+            lacks=run_match.lacks_training_state((p.name, p.is_dir()) for p in folder.iterdir()),
+        )
+        if verdict.error:
+            raise run_match.RunMismatchError(verdict.error)
+        for line in verdict.warnings:
+            log_once(f"run-match:{line}", line, logging.WARNING)
+        for line in verdict.notes:
+            log_once(f"run-match:{line}", line)
+        if verdict.reset_scheduler and lr_scheduler is not None and _put_scheduler_at(lr_scheduler, int(state.global_step)):
+            log_once(f"run-match-scheduler:{folder}", f"learning-rate scheduler put at step {state.global_step}")
+        return control
+
+
+def apply_run_match() -> None:
+    """``validate_config``: carry ``savefix_resume_anyway`` past Axolotl's schema; warn on save_only_model + auto-resume."""
+    module, name, validate = require(*VALIDATE_TARGET)
+
+    @wraps(validate)
+    def validate_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        anyway = savefix_args.resume_anyway(cfg)  # checked first: Axolotl's schema would drop the key
+        validated = validate(cfg, *args, **kwargs)
+        if anyway is not None:
+            validated[savefix_args.RESUME_ANYWAY_KEY] = anyway
+        warning = run_match.save_only_model_warning(validated)
+        if warning and not anyway:
+            log_once("save-only-model-resume", warning, logging.WARNING)
+        return validated
+
+    patch_item(module, name, validate_config, rebind_copies=True)

@@ -1,0 +1,199 @@
+"""Does a checkpoint belong to this run? Pure: no Axolotl, no torch.
+
+Auto-resume (``auto_resume_from_checkpoints``) takes the newest ``checkpoint-N``
+of ``output_dir`` whatever run wrote it. Transformers then restores
+``global_step`` N and trains from there with this run's settings. Three ways
+that goes wrong without a word (issue 22):
+
+* **Past the end.** N is at or past this run's last step (``max_steps``): the
+  loop does nothing, and the model the run saves as final is the checkpoint's
+  (Transformers issue 26961; a new run in a reused ``output_dir``).
+* **Another run's data or batch geometry.** N counts optimizer steps of another
+  data set or batch size: the data skipped on resume and the epoch position are
+  wrong. The keys that decide it are :data:`FATAL`.
+* **No optimizer or scheduler state** (``save_only_model``, or an optimizer
+  Transformers could not save): Transformers resumes with a fresh optimizer and
+  the learning-rate schedule from step 0 (its rule in
+  ``Trainer._load_optimizer_and_scheduler``: both files, or neither is loaded).
+
+Changes that keep the past valid (:data:`FINE`: more epochs, another save/eval
+cadence or limit) resume with one line naming them. ``savefix_resume_anyway:
+true`` turns each stop into a warning and resumes as stock does (the scheduler
+is then put at the resumed step).
+
+The fingerprint is recorded in every checkpoint's ``trainer_state.json`` by the
+``resume`` patch (:class:`~axolotl_savefix.resume.SaveFixCheckpointRecord`); a
+checkpoint written without it (stock) is checked for the past-the-end case and
+the missing optimizer state only, which need no record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ANYWAY_KEY = "savefix_resume_anyway"
+
+# what makes global_step N mean the same samples seen: the data and the batch geometry
+FATAL = (
+    "dataset_hash",  # Axolotl's prepared-dataset hash (data files, prompt format, tokenizer, sequence_len, packing)
+    "base_model",
+    "sequence_len",
+    "sample_packing",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "world_size",
+)
+# what may change and keep the steps already trained valid
+FINE = ("num_epochs", "max_steps", "saves_per_epoch", "save_steps", "evals_per_epoch", "eval_steps", "save_total_limit")
+CONFIG_KEYS = tuple(k for k in (*FATAL, *FINE) if k not in ("dataset_hash", "world_size", "max_steps"))
+
+OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
+SCHEDULER_FILE = "scheduler.pt"
+
+
+class RunMismatchError(ValueError):
+    """Auto-resume found a checkpoint this run cannot continue from (past its end, other data or batches, no optimizer)."""
+
+
+def fingerprint(cfg: Mapping[str, Any], *, dataset_hash: str | None, world_size: int, max_steps: int | None = None) -> dict:
+    """The keys of a run that a checkpoint records (``max_steps``: the run's last step, once known)."""
+    found = {key: _plain(cfg.get(key)) for key in CONFIG_KEYS}
+    found.update(dataset_hash=dataset_hash, world_size=int(world_size), max_steps=max_steps)
+    return found
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], keys: Iterable[str]) -> list[tuple[str, Any, Any]]:
+    """``(key, old, new)`` for each key whose value differs.
+
+    A key either side does not record is skipped, and so is an unknown ``dataset_hash`` (``None``: not an SFT run).
+    """
+    found = []
+    for key in keys:
+        if key not in old or key not in new or old[key] == new[key]:
+            continue
+        if key == "dataset_hash" and None in (old[key], new[key]):
+            continue
+        found.append((key, old[key], new[key]))
+    return found
+
+
+def lacks_training_state(names: Iterable[tuple[str, bool]]) -> list[str]:
+    """What a checkpoint folder lacks for Transformers to restore the optimizer and the LR schedule.
+
+    ``names``: ``(name, is_dir)`` for each entry of the folder. Transformers' rule
+    (``_load_optimizer_and_scheduler``): the optimizer (``optimizer.pt``/``.bin``,
+    or a folder with ``optimizer`` in its name: FSDP's sharded state) and
+    ``scheduler.pt``. A DeepSpeed checkpoint (``global_step*`` folder) keeps both
+    inside it and is taken as whole.
+    """
+    entries = list(names)
+    if any(is_dir and name.startswith("global_step") for name, is_dir in entries):
+        return []
+    files = {name for name, is_dir in entries if not is_dir}
+    lacks = []
+    has_optimizer = bool(files & set(OPTIMIZER_FILES)) or any(is_dir and "optimizer" in name for name, is_dir in entries)
+    if not has_optimizer:
+        lacks.append("the optimizer state (optimizer.pt)")
+    if SCHEDULER_FILE not in files:
+        lacks.append(f"the learning-rate scheduler state ({SCHEDULER_FILE})")
+    return lacks
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # num_epochs: 2.0 as the user wrote it, 2
+    return repr(value)
+
+
+def _pairs(items: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{key} {_shown(old)} -> {_shown(new)}" for key, old, new in items)
+
+
+@dataclass
+class Decision:
+    """What the resume seam does: stop with ``error``, else log ``warnings`` and ``notes``; ``reset_scheduler``."""
+
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    reset_scheduler: bool = False
+
+
+def decide(
+    checkpoint: str,
+    step: int,
+    max_steps: int,
+    *,
+    auto: bool,
+    anyway: bool,
+    recorded: Mapping[str, Any] | None,
+    current: Mapping[str, Any],
+    lacks: list[str],
+) -> Decision:
+    """The verdict on resuming this run (its last step ``max_steps``) from ``checkpoint`` at ``global_step`` ``step``.
+
+    ``auto``: chosen by auto-resume (an explicit ``resume_from_checkpoint`` is
+    the user's choice: its mismatches are a warning, never a stop). ``recorded``:
+    the checkpoint's fingerprint, ``None`` for a checkpoint written without one.
+    ``lacks``: :func:`lacks_training_state` of the folder. ``anyway``:
+    ``savefix_resume_anyway``, every stop becomes a warning.
+    """
+    out = Decision()
+    stops: list[str] = []
+    fix_auto = (
+        f"Set a new output_dir for this run, or set resume_from_checkpoint: {checkpoint} if you mean to continue it, "
+        f"or set {ANYWAY_KEY}: true to resume anyway."
+    )
+    if auto and step >= max_steps:
+        stops.append(
+            f"auto-resume found {checkpoint} at global_step {step}, at or past this run's last step ({max_steps}): "
+            "nothing would be trained, and the model saved at the end would be that checkpoint's, another run's. " + fix_auto
+        )
+    fatal = differences(recorded or {}, current, FATAL)
+    if fatal:
+        text = f"{checkpoint} was written by a run with other data or batches: {_pairs(fatal)}"
+        if auto:
+            stops.append(
+                f"auto-resume found {checkpoint}, written by a run with other data or batches ({_pairs(fatal)}): "
+                f"its global_step {step} counts other samples, so the data skipped on resume and the epoch would be "
+                "wrong. " + fix_auto
+            )
+        else:
+            out.warnings.append(text + "; resuming from it as resume_from_checkpoint asks")
+    fine = differences(recorded or {}, current, FINE)
+    if fine and not (auto and stops):
+        out.notes.append(f"resuming from {checkpoint} (global_step {step}) with changed settings: {_pairs(fine)}")
+    if lacks and step < max_steps:
+        stops.append(
+            f"{checkpoint} has no {' and no '.join(s.removeprefix('the ') for s in lacks)} (saved with save_only_model, "
+            "or the optimizer could not be saved): a resume would start a fresh optimizer (its moments lost) and the "
+            f"learning-rate schedule from step 0 instead of step {step}. Resume from a checkpoint that has both, "
+            f"set a new output_dir to start over, or set {ANYWAY_KEY}: true to resume with a fresh optimizer "
+            f"(the scheduler is then put at step {step})."
+        )
+    if stops and not anyway:
+        out.error = " ".join(stops)
+        return out
+    for stop in stops:
+        out.warnings.append(f"{ANYWAY_KEY}: true, resuming anyway: " + stop.split(". ")[0])
+    out.reset_scheduler = bool(lacks) and step < max_steps
+    return out
+
+
+def save_only_model_warning(cfg: Mapping[str, Any]) -> str | None:
+    """The config-time warning when ``save_only_model`` meets auto-resume: its checkpoints cannot be resumed from."""
+    if not (cfg.get("save_only_model") and cfg.get("auto_resume_from_checkpoints")):
+        return None
+    return (
+        "save_only_model: true with auto_resume_from_checkpoints: true: the checkpoints hold no optimizer or scheduler "
+        "state, so a resume would restart the optimizer and the learning-rate schedule; axolotl_savefix stops such a "
+        f"resume. Remove save_only_model to make checkpoints resumable, or set {ANYWAY_KEY}: true to accept it."
+    )
