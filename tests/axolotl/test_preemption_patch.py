@@ -98,12 +98,9 @@ sys.exit(0)
 def test_a_second_signal_or_the_grace_deadline_exits_at_once_with_the_preempted_status(grace, second, why):
     import subprocess
     import sys
-    import time
 
-    start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT.format(grace=grace, second=second)], capture_output=True, text=True, timeout=60
     )
-    assert proc.returncode == 143, proc.stderr
+    assert proc.returncode == 143, proc.stderr  # exit 0 would mean the 30 s sleep ran out
     assert why in proc.stderr and "exiting now with status 143" in proc.stderr
-    assert time.monotonic() - start < 25  # not the 30 s sleep
