@@ -128,7 +128,13 @@ def cli(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def preemption(session: nox.Session) -> None:
     """Runs killed by SIGKILL at exact points of a save, or sent a preemption notice (SIGTERM), then resumed by the same command."""
-    tests_impl(session, "tests/e2e/test_preemption.py", "tests/e2e/test_preemption_notice.py")
+    tests_impl(
+        session,
+        "tests/e2e/test_preemption.py",
+        "tests/e2e/test_preemption_notice.py",
+        "tests/e2e/test_resume_match.py",
+        "tests/e2e/test_chaos.py",
+    )
 
 
 @nox.session(venv_backend="none")
