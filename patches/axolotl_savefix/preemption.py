@@ -67,6 +67,8 @@ HANDLER_TARGET = ("axolotl.train", "setup_signal_handler", ("cfg", "model"))
 EXECUTE_TARGET = ("axolotl.train", "execute_training", ("cfg", "trainer", "resume_from_checkpoint"))
 VALIDATE_TARGET = ("axolotl.utils.config", "validate_config", ("cfg",))
 ROTATE_TARGET = ("transformers.trainer", "rotate_checkpoints", ("output_dir", "save_total_limit"))
+# Transformers before 5.3 (Axolotl 0.13.2 and 0.14.0) rotate in a method; the limit is args.save_total_limit
+ROTATE_METHOD_TARGET = ("transformers.trainer", "Trainer._rotate_checkpoints", ("use_mtime", "output_dir"))
 
 
 def exit_status(signum: int) -> int:
@@ -412,16 +414,43 @@ def apply() -> None:
     patch_item(module, name, validate_config, rebind_copies=True)
 
 
+def rotation_limit(output_dir: str | os.PathLike[str], save_total_limit: int | None) -> int | None:
+    """``save_total_limit`` for one rotation of ``output_dir``: preemption checkpoints still there are not counted.
+
+    Removes the preemption checkpoints a later complete checkpoint superseded first.
+    """
+    remove_superseded(output_dir)
+    extra = len(marked(output_dir))  # still there: the newest checkpoint is not complete yet
+    if extra and save_total_limit is not None and save_total_limit > 0:
+        return save_total_limit + extra
+    return save_total_limit
+
+
 def apply_builder() -> None:
     """Rotation never counts a preemption checkpoint (applied with the builder: Transformers' trainer is loaded)."""
+    import transformers.trainer
+
+    if not hasattr(transformers.trainer, ROTATE_TARGET[1]):  # Transformers < 5.3: Trainer._rotate_checkpoints
+        owner, name, rotate_method = require(*ROTATE_METHOD_TARGET)
+
+        @wraps(rotate_method)
+        def _rotate_checkpoints(self: Any, use_mtime: bool = False, output_dir: str | None = None) -> Any:
+            limit = self.args.save_total_limit
+            if not limit or limit <= 0:
+                return rotate_method(self, use_mtime, output_dir)
+            self.args.save_total_limit = rotation_limit(output_dir or self.args.output_dir, limit)
+            try:
+                return rotate_method(self, use_mtime, output_dir)
+            finally:
+                self.args.save_total_limit = limit
+
+        patch_item(owner, name, _rotate_checkpoints)
+        return
+
     owner, name, rotate = require(*ROTATE_TARGET)
 
     @wraps(rotate)
     def rotate_checkpoints(output_dir: str, save_total_limit: int | None = None, *args: Any, **kwargs: Any) -> Any:
-        remove_superseded(output_dir)
-        extra = len(marked(output_dir))  # still there: the newest checkpoint is not complete yet
-        if extra and save_total_limit is not None and save_total_limit > 0:
-            save_total_limit += extra
-        return rotate(output_dir, save_total_limit, *args, **kwargs)
+        return rotate(output_dir, rotation_limit(output_dir, save_total_limit), *args, **kwargs)
 
     patch_item(owner, name, rotate_checkpoints)

@@ -77,6 +77,39 @@ def test_rotation_never_counts_a_preemption_checkpoint_and_removes_it_once_super
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-15", "checkpoint-23", "checkpoint-8"]
 
 
+def test_before_transformers_5_3_rotation_is_the_trainer_method_and_never_counts_a_preemption_checkpoint(tmp_path, monkeypatch):
+    """Transformers 4.57 to 5.2 (Axolotl 0.13.2, 0.14.0) rotate in ``Trainer._rotate_checkpoints``, limit in ``args``."""
+    import json
+    from types import SimpleNamespace
+
+    seen = []
+
+    def _rotate_checkpoints(self, use_mtime=False, output_dir=None):  # the shape of 4.57.6's method
+        seen.append((self.args.save_total_limit, use_mtime, output_dir))
+
+    monkeypatch.delattr(hf_trainer, "rotate_checkpoints")
+    monkeypatch.setattr(hf_trainer.Trainer, "_rotate_checkpoints", _rotate_checkpoints, raising=False)
+    for step, marked in ((8, False), (15, True)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        if marked:
+            (folder / preemption.MARKER).write_text("{}")
+    trainer = SimpleNamespace(args=SimpleNamespace(save_total_limit=2, output_dir=str(tmp_path)))
+    try:
+        preemption.apply_builder()
+        assert hf_trainer.Trainer._rotate_checkpoints is not _rotate_checkpoints
+        hf_trainer.Trainer._rotate_checkpoints(trainer, True, str(tmp_path))
+        hf_trainer.Trainer._rotate_checkpoints(trainer, False)
+        trainer.args.save_total_limit = 0  # keep all: passed through untouched
+        hf_trainer.Trainer._rotate_checkpoints(trainer)
+    finally:
+        axolotl_savefix.revert()
+    # the marked checkpoint-15 is the newest (not superseded): rotation sees one more allowed, then the limit again
+    assert seen == [(3, True, str(tmp_path)), (3, False, None), (0, False, None)]
+    assert hf_trainer.Trainer._rotate_checkpoints is _rotate_checkpoints
+
+
 SCRIPT = """
 import os, signal, sys, time
 from axolotl_savefix import preemption
