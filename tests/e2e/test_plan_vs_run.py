@@ -4,6 +4,7 @@ The plan comes from ``axolotl_savefix.cli.plan_from_data`` (Axolotl loads the
 config and prepares the data); the run is a real in-process Axolotl fine-tune.
 """
 
+import functools
 import logging
 
 import cases
@@ -77,6 +78,7 @@ def test_disk_rule_keeps_what_fits_and_warns_once(e2e_root, monkeypatch):
     peaks = []
     rotate = transformers.trainer.rotate_checkpoints
 
+    @functools.wraps(rotate)  # its signature stays Transformers' (the preemption patch checks it)
     def measuring_rotate(*args, **kwargs):  # the peak: the new checkpoint written, none deleted yet
         peaks.append(disk.dir_bytes(out))
         return rotate(*args, **kwargs)
