@@ -145,6 +145,11 @@ def decide(
     the checkpoint's fingerprint, ``None`` for a checkpoint written without one.
     ``lacks``: :func:`lacks_training_state` of the folder. ``anyway``:
     ``savefix_resume_anyway``, every stop becomes a warning.
+
+    Past the end: a checkpoint beyond ``max_steps`` stops an auto-resume; one exactly at
+    ``max_steps`` only when its record names another length (another run): this run's own last
+    checkpoint, or one without a record, resumes (nothing is trained; the run's end, the final
+    model, is written), as after a kill during the final save or the last rotation.
     """
     out = Decision()
     stops: list[str] = []
@@ -152,7 +157,10 @@ def decide(
         f"Set a new output_dir for this run, or set resume_from_checkpoint: {checkpoint} if you mean to continue it, "
         f"or set {ANYWAY_KEY}: true to resume anyway."
     )
-    if auto and step >= max_steps:
+    # this run's own last checkpoint (killed after it, e.g. during the final model save or the rotation):
+    # resuming trains nothing and finishes the run's end; a checkpoint without a record is taken as this run's
+    own_end = step == max_steps and (recorded is None or not recorded or recorded.get("max_steps") in (None, max_steps))
+    if auto and step >= max_steps and not own_end:
         stops.append(
             f"auto-resume found {checkpoint} at global_step {step}, at or past this run's last step ({max_steps}): "
             "nothing would be trained, and the model saved at the end would be that checkpoint's, another run's. " + fix_auto

@@ -46,11 +46,25 @@ def test_a_matching_checkpoint_resumes_with_no_word():
     assert (out.error, out.warnings, out.notes, out.reset_scheduler) == (None, [], [], False)
 
 
-@pytest.mark.parametrize("step", [60, 61, 200])
-def test_auto_resume_at_or_past_the_last_step_stops(step):
+@pytest.mark.parametrize("step", [61, 200])
+def test_auto_resume_past_the_last_step_stops(step):
     out = verdict(step, 60)
     assert out.error.startswith(f"auto-resume found checkpoint-{step} at global_step {step}, at or past this run's last step (60)")
+
+
+@pytest.mark.parametrize("step", [60, 61, 200])
+def test_auto_resume_at_or_past_the_last_step_of_another_run_stops(step):
+    out = verdict(step, 60, recorded=fp(max_steps=90), current=fp(max_steps=60))
+    assert out.error.startswith(f"auto-resume found checkpoint-{step} at global_step {step}, at or past this run's last step (60)")
     assert "nothing would be trained" in out.error and "new output_dir" in out.error and "resume_from_checkpoint:" in out.error
+
+
+@pytest.mark.parametrize("recorded", [None, "own"])
+def test_this_runs_own_last_checkpoint_resumes_to_finish_the_run(recorded):
+    """Killed after its last checkpoint (during the final model save or the last rotation): the same command ends it."""
+    own = fp(max_steps=60)
+    out = verdict(60, 60, recorded=own if recorded else None, current=own)
+    assert out.error is None and out.warnings == []
 
 
 def test_past_the_end_needs_no_record():
