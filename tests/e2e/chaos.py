@@ -179,17 +179,7 @@ def expected_saves(engine: str, stock: bool = False) -> list[int]:
     return reference.stock_saves(L, G, k, epochs, M) if stock else reference.patched_saves(L, G, k, M)
 
 
-FSDP = {
-    "fsdp_version": 2,
-    "fsdp_config": {
-        "offload_params": False,
-        "cpu_ram_efficient_loading": False,
-        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-        "transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
-        "state_dict_type": "SHARDED_STATE_DICT",
-        "reshard_after_forward": True,
-    },
-}
+FSDP = harness.FSDP2
 
 
 def write_config(engine: str, limit: int, workdir: Path, stock: bool = False) -> Path:

@@ -49,6 +49,21 @@ class Observed:
         return round(grad_accum / first["epoch"])
 
 
+# FSDP2 keys that run on 2 CPU processes with tests/e2e/cpu_fsdp_shim.py (../shared/ENGINES.md):
+# SHARDED_STATE_DICT (FULL_STATE_DICT's first save crashes on the CPU)
+FSDP2 = {
+    "fsdp_version": 2,
+    "fsdp_config": {
+        "offload_params": False,
+        "cpu_ram_efficient_loading": False,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+        "state_dict_type": "SHARDED_STATE_DICT",
+        "reshard_after_forward": True,
+    },
+}
+
+
 def write_config(case: dict, workdir: Path, *, plugin: bool, device: str = "cpu") -> Path:
     """The YAML a user would write for ``case``; ``plugin`` adds the one line that enables the fix."""
     model_dir = fixture.build(workdir.parent / "fixture")

@@ -18,17 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.engines]
 
 HERE = harness.Path(__file__).parent
 WORLD = 2
-FSDP = {
-    "fsdp_version": 2,
-    "fsdp_config": {
-        "offload_params": False,
-        "cpu_ram_efficient_loading": False,
-        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-        "transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
-        "state_dict_type": "SHARDED_STATE_DICT",
-        "reshard_after_forward": True,
-    },
-}
+FSDP = harness.FSDP2
 
 
 def _fsdp_config(root, name, *, plugin, **extra):

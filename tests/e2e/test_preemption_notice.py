@@ -257,17 +257,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(engine, e2e_root)
     shims = ["cpu_ddp_shim.CpuDdpShim"] if engine == "ddp" else ["cpu_fsdp_shim.CpuFsdpShim", "save_log.SaveLog"]
     extra = {}
     if engine == "fsdp2":
-        extra = {
-            "fsdp_version": 2,
-            "fsdp_config": {
-                "offload_params": False,
-                "cpu_ram_efficient_loading": False,
-                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                "transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
-                "state_dict_type": "SHARDED_STATE_DICT",
-                "reshard_after_forward": True,
-            },
-        }
+        extra = dict(harness.FSDP2)
     config = _config(e2e_root, f"notice-{engine}", plugin=True, shims=shims, **extra)
     out = harness.output_dir(config)
     first_code, first = _torchrun(config, {"SAVEFIX_SIGNAL_AT": f"{step}:SIGTERM:1"}, "first.log")
