@@ -133,6 +133,7 @@ def preemption(session: nox.Session) -> None:
         "tests/e2e/test_preemption.py",
         "tests/e2e/test_preemption_notice.py",
         "tests/e2e/test_resume_match.py",
+        "tests/axolotl/test_preemption_patch.py::test_a_second_signal_or_the_grace_deadline_exits_at_once_with_the_preempted_status",
     )
 
 

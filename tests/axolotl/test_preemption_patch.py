@@ -121,6 +121,7 @@ sys.exit(0)
 """
 
 
+@pytest.mark.preemption  # a fresh interpreter per case (about 18 s each): `nox -s preemption`, not `tests`
 @pytest.mark.parametrize(
     ("grace", "second", "why"),
     [
