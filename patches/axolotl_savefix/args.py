@@ -50,32 +50,40 @@ class SaveFixArgs(BaseModel):
     )
 
 
-def disk_margin(cfg: Mapping[str, Any]) -> float | None:
-    """``savefix_disk_margin`` from a config, checked: ``None`` when unset."""
-    value = cfg.get(KEY)
+def checked(cfg: Mapping[str, Any], key: str, model: type[BaseModel], fix: str) -> Any:
+    """``cfg[key]`` validated by ``model``'s field ``key``; ``None`` when unset.
+
+    Raises :class:`SaveFixConfigError` ``"<key>: <value> is not <fix>"`` when the field refuses it.
+    """
+    value = cfg.get(key)
     if value is None:
         return None
     try:
-        return SaveFixArgs(savefix_disk_margin=value).savefix_disk_margin
+        return getattr(model(**{key: value}), key)
     except ValidationError:
-        raise SaveFixConfigError(
-            f"{KEY}: {value!r} is not a share of the free space. Set it to a number from 0 up to (not "
-            "including) 1, for example 0.1 to leave 10% of output_dir's free space free, or remove it."
-        ) from None
+        raise SaveFixConfigError(f"{key}: {value!r} is not {fix}") from None
+
+
+def disk_margin(cfg: Mapping[str, Any]) -> float | None:
+    """``savefix_disk_margin`` from a config, checked: ``None`` when unset."""
+    return checked(
+        cfg,
+        KEY,
+        SaveFixArgs,
+        "a share of the free space. Set it to a number from 0 up to (not including) 1, for example 0.1 to "
+        "leave 10% of output_dir's free space free, or remove it.",
+    )
 
 
 def save_on_each_node(cfg: Mapping[str, Any]) -> bool | None:
     """``save_on_each_node`` from a config, checked: ``None`` when unset."""
-    value = cfg.get(ON_EACH_NODE)
-    if value is None:
-        return None
-    try:
-        return SaveFixArgs(save_on_each_node=value).save_on_each_node
-    except ValidationError:
-        raise SaveFixConfigError(
-            f"{ON_EACH_NODE}: {value!r} is not true or false. Set it to true where each node has its own "
-            "output_dir (node-local disks), false or remove it where every node shares output_dir."
-        ) from None
+    return checked(
+        cfg,
+        ON_EACH_NODE,
+        SaveFixArgs,
+        "true or false. Set it to true where each node has its own output_dir (node-local disks), false or "
+        "remove it where every node shares output_dir.",
+    )
 
 
 def resume_anyway(cfg: Mapping[str, Any]) -> bool | None:

@@ -48,13 +48,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from transformers import TrainerCallback
 
 from . import checkpoints, plan
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
+from .args import checked
 from .checks import SaveFixConfigError
 
 SIGNAL_KEY = "savefix_preemption_signal"
@@ -126,16 +127,13 @@ def parse_signal(value: Any) -> signal.Signals | None:
 
 def grace_seconds(cfg: Mapping[str, Any]) -> float | None:
     """``savefix_preemption_grace`` (seconds) from a config, checked; ``None`` when unset."""
-    value = cfg.get(GRACE_KEY)
-    if value is None:
-        return None
-    try:
-        return PreemptionArgs(savefix_preemption_grace=value).savefix_preemption_grace
-    except ValidationError:
-        raise SaveFixConfigError(
-            f"{GRACE_KEY}: {value!r} is not a number of seconds above 0. Set it a little under your scheduler's "
-            "grace (e.g. 80 for SLURM's --signal=TERM@90), or remove it to wait for the checkpoint."
-        ) from None
+    return checked(
+        cfg,
+        GRACE_KEY,
+        PreemptionArgs,
+        "a number of seconds above 0. Set it a little under your scheduler's grace (e.g. 80 for SLURM's "
+        "--signal=TERM@90), or remove it to wait for the checkpoint.",
+    )
 
 
 # --- the signal side: the handler only records -------------------------------------------------
