@@ -20,7 +20,8 @@ Targets:
   state Transformers writes into each checkpoint's ``trainer_state.json``: the
   world size (so every rank's RNG file can be asked for), ``save_only_model``, and the
   run's fingerprint (:mod:`axolotl_savefix.run_match`); and :class:`RunMatchCallback`,
-  which stops a resume into a checkpoint that does not belong to the run (issue 22).
+  which stops a resume into a checkpoint that does not belong to the run (issue 22);
+  and :class:`RotateAtTrainEnd`, which finishes a rotation a kill interrupted (below).
 * ``axolotl.utils.config.validate_config``: carries ``savefix_resume_anyway`` past
   Axolotl's schema and warns when ``save_only_model`` meets auto-resume.
 
@@ -31,6 +32,17 @@ dataloader is built (packing, sharding across ranks), inside Transformers'
 ``_inner_training_loop``; ``on_train_begin`` is its first callback, after the
 checkpoint's state is loaded and before ``eval_on_start`` and the first step,
 so nothing has been trained or written when it stops the run.
+
+A rotation a kill interrupted: Transformers rotates right after each save, so a run
+killed after its last checkpoint is complete and before the rotation deleted the
+oldest leaves ``save_total_limit + 1`` checkpoints, and the rerun, resumed at its
+last step, saves nothing and so never rotates (stock the same). At train end
+(``on_train_end``, on the processes that save) :class:`RotateAtTrainEnd` runs
+Transformers' own ``rotate_checkpoints`` once more, with the limit, the best
+checkpoint and the patched rotation (disk rule, preemption checkpoints) as a save
+would: a no-op when nothing is in excess. Transformers before 5.3 (Axolotl 0.13.2
+and 0.14.0) rotate in a ``Trainer`` method a callback cannot reach; there it does
+nothing (stock's behaviour).
 """
 
 from __future__ import annotations
@@ -81,6 +93,24 @@ class SaveFixCheckpointRecord(TrainerCallback, ExportableState):
     def state(self) -> dict:
         attributes = {"world_size": self.world_size, "save_only_model": self.save_only_model, "fingerprint": self.fingerprint}
         return {"args": {}, "attributes": attributes}
+
+
+class RotateAtTrainEnd(TrainerCallback):
+    """At train end, the rotation a save would run: finishes one a kill interrupted (module docstring)."""
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - TrainerCallback's hook
+        import transformers.trainer
+
+        rotate = getattr(transformers.trainer, "rotate_checkpoints", None)  # looked up now: the patched one
+        if rotate is None or not args.should_save or not os.path.isdir(args.output_dir):
+            return control
+        rotate(
+            output_dir=args.output_dir,
+            save_total_limit=args.save_total_limit,
+            best_model_checkpoint=state.best_model_checkpoint,
+            use_mtime=True,  # as Trainer._save_checkpoint
+        )
+        return control
 
 
 assert SaveFixCheckpointRecord.__name__ == checkpoints.RECORD  # the name Transformers stores its state under
@@ -296,7 +326,7 @@ def apply_builder() -> None:
         callbacks = get_callbacks(self, *args, **kwargs)
         record = SaveFixCheckpointRecord()
         record.fingerprint = run_match.fingerprint(self.cfg, dataset_hash=_dataset_hash(self), world_size=_world_size())
-        callbacks += [record, RunMatchCallback(self.cfg, record.fingerprint)]
+        callbacks += [record, RunMatchCallback(self.cfg, record.fingerprint), RotateAtTrainEnd()]
         return callbacks
 
     patch_item(owner, name, get_callbacks_with_record)

@@ -249,9 +249,53 @@ def run_once(case: Case, config: Path, n: int, kill: Kill | None, timeout: float
     log_path = case.workdir / f"run-{n}.log"
     start = time.monotonic()
     (trace_dir / "started").write_text(f"{time.time():.3f}")
+    if forked(case.engine):
+        returncode, hung = _run_forked(config, env, log_path, timer, timeout)
+    else:
+        returncode, hung = _run_spawned(case.engine, config, env, log_path, timer, timeout, start)
+    wall = time.monotonic() - start
+    text = log_path.read_text()
+    save_log = harness.output_dir(config) / "save_log.txt"
+    saved = [int(s) for s in SAVED.findall(save_log.read_text())] if save_log.is_file() else []
+    result = {"run": n, "rc": returncode, "wall_s": round(wall, 1), "saved": saved, "plans": PLAN.findall(text)}
+    if hung:
+        raise ChaosFailure(f"run {n} of {case.workdir.name} hung: no exit within {timeout:.0f} s; log {log_path}")
+    if kill is not None:
+        kill.phase, kill.detail = ("none", "") if returncode == 0 else landed_phase(trace_dir)
+        result["kill"] = {"kind": kill.kind, "spec": kill.spec, "phase": kill.phase, "detail": kill.detail}
+    if save_log.is_file():  # each run starts its own list (save_log.py clears it at train begin)
+        save_log.unlink()
+    result["calls"] = {rank: _calls(lines) for rank, lines in _trace_lines(trace_dir).items()}
+    return result
+
+
+def forked(engine: str) -> bool:
+    """One process: forked from the harness' fork server (Axolotl imported once, tests/e2e/zygote.py)
+    unless ``SAVEFIX_HARNESS_FORK=0``; torchrun's ranks are spawned."""
+    return engine == "single" and os.environ.get("SAVEFIX_HARNESS_FORK", "1") != "0"
+
+
+def _run_forked(config: Path, env: dict, log_path: Path, timer: float | None, timeout: float) -> tuple[int, bool]:
+    """``python -m axolotl.cli.train CONFIG`` in a forked child (its own process group); the timer SIGKILLs the group."""
+    import zygote
+
+    base_env = {**os.environ, **harness.OFFLINE, "PATH": env["PATH"]}
+    try:
+        code = zygote.zygote().run(
+            ["axolotl.cli.train", str(config)], base_env, env, log_path, timer if timer is not None else timeout, [str(HERE)]
+        )
+    except subprocess.TimeoutExpired:  # the group was SIGKILLed: by the timer, or a hang
+        return -signal.SIGKILL, timer is None
+    return code, False
+
+
+def _run_spawned(
+    engine: str, config: Path, env: dict, log_path: Path, timer: float | None, timeout: float, start: float
+) -> tuple[int, bool]:
+    """``axolotl train`` or torchrun in a new session; the timer SIGKILLs the whole group (every rank and torchrun)."""
+    hung = False
     with log_path.open("w") as log:
-        proc = subprocess.Popen(command(case.engine, config), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        hung = False
+        proc = subprocess.Popen(command(engine, config), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             proc.wait(timeout=timer if timer is not None else timeout)
         except subprocess.TimeoutExpired:
@@ -264,20 +308,7 @@ def run_once(case: Case, config: Path, n: int, kill: Kill | None, timeout: float
                 hung = True
         _killpg(proc)  # whatever a rank left behind
         proc.wait()
-    wall = time.monotonic() - start
-    text = log_path.read_text()
-    save_log = harness.output_dir(config) / "save_log.txt"
-    saved = [int(s) for s in SAVED.findall(save_log.read_text())] if save_log.is_file() else []
-    result = {"run": n, "rc": proc.returncode, "wall_s": round(wall, 1), "saved": saved, "plans": PLAN.findall(text)}
-    if hung:
-        raise ChaosFailure(f"run {n} of {case.workdir.name} hung: no exit within {timeout:.0f} s; log {log_path}")
-    if kill is not None:
-        kill.phase, kill.detail = ("none", "") if proc.returncode == 0 else landed_phase(trace_dir)
-        result["kill"] = {"kind": kill.kind, "spec": kill.spec, "phase": kill.phase, "detail": kill.detail}
-    if save_log.is_file():  # each run starts its own list (save_log.py clears it at train begin)
-        save_log.unlink()
-    result["calls"] = {rank: _calls(lines) for rank, lines in _trace_lines(trace_dir).items()}
-    return result
+    return proc.returncode, hung
 
 
 def _calls(lines: list[list[str]]) -> dict[str, int]:

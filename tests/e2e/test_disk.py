@@ -212,6 +212,31 @@ def test_a_kill_inside_the_rotations_delete_resumes_exactly(e2e_root):
         assert_complete(out / f"checkpoint-{step}", step)
 
 
+def test_a_kill_after_the_last_save_before_its_rotation_ends_with_the_limit(e2e_root):
+    """save_total_limit: 2; SIGKILL right after the last checkpoint is complete, before rotation deletes the oldest.
+
+    Three checkpoints are left; the rerun resumes at the last step and saves nothing, so no save
+    rotates: the rotation at train end (resume.RotateAtTrainEnd) leaves the limit.
+    """
+    expected = _expected()
+    limit = 2
+    last = expected[-1]
+    config = _config(e2e_root, "disk-last-rotation", plugin=True, save_total_limit=limit)
+    out = harness.output_dir(config)
+    code, first = harness.run_cli_raw(config, env={**ENV, "SAVEFIX_KILL_AT": f"{last}:after_state"}, log_name="first.log")
+    assert code != 0 and f"[kill_shim] SIGKILL just after writing checkpoint-{last}/trainer_state.json" in first
+    left = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert left == expected[-limit - 1 :]  # the last save's rotation never ran
+
+    code, second = harness.run_cli_raw(config, env=ENV, log_name="second.log")
+    assert code == 0, second[-4000:]
+    assert f"resume from checkpoint at {out / f'checkpoint-{last}'}" in second
+    assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == expected[-limit:]
+    assert (out / "model.safetensors").is_file()
+    for step in expected[-limit:]:
+        assert_complete(out / f"checkpoint-{step}", step)
+
+
 def harness_reason(kind: str) -> str:
     from axolotl_savefix import checkpoints
 
