@@ -29,7 +29,8 @@ axolotl_savefix**:
 
 Bounded: each run has a wall-clock limit (a hang fails the case), each case a cap on restarts.
 
-Replay a seed: ``nox -s chaos -- --seed S --kills N [--engines single,ddp,fsdp]``
+Replay a seed: ``nox -s chaos -- --seed S --kills N [--engines single,ddp,fsdp]`` (``--engines single:60,ddp:20``:
+kills per engine, overriding N)
 (or ``python tests/e2e/chaos.py`` with the Axolotl environment's python). Writes a JSON summary
 (N, seed, kills per phase, restarts, time per kill per engine) to ``--out`` (``.nox/chaos.json``).
 """
@@ -455,6 +456,10 @@ def calibrate(engine: str, root: Path, timeout: float, log) -> Calibration:
     """One clean run: its wall time (the timer's range) and how many hooked save calls each rank makes."""
     case = Case(engine, LIMITS[0], root / f"{engine}-clean", expected_saves(engine))
     config = write_config(engine, case.limit, case.workdir)
+    if forked(engine):  # the fork server's imports are not part of a run's wall time
+        import zygote
+
+        zygote.zygote().start({**os.environ, **harness.OFFLINE})
     result = run_once(case, config, 0, None, timeout, None)
     case.runs.append(result)
     if result["rc"] != 0:
@@ -474,13 +479,17 @@ def calibrate(engine: str, root: Path, timeout: float, log) -> Calibration:
 def chaos(seed: int, kills: int, engines: list[str], root: Path, timeout: float, log=print, stock: bool = False) -> dict:
     """``kills`` kills per engine (as many cases as it takes); returns the summary; raises ChaosFailure.
 
+    ``engines``: names, each optionally ``NAME:N`` for N kills in that engine instead of ``kills``.
+
     ``stock``: then one case of stock Axolotl per engine (no plugin, ``save_total_limit`` 2) under the
     same kind of kills; its outcome is recorded in the summary, not asserted.
     """
-    log(f"chaos: seed {seed}, {kills} kills per engine, engines {','.join(engines)} (replay: --seed {seed} --kills {kills})")
+    named = ",".join(engines)
+    log(f"chaos: seed {seed}, {kills} kills per engine, engines {named} (replay: --seed {seed} --kills {kills} --engines {named})")
+    counts = {name: int(n) if n else kills for name, _, n in (e.partition(":") for e in engines)}
     summary: dict = {"seed": seed, "kills_per_engine": kills, "engines": {}, "phases": dict.fromkeys(PHASES, 0)}
     started = time.monotonic()
-    for engine in engines:
+    for engine, engine_kills in counts.items():
         t0 = time.monotonic()
         rng = random.Random(f"{seed}:{engine}")
         cal = calibrate(engine, root, timeout, log)
@@ -488,11 +497,11 @@ def chaos(seed: int, kills: int, engines: list[str], root: Path, timeout: float,
         phases = dict.fromkeys(PHASES, 0)
         landed = missed = restarts = 0
         number = 0
-        while landed < kills:
+        while landed < engine_kills:
             limit = LIMITS[number % len(LIMITS)]
             case = Case(engine, limit, root / f"{engine}-{number}-limit{limit}", expected_saves(engine))
             try:
-                run_case(case, rng, kills - landed, cal, timeout, log)
+                run_case(case, rng, engine_kills - landed, cal, timeout, log)
             finally:
                 for r in case.runs:
                     if "kill" in r:
@@ -523,7 +532,7 @@ def chaos(seed: int, kills: int, engines: list[str], root: Path, timeout: float,
         if stock:
             case = Case(engine, LIMITS[0], root / f"{engine}-stock-limit{LIMITS[0]}", expected_saves(engine, True), stock=True)
             t1 = time.monotonic()
-            run_case(case, random.Random(f"{seed}:{engine}:stock"), kills, cal, timeout, log)
+            run_case(case, random.Random(f"{seed}:{engine}:stock"), engine_kills, cal, timeout, log)
             summary["engines"][engine]["stock"] = {
                 "outcome": case.outcome,
                 "kills": [r["kill"] for r in case.runs if "kill" in r],
@@ -558,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(harness.OFFLINE)
     engines = args.engines.split(",")
     if args.kill:
-        engine = engines[0]
+        engine = engines[0].partition(":")[0]
         case = Case(engine, args.limit, root / f"{engine}-replay-limit{args.limit}", expected_saves(engine, args.stock), args.stock)
         try:
             run_case(case, random.Random(0), len(args.kill), None, args.timeout, lambda s: print(s, flush=True), args.kill)

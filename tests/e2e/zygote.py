@@ -133,6 +133,11 @@ class Zygote:
         self.dir = tempfile.mkdtemp(prefix="savefix-zygote-")
         self.path = os.path.join(self.dir, "socket")
 
+    def start(self, env: dict[str, str]) -> None:
+        """Start the server now (imports done) unless it runs: a caller that times runs starts it first."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start(env)
+
     def _start(self, env: dict[str, str]) -> None:
         """``env``: the harness' base environment (offline); what a run adds is set in its child only."""
         self.proc = subprocess.Popen(
@@ -156,8 +161,7 @@ class Zygote:
         self, argv: list[str], base_env: dict[str, str], env: dict[str, str], log: Path, timeout: float, sys_path: list[str]
     ) -> int:
         """Run ``python -m axolotl.cli.train *argv[1:]`` as a forked child with ``env``; its exit status (``-N``: signal N)."""
-        if self.proc is None or self.proc.poll() is not None:
-            self._start(base_env)
+        self.start(base_env)
         request = {"argv": argv, "env": env, "sys_path": sys_path, "log": str(log)}
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.connect(self.path)
