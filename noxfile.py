@@ -137,10 +137,14 @@ def preemption(session: nox.Session) -> None:
     )
 
 
+# the full disk on 2-process DDP (two torchrun runs, about 3 minutes): in `nodes`, the multi-process session
+DDP_DISK = "tests/e2e/test_disk.py::test_ddp_keep_all_on_a_small_disk_stops_clearly_and_does_not_loop"
+
+
 @nox.session(venv_backend="none")
 def disk(session: nox.Session) -> None:
-    """A full disk (tmpfs mounts of exact sizes: root on Linux, else skipped), rotation killed, set-aside bound."""
-    tests_impl(session, "tests/e2e/test_disk.py")
+    """A full disk (tmpfs mounts of exact sizes: root on Linux, else skipped), final model too, rotation killed, set-aside bound."""
+    tests_impl(session, "tests/e2e/test_disk.py", "--deselect", DDP_DISK)
 
 
 @nox.session(venv_backend="none")
@@ -157,8 +161,8 @@ def trainers(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def nodes(session: nox.Session) -> None:
-    """Two nodes on one machine (torchrun --nnodes 2, a mount namespace each): node-local and shared output_dir."""
-    tests_impl(session, "tests/e2e/test_nodes.py")
+    """Two nodes on one machine (torchrun --nnodes 2, a mount namespace each): node-local, shared output_dir; full disk, DDP."""
+    tests_impl(session, "tests/e2e/test_nodes.py", DDP_DISK)
 
 
 @nox.session(python="3.11")

@@ -211,3 +211,33 @@ def full_message(
     else:
         fix = f"free space, or set output_dir on a larger disk (save_total_limit, now {limit_text}, cannot make room)"
     return f"{head}. Fix: {fix}; then run the same command again."
+
+
+# the final model's weight files, as Transformers and PEFT name them in a checkpoint and in output_dir
+WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                   "adapter_model.safetensors", "adapter_model.bin")  # fmt: skip
+
+
+def weight_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes of the weight files directly in ``folder`` (``WEIGHT_PATTERNS``): what a final model save writes there."""
+    found = {f for pattern in WEIGHT_PATTERNS for f in Path(folder).glob(pattern) if f.is_file() and not f.is_symlink()}
+    return sum(f.stat().st_size for f in found)
+
+
+def final_model_message(output_dir: str, free: int, final_bytes: int | None, weights_in: str | None, what: str) -> str:
+    """The one line a run stops with when ``output_dir`` cannot hold the final model (Axolotl's ``save_trained_model``).
+
+    ``free``: free bytes now; ``final_bytes``: the final model's weights (measured on a checkpoint's,
+    None when unknown); ``weights_in``: a complete checkpoint that holds the same trained weights
+    (the last step's), or None; ``what``: what failed, or will.
+    """
+    head = f"disk full: {what}. output_dir {output_dir} has {free} bytes free ({human(free)})"
+    if final_bytes:
+        head += f"; the final model needs about {final_bytes} bytes ({human(final_bytes)})"
+    fix = (
+        "free space (a smaller save_total_limit keeps fewer checkpoints), or set output_dir on a larger disk; "
+        "then run the same command again: it resumes at its last step and writes only the final model"
+    )
+    if weights_in:
+        fix += f". The trained weights are in {weights_in} meanwhile"
+    return f"{head}. Fix: {fix}."

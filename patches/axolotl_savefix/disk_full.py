@@ -24,6 +24,15 @@ Targets:
   ``save_total_limit``, never the newest or the best), and if that is not
   enough, stops before the first training step with the same message. A rerun
   of the same command therefore never trains to the same full save again.
+  A run resumed at its last step (only the final model is ahead) stops the
+  same way when the final model cannot fit (:func:`disk.final_model_message`).
+* ``axolotl.train.save_trained_model`` (the final model, written into
+  ``output_dir`` at the end of training): ENOSPC or EDQUOT there deletes the
+  files that save wrote or rewrote in ``output_dir`` (a half-written
+  ``model.safetensors`` is garbage, and it is what fills the disk) and stops the
+  run with one line: free bytes, the final model's size, the fix, and the
+  checkpoint that holds the same trained weights. The rerun resumes at the last
+  step and stops before training if the final model still cannot fit.
 
 DDP: the rank that hits ENOSPC raises (as in stock); torchrun's agent then stops
 the other ranks, also those waiting at a collective. A rank that does not hit it
@@ -48,6 +57,7 @@ from .save_decision import CALLBACKS_TARGET
 
 SAVE_TARGET = ("transformers.trainer", "Trainer._save_checkpoint", ("model", "trial"))
 AXOLOTL_SAVE_TARGET = ("axolotl.core.trainers.base", "AxolotlTrainer._save_checkpoint", ("model", "trial"))
+FINAL_TARGET = ("axolotl.train", "save_trained_model", ("cfg", "trainer", "model"))
 
 
 class DiskFullError(OSError):
@@ -127,7 +137,9 @@ class DiskFullGuard(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002
         output_dir = str(args.output_dir)
-        if str(getattr(args.save_strategy, "value", args.save_strategy)) == "no" or state.global_step >= state.max_steps:
+        if state.max_steps and state.global_step >= state.max_steps:
+            return self._final_model_fits(output_dir, state, control)  # resumed at its end: the final model is ahead
+        if str(getattr(args.save_strategy, "value", args.save_strategy)) == "no":
             return control  # no save ahead
         newest, size, _, _ = _measure(output_dir)
         if newest is None or not size:
@@ -159,6 +171,65 @@ class DiskFullGuard(TrainerCallback):
         log_once("disk-full:begin", text, logging.ERROR)
         raise DiskFullError(errno.ENOSPC, text)
 
+    @staticmethod
+    def _final_model_fits(output_dir: str, state: Any, control: Any) -> Any:
+        """Resumed at the last step: stop before anything when the final model cannot fit (sizes measured)."""
+        newest, _, _, _ = _measure(output_dir)
+        if newest is None or checkpoints.step_of(newest) != state.global_step:
+            return control
+        final = disk.weight_bytes(newest)  # the weights the final save writes (an FSDP sharded checkpoint: 0, unguarded)
+        free = disk.free_bytes(output_dir) + disk.weight_bytes(output_dir)  # a final model already there is overwritten
+        if not final or free >= final:
+            return control
+        what = f"the final model cannot fit (the run resumed at its last step, {state.global_step}): the run stops now"
+        text = disk.final_model_message(output_dir, disk.free_bytes(output_dir), final, newest.name, what)
+        log_once("disk-full:final-begin", text, logging.ERROR)
+        raise DiskFullError(errno.ENOSPC, text)
+
+
+def _top_files(output_dir: str) -> dict[str, int]:
+    """The files directly in ``output_dir``: name -> modification time (ns)."""
+    try:
+        return {e.name: e.stat().st_mtime_ns for e in os.scandir(output_dir) if e.is_file(follow_symlinks=False)}
+    except FileNotFoundError:
+        return {}
+
+
+def _wrap_final(save: Any) -> Any:
+    @wraps(save)
+    def save_trained_model(cfg: Any, trainer: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+        output_dir = str(cfg.output_dir)
+        before = _top_files(output_dir)
+        try:
+            return save(cfg, trainer, model, *args, **kwargs)
+        except DiskFullError:
+            raise
+        except Exception as error:
+            if not _full(error, output_dir):
+                raise
+            written = sorted(name for name, mtime in _top_files(output_dir).items() if before.get(name) != mtime)
+            removed = []
+            if _local_main():
+                for name in written:
+                    try:
+                        os.unlink(os.path.join(output_dir, name))
+                        removed.append(name)
+                    except OSError:
+                        pass
+            cause = (error.strerror if isinstance(error, OSError) else None) or "No space left on device"
+            what = f"the final model save into output_dir failed ({cause}); " + (
+                f"the files it wrote were deleted ({', '.join(removed)})" if removed else "nothing it wrote was left"
+            )
+            newest, _, _, _ = _measure(output_dir)
+            step = getattr(getattr(trainer, "state", None), "global_step", None)
+            weights_in = newest.name if newest is not None and checkpoints.step_of(newest) == step else None
+            final = disk.weight_bytes(newest) if weights_in else None
+            text = disk.final_model_message(output_dir, disk.free_bytes(output_dir), final, weights_in, what)
+            log_once("disk-full:final", text, logging.ERROR)
+            raise DiskFullError(errno.ENOSPC, text) from error
+
+    return save_trained_model
+
 
 def _rotatable(output_dir: str, limit: int | None, best: str | None) -> list[Path]:
     """What Transformers' rotation deletes after the next save and may go now: the oldest beyond ``limit``."""
@@ -181,7 +252,9 @@ def _rotatable(output_dir: str, limit: int | None, best: str | None) -> list[Pat
 
 
 def apply() -> None:
-    """Nothing at config time: every target is the trainer's (:func:`apply_builder`)."""
+    """The final model save (``axolotl.train.save_trained_model``); the trainer's targets: :func:`apply_builder`."""
+    owner, name, save = require(*FINAL_TARGET)
+    patch_item(owner, name, _wrap_final(save), rebind_copies=True)
 
 
 def apply_builder() -> None:

@@ -24,6 +24,7 @@ PATCHED = [
     (TrainerBuilderBase, "get_callbacks"),
     (utils_train, "determine_last_checkpoint"),
     (axolotl_train, "determine_last_checkpoint"),  # the copy train() calls
+    (axolotl_train, "save_trained_model"),  # the final model save (disk_full)
 ]
 
 

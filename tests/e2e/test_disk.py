@@ -20,6 +20,7 @@ import cases
 import harness
 import pytest
 import reference
+import safetensors
 import yaml
 from test_preemption import assert_complete
 
@@ -152,6 +153,88 @@ def test_keep_all_on_a_small_disk_warns_stops_clearly_and_does_not_loop(e2e_root
             observed = harness.observe(out, second)
             assert observed.kept == expected
         assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == before  # nothing lost
+
+
+def test_ddp_keep_all_on_a_small_disk_stops_clearly_and_does_not_loop(e2e_root, sizes):
+    """Row 3 on 2-process DDP (torchrun, gloo): the rank-0 save that fills the disk deletes its garbage, every
+    rank stops, and the same command stops before training (or fits), never training to the same full save."""
+    world = 2
+    L = CASE["samples"] // (CASE["micro_batch"] * world)
+    M = reference.axolotl_max_steps(CASE["samples"], CASE["micro_batch"], CASE["grad_accum"], CASE["num_epochs"], world)
+    expected = reference.patched_saves(L, CASE["grad_accum"], CASE["saves_per_epoch"], M)
+    env = {**ENV, "ACCELERATE_USE_CPU": "true"}
+    with tmpfs(e2e_root / "disk-ddp-mnt", _small_disk(sizes)) as mnt:
+        config = _config(e2e_root, "disk-ddp", plugin=True, output_dir=mnt / "out", save_total_limit=0)
+        cfg = yaml.safe_load(config.read_text())
+        cfg["plugins"] = ["cpu_ddp_shim.CpuDdpShim", *cfg["plugins"]]
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        out = harness.output_dir(config)
+        code, first = harness.run_cli_raw(config, launcher=harness.torchrun(config, world), env=env, log_name="first.log")
+        stop = STOP_LINE.findall(first)
+        _record("keep-all DDP patched, first", code=code, stop=stop[-1:], kept=sorted(os.listdir(out)))
+        assert code != 0
+        assert len(stop) == 1, first[-4000:]  # rank 0's one line (the other rank is stopped by torchrun)
+        cut = int(re.search(r"the save of checkpoint-(\d+) failed", stop[0]).group(1))
+        assert cut in expected
+        assert not (out / f"checkpoint-{cut}").exists() and not list(out.glob("incomplete-*"))
+        before = [s for s in expected if s < cut]
+        assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == before
+        for step in before:
+            assert_complete(out / f"checkpoint-{step}", step, world)
+
+        code, second = harness.run_cli_raw(config, launcher=harness.torchrun(config, world), env=env, log_name="second.log")
+        stop2 = STOP_LINE.findall(second)
+        _record("keep-all DDP patched, rerun", code=code, stop=stop2[-1:], steps=len(TRAIN_STEP.findall(second)))
+        assert code != 0, second[-4000:]  # the disk did not grow: the next save cannot fit
+        assert stop2 and all("cannot fit: the run stops before training" in line for line in stop2), second[-4000:]
+        assert not TRAIN_STEP.findall(second) and "Saving model checkpoint" not in second
+        assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == before  # nothing lost
+
+
+@pytest.mark.parametrize("plugin", [True, False], ids=["patched", "stock"])
+def test_a_full_disk_at_the_final_model_save(e2e_root, sizes, plugin):
+    """Another writer fills the disk before the final model save (fill_shim, at train end): patched, the half-written
+    final model is deleted and the run stops with one line; the rerun stops before training while the disk is full,
+    and writes only the final model once there is room. Stock: recorded (Errno 28, the rerun fails again)."""
+    expected = _expected()
+    limit = 2
+    name = "patched" if plugin else "stock"
+    with tmpfs(e2e_root / f"disk-final-{name}-mnt", _small_disk(sizes)) as mnt:
+        config = _config(e2e_root, f"disk-final-{name}", plugin=plugin, output_dir=mnt / "out", save_total_limit=limit)
+        cfg = yaml.safe_load(config.read_text())
+        cfg["plugins"] = ["fill_shim.FillShim", *cfg["plugins"]]
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        out = harness.output_dir(config)
+        code, first = harness.run_cli_raw(config, env={**ENV, "SAVEFIX_FILL_LEAVE": str(2 * PAGE)}, log_name="first.log")
+        left = sorted(os.listdir(out))
+        code2, second = harness.run_cli_raw(config, env=ENV, log_name="second.log")
+        _record(f"final model {name}", code=code, error=_last_error(first, launcher=False), left=left, rerun_code=code2,
+                rerun_error=_last_error(second, launcher=False), rerun_steps=len(TRAIN_STEP.findall(second)))  # fmt: skip
+        assert "[fill_shim]" in first and len(TRAIN_STEP.findall(first)) == expected[-1]
+        assert code != 0 and code2 != 0  # no room for the final model, before and after the rerun
+        if not plugin:
+            return
+        stop = STOP_LINE.findall(first)
+        assert len(stop) == 1 and "the final model save into output_dir failed" in stop[0], first[-4000:]
+        assert _last_error(first, launcher=False).endswith(stop[0])
+        assert f"The trained weights are in checkpoint-{expected[-1]} meanwhile" in stop[0]
+        assert "model.safetensors" not in left  # the half-written final model is deleted
+        kept = expected[-limit:]
+        assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == kept
+        stop2 = STOP_LINE.findall(second)
+        assert len(stop2) == 1 and f"the final model cannot fit (the run resumed at its last step, {expected[-1]})" in stop2[0]
+        assert not TRAIN_STEP.findall(second)
+
+        (mnt / "filler").unlink()  # room again: the same command writes only the final model
+        code3, third = harness.run_cli_raw(config, env=ENV, log_name="third.log")
+        assert code3 == 0, third[-4000:]
+        assert not TRAIN_STEP.findall(third) and "Saving model checkpoint" not in third
+        assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == kept
+        with safetensors.safe_open(str(out / "model.safetensors"), "pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+        for step in kept:
+            assert_complete(out / f"checkpoint-{step}", step)
 
 
 def test_unset_limit_on_a_small_disk_stays_green_and_exact(e2e_root, sizes):

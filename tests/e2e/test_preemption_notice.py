@@ -75,7 +75,9 @@ def _config(root, name, *, plugin: bool, shims=(), **extra):
 
 def python_launch(config) -> list[str]:
     """One training process, no launcher in between (``axolotl train`` execs ``accelerate launch``, which turns
-    any failure status into 1 and does not pass SIGTERM on): what a scheduler's notice reaches."""
+    any failure status into 1 and does not pass SIGTERM on): what a scheduler's notice reaches. The other
+    one-process runs here are the same ``python -m axolotl.cli.train``, forked from the harness' fork server
+    (``harness.run_cli_raw`` with no launcher; tests/e2e/zygote.py): a real process, its own exit status."""
     return [str(harness.Path(sys.executable).parent / "python"), "-m", "axolotl.cli.train", str(config)]
 
 
@@ -132,13 +134,11 @@ def stock_beside(root, name: str, step: int, env_signal: str) -> dict:
     """Stock Axolotl, the same signal at the same step, then the same command: what it kept and lost."""
     config = _config(root, f"{name}-stock", plugin=False)
     out = harness.output_dir(config)
-    code, first = harness.run_cli_raw(
-        config, launcher=python_launch(config), env={**ENV, "SAVEFIX_SIGNAL_AT": env_signal}, log_name="first.log"
-    )
+    code, first = harness.run_cli_raw(config, env={**ENV, "SAVEFIX_SIGNAL_AT": env_signal}, log_name="first.log")
     stock_saved, _ = expected(stock=True)
     at_signal = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert at_signal == [s for s in stock_saved if s <= step]  # nothing saved at the signal
-    code2, second = harness.run_cli_raw(config, launcher=python_launch(config), env=ENV, log_name="second.log")
+    code2, second = harness.run_cli_raw(config, env=ENV, log_name="second.log")
     assert code2 == 0, second[-3000:]
     back_to = resumed_from(second) or 0
     assert back_to == (at_signal[-1] if at_signal else 0)
@@ -149,18 +149,16 @@ def test_sigterm_at_a_random_step_resumes_with_the_losses_of_an_uninterrupted_ru
     """Single process. The named test: every step's training loss after the resume equals the uninterrupted run's."""
     step = random_step(1, "single")
     config = _config(e2e_root, "notice-single", plugin=True)
-    code, first = harness.run_cli_raw(
-        config, launcher=python_launch(config), env={**ENV, "SAVEFIX_SIGNAL_AT": f"{step}:SIGTERM"}, log_name="first.log"
-    )
+    code, first = harness.run_cli_raw(config, env={**ENV, "SAVEFIX_SIGNAL_AT": f"{step}:SIGTERM"}, log_name="first.log")
     folder = check_preempted(config, code, first, step)
     assert json.loads((folder / MARKER).read_text())["global_step"] == step
-    code, second = harness.run_cli_raw(config, launcher=python_launch(config), env=ENV, log_name="second.log")
+    code, second = harness.run_cli_raw(config, env=ENV, log_name="second.log")
     assert code == 0, second[-3000:]
     resumed = check_resumed(config, second, step)
     assert not folder.exists()  # the preemption checkpoint, removed once a later one was complete
 
     straight_config = _config(e2e_root, "notice-straight", plugin=True)
-    straight = harness.run_cli(straight_config, launcher=python_launch(straight_config), env=ENV)
+    straight = harness.run_cli(straight_config, env=ENV)
     ours, theirs = losses(resumed.log_history), losses(straight.log_history)
     assert sorted(ours) == sorted(theirs)
     for s in theirs:
@@ -184,13 +182,12 @@ def test_a_configured_sigusr1_during_a_scheduled_save_stops_right_after_it(e2e_r
     config = _config(e2e_root, "notice-during-save", plugin=True, savefix_preemption_signal="SIGUSR1")
     code, first = harness.run_cli_raw(
         config,
-        launcher=python_launch(config),
         env={**ENV, "SAVEFIX_SIGNAL_AT": f"{cut}:SIGUSR1::save"},
         log_name="first.log",
     )
     folder = check_preempted(config, code, first, cut, status=128 + signal.SIGUSR1)
     assert not (folder / MARKER).exists()  # the scheduled checkpoint itself: no extra one
-    code, second = harness.run_cli_raw(config, launcher=python_launch(config), env=ENV, log_name="second.log")
+    code, second = harness.run_cli_raw(config, env=ENV, log_name="second.log")
     assert code == 0, second[-3000:]
     check_resumed(config, second, cut)
     report("single process, SIGUSR1 during the scheduled save", signalled=cut, saved=cut, lost=0, status=128 + 10)
@@ -201,9 +198,7 @@ def test_stock_sigint_writes_weights_only_into_output_dir_and_exits_0(e2e_root):
     step = random_step(1, "stock-sigint")
     config = _config(e2e_root, "notice-stock-sigint", plugin=False)
     out = harness.output_dir(config)
-    code, log = harness.run_cli_raw(
-        config, launcher=python_launch(config), env={**ENV, "SAVEFIX_SIGNAL_AT": f"{step}:SIGINT"}, log_name="first.log"
-    )
+    code, log = harness.run_cli_raw(config, env={**ENV, "SAVEFIX_SIGNAL_AT": f"{step}:SIGINT"}, log_name="first.log")
     assert code == 0, log[-3000:]
     assert (out / "model.safetensors").is_file()
     assert not (out / "trainer_state.json").exists() and not (out / "optimizer.pt").exists()
@@ -233,7 +228,7 @@ def test_sigterm_from_outside_with_a_save_total_limit(e2e_root):
     stop = int(re.findall(r"every rank stops after step (\d+)", first)[0])
     assert saved[1] <= stop < saved[2] or stop == saved[2]
     check_preempted(config, code, first, stop)
-    code, second = harness.run_cli_raw(config, launcher=python_launch(config), env=ENV, log_name="second.log")
+    code, second = harness.run_cli_raw(config, env=ENV, log_name="second.log")
     assert code == 0, second[-3000:]
     check_resumed(config, second, stop, limit=3)
     report("single process, SIGTERM from outside", signalled=f"~{stop}", saved=stop, lost=0, status=code and SIGTERM,

@@ -174,8 +174,12 @@ class Zygote:
             try:
                 status = stream.readline()
             except TimeoutError:
-                os.killpg(pid, signal.SIGKILL)
-                stream.readline()
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended just now
+                    pass
+                conn.settimeout(None)
+                conn.makefile("r").readline()  # the server reaps it (a timed-out stream cannot be read again)
                 raise subprocess.TimeoutExpired(argv, time.monotonic() - started) from None
             return int(status)
 

@@ -143,6 +143,20 @@ def test_full_message_names_the_numbers_and_the_keys():
     assert not disk.is_disk_full(OSError(2, "No such file"))
 
 
+def test_final_model_message_and_the_weights_it_counts(tmp_path):
+    folder = tmp_path / "checkpoint-60"
+    folder.mkdir()
+    for name, size in {"model.safetensors": 1000, "adapter_model.bin": 10, "optimizer.pt": 2000, "config.json": 5}.items():
+        (folder / name).write_bytes(b"x" * size)
+    assert disk.weight_bytes(folder) == 1010  # weights only: not the optimizer, not the config
+    assert disk.weight_bytes(tmp_path / "absent") == 0
+    text = disk.final_model_message("/o", 500, 1010, "checkpoint-60", "the final model save into output_dir failed")
+    assert text.startswith("disk full: the final model save into output_dir failed. output_dir /o has 500 bytes free")
+    assert "the final model needs about 1010 bytes" in text and "The trained weights are in checkpoint-60" in text
+    assert "save_total_limit" in text and "run the same command again" in text
+    assert "needs about" not in disk.final_model_message("/o", 500, None, None, "x")
+
+
 def _cli(capsys, *argv):
     code = cli.main(list(argv))
     return code, capsys.readouterr().out
