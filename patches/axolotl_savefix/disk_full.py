@@ -28,8 +28,9 @@ Targets:
   same way when the final model cannot fit (:func:`disk.final_model_message`).
 * ``axolotl.train.save_trained_model`` (the final model, written into
   ``output_dir`` at the end of training): ENOSPC or EDQUOT there deletes the
-  files that save wrote or rewrote in ``output_dir`` (a half-written
-  ``model.safetensors`` is garbage, and it is what fills the disk) and stops the
+  weight files that save wrote or rewrote in ``output_dir`` (a half-written
+  ``model.safetensors`` is garbage, and it is what fills the disk; the logs and
+  the config stay) and stops the
   run with one line: free bytes, the final model's size, the fix, and the
   checkpoint that holds the same trained weights. The rerun resumes at the last
   step and stops before training if the final model still cannot fit.
@@ -207,7 +208,9 @@ def _wrap_final(save: Any) -> Any:
         except Exception as error:
             if not _full(error, output_dir):
                 raise
-            written = sorted(name for name, mtime in _top_files(output_dir).items() if before.get(name) != mtime)
+            weights = {f.name for pattern in disk.WEIGHT_PATTERNS for f in Path(output_dir).glob(pattern)}
+            after = _top_files(output_dir)  # the weight files this save wrote or rewrote (not the logs, not the config)
+            written = sorted(name for name in weights if name in after and before.get(name) != after[name])
             removed = []
             if _local_main():
                 for name in written:
@@ -218,7 +221,7 @@ def _wrap_final(save: Any) -> Any:
                         pass
             cause = (error.strerror if isinstance(error, OSError) else None) or "No space left on device"
             what = f"the final model save into output_dir failed ({cause}); " + (
-                f"the files it wrote were deleted ({', '.join(removed)})" if removed else "nothing it wrote was left"
+                f"the half-written weights were deleted ({', '.join(removed)})" if removed else "no half-written weights were left"
             )
             newest, _, _, _ = _measure(output_dir)
             step = getattr(getattr(trainer, "state", None), "global_step", None)

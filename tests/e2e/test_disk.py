@@ -218,7 +218,8 @@ def test_a_full_disk_at_the_final_model_save(e2e_root, sizes, plugin):
         assert len(stop) == 1 and "the final model save into output_dir failed" in stop[0], first[-4000:]
         assert _last_error(first, launcher=False).endswith(stop[0])
         assert f"The trained weights are in checkpoint-{expected[-1]} meanwhile" in stop[0]
-        assert "model.safetensors" not in left  # the half-written final model is deleted
+        assert "model.safetensors" not in left  # no half-written final model
+        assert "debug.log" in left and "config.json" in left  # the run's log and config stay
         kept = expected[-limit:]
         assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == kept
         stop2 = STOP_LINE.findall(second)
