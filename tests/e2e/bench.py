@@ -58,6 +58,7 @@ PHASES = {
     "train_loop": "training loop (train begin..end)",
     "train_runtime": "train_runtime (Transformers)",
     "per_step": "per step, saves excluded",
+    "first_save": "first save (disk rule measures it)",
     "save": "one save (median of the run's)",
     "saves": "all saves",
     "train_end_to_exit": "train end -> process exit",
@@ -151,31 +152,93 @@ def preemption_agreement_us(calls: int = 20_000, ddp_calls: int = 500, rounds: i
     }
 
 
-def wall_times(name: str) -> dict[str, float]:
+def _leftovers() -> dict[str, Any]:
+    """What a patched run could leave in the interpreter after ``revert()``: checked after every run."""
+    import signal
+    import threading
+
+    import torch
+
+    from axolotl_savefix import _patching
+
+    return {
+        "is_patched": axolotl_savefix.is_applied(),
+        "post_import_finder_in_meta_path": _patching._post_import in sys.meta_path,
+        "sigterm_handler": str(signal.getsignal(signal.SIGTERM)),
+        "sigint_handler": getattr(signal.getsignal(signal.SIGINT), "__qualname__", str(signal.getsignal(signal.SIGINT))),
+        "python_threads": threading.active_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+    }
+
+
+def wall_times(name: str = "reported", repeats: int = REPEATS, torch_threads: int | None = None) -> dict[str, Any]:
+    """Training in one interpreter, stock vs ``apply()``, ABBA after a dropped warm-up pair: phases and facts per run.
+
+    Every run carries tests/e2e/phase_shim.py (a plugin in both modes) with per-callback
+    ``on_step_end`` timing on. ``torch_threads``: ``torch.set_num_threads`` before the runs
+    (None: torch's default here, which ``axolotl train`` does not get: Accelerate's launcher
+    sets ``OMP_NUM_THREADS=1``). After each run: what patching left behind (:func:`_leftovers`).
+    """
+    import torch
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     case = cases.case(name)
-    root = Path(tempfile.mkdtemp(prefix="savefix-bench-"))
-    times: dict[str, list[float]] = {"stock": [], "patched": []}
-    for i in range(REPEATS + 1):  # the first round warms caches (prepared data, imports) and is dropped
-        # alternate which goes first: a run right after another is slower here (ABBA cancels it)
-        for variant in ("stock", "patched") if i % 2 else ("patched", "stock"):
-            if variant == "patched":
+    root = Path(tempfile.mkdtemp(prefix="savefix-bench-inproc-"))
+    os.environ.update(harness.OFFLINE, SAVEFIX_PHASE_CALLBACKS="1")
+    sys.path.insert(0, str(HERE))
+    pairs, facts, leftovers, sequence = [], [], [], []
+    for i in range(repeats + 1):  # the first pair warms caches (prepared data, imports) and is dropped
+        order = ("stock", "patched") if i % 2 else ("patched", "stock")
+        pair, pair_facts = {}, {}
+        for position, mode in enumerate(order):
+            if mode == "patched":
                 axolotl_savefix.apply()
-            config = harness.write_config(case, root / f"{variant}-{i}", plugin=False)
-            start = time.perf_counter()
+            workdir = root / f"{mode}-{i}"
+            config = _phase_config(case, workdir, patched=False)  # patched: apply() above, as a library user
+            os.environ["SAVEFIX_PHASE_FILE"] = str(workdir / "phases.jsonl")
+            t0 = time.time()
             try:
                 harness.run_in_process(config)
             finally:
                 axolotl_savefix.revert()
+            t_exit = time.time()
+            marks = [json.loads(line) for line in (workdir / "phases.jsonl").read_text().splitlines()]
+            phases, run_facts = phases_of(marks, t0, t_exit)
+            run_facts["position_in_pair"] = position
+            pair[mode], pair_facts[mode] = phases, run_facts
+            left = _leftovers()
+            sequence.append({"pair": i, "mode": mode, "per_step": phases["per_step"], "train_loop": phases["train_loop"]})
+            print(
+                f"[bench] in-process pair {i}{' (warm-up)' if not i else ''} {mode}: loop {phases['train_loop']:.2f} s, "
+                f"{phases['per_step'] * 1e3:.1f} ms/step, torch threads {run_facts['torch_threads']}; after revert: {left}",
+                flush=True,
+            )
             if i:
-                times[variant].append(time.perf_counter() - start)
-    stock, patched = statistics.median(times["stock"]), statistics.median(times["patched"])
+                leftovers.append({"mode": mode, **left})
+        if i:
+            pairs.append(pair)
+            facts.append(pair_facts)
+    by_position = []  # each pair as (first run, second run), whatever the modes
+    for pair, pair_facts in zip(pairs, facts, strict=True):
+        first, second = sorted(pair, key=lambda mode: pair_facts[mode]["position_in_pair"])
+        by_position.append({"stock": {"per_step": pair[first]["per_step"]}, "patched": {"per_step": pair[second]["per_step"]}})
+    summary = bench_summary.summarize(pairs, ["train_loop", "per_step", "save", "whole"])
     return {
         "case": name,
-        "repeats": REPEATS,
-        "stock_s": stock,
-        "patched_s": patched,
-        "ratio_patched_over_stock": patched / stock,
-        "all": times,
+        "repeats": repeats,
+        "torch_threads_set": torch_threads,
+        "summary": summary,
+        # the same runs as "first in its pair" (as stock) vs "second" (as patched): an order effect, not a mode
+        "second_over_first_per_step": bench_summary.summarize(by_position, ["per_step"]).get("per_step"),
+        "stock_s": summary["train_loop"]["stock_median"],
+        "patched_s": summary["train_loop"]["patched_median"],
+        "ratio_patched_over_stock": summary["train_loop"]["ratio_median"],
+        "runs": pairs,
+        "facts": facts,
+        "leftovers": leftovers,
+        "sequence": sequence,
     }
 
 
@@ -271,14 +334,16 @@ def phases_of(marks: list[dict], t0: float, t_exit: float) -> tuple[dict[str, fl
     begin, end = at["train_begin"], at["train_end"]
     loop = end["monotonic"] - begin["monotonic"]
     steps = end["global_step"] - begin["global_step"]
+    config = at.get("config") or at["register"]  # in one interpreter Axolotl's load_datasets hook is not called
     phases: dict[str, float | None] = {
-        "start_to_config": at["config"]["time"] - t0,
-        "config_to_data": at["data"]["monotonic"] - at["config"]["monotonic"],
+        "start_to_config": config["time"] - t0,
+        "config_to_data": at["data"]["monotonic"] - config["monotonic"],
         "data_to_model": at["model"]["monotonic"] - at["data"]["monotonic"],
         "model_to_trainer": begin["monotonic"] - at["model"]["monotonic"],
         "train_loop": loop,
         "train_runtime": end.get("train_runtime"),
         "per_step": (loop - sum(saves)) / steps if steps else None,
+        "first_save": saves[0] if saves else None,  # the patched one measures the checkpoint (disk rule)
         "save": statistics.median(saves) if saves else None,
         "saves": sum(saves) if saves else None,
         "train_end_to_exit": t_exit - end["time"],
@@ -358,6 +423,25 @@ def print_loop(result: dict) -> None:
             )
 
 
+def print_inprocess(t: dict) -> None:
+    print(f"\nin one interpreter ({t['case']}, {t['repeats']} pairs, torch threads set: {t['torch_threads_set']})")
+    print(bench_summary.table(t["summary"]))
+    order = t["second_over_first_per_step"]
+    if order:
+        print(f"per step, second run of a pair / first, whatever the mode: {bench_summary.verdict(order)}")
+    for mode in ("stock", "patched"):
+        per_cb: dict[str, list[float]] = {}
+        for pair in t["facts"]:
+            for cb, us in pair[mode].get("on_step_end_us_per_step", {}).items():
+                per_cb.setdefault(cb, []).append(us)
+        cbs = ", ".join(f"{cb} {statistics.median(us):.1f}" for cb, us in per_cb.items())
+        f = t["facts"][0][mode] if t["facts"] else {}
+        print(
+            f"{mode}: torch threads {f.get('torch_threads')} (inter-op {f.get('torch_interop_threads')}); "
+            f"on_step_end us/step: {cbs}"
+        )
+
+
 PARTS = ("preemption", "decision", "checkpoint", "loop", "inprocess")
 
 
@@ -367,6 +451,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all); a name ending .json: --out")
     parser.add_argument("--pairs", type=int, default=PAIRS, help="counted pairs of the loop case (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="counted in-process pairs (default %(default)s)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="in-process: torch.set_num_threads first")
     parser.add_argument("--out", type=Path, default=ROOT / ".nox" / "bench.json")
     opts = parser.parse_args(argv)
     parts = []
@@ -398,10 +484,8 @@ def main(argv: list[str] | None = None) -> None:
         for label, ms, share in rows:
             print(f"{label:<46} {ms:>10.3f}" + (f"  ({share:.3f} of a save)" if share is not None else ""))
     if "inprocess" in parts:
-        t = result["inprocess"] = wall_times("reported")
-        print(f"{'in one interpreter, stock (s, median of ' + str(REPEATS) + ')':<46} {t['stock_s']:>10.2f}")
-        print(f"{'in one interpreter, patched (s, median of ' + str(REPEATS) + ')':<46} {t['patched_s']:>10.2f}")
-        print(f"{'ratio patched / stock':<46} {t['ratio_patched_over_stock']:>10.3f}")
+        t = result["inprocess"] = wall_times("reported", opts.repeats, opts.torch_threads)
+        print_inprocess(t)
     if "loop" in parts:
         result["loop"] = loop_pairs(opts.pairs)
         print_loop(result["loop"])

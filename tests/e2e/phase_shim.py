@@ -28,7 +28,9 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -70,6 +72,8 @@ def process_facts(trainer: Any = None) -> dict[str, Any]:
         "gc_counts": list(gc.get_count()),
         "gc_objects": len(gc.get_objects()),
         "modules": len(sys.modules),
+        "python_threads": threading.active_count(),
+        "sigterm_handler": getattr(signal.getsignal(signal.SIGTERM), "__qualname__", str(signal.getsignal(signal.SIGTERM))),
         "savefix_applied": "axolotl_savefix._patching" in sys.modules and sys.modules["axolotl_savefix._patching"].is_patched(),
     }
     if trainer is not None:
@@ -115,7 +119,14 @@ class _PhaseCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):  # noqa: ARG002
         runtime = next((e["train_runtime"] for e in reversed(state.log_history) if "train_runtime" in e), None)
         extra = {"on_step_end_s": self.timed.seconds} if self.timed else {}
-        mark("train_end", train_runtime=runtime, global_step=state.global_step, **extra)
+        mark(
+            "train_end",
+            train_runtime=runtime,
+            global_step=state.global_step,
+            modules=len(sys.modules),  # minus train_begin's: what imported lazily during training
+            threads=threading.active_count(),
+            **extra,
+        )
         return control
 
 
