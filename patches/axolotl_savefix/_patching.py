@@ -170,9 +170,9 @@ def undo_all() -> None:
     For a ``rebind_copies`` patch, copies of the replacement made *while* it was in place (a
     module first imported then, running ``from owner import name``) are rebound to what was
     there before as well: without that, a stock run after :func:`undo_all` in the same
-    interpreter still ran part of the patch (Axolotl's ``axolotl.cli.config`` imported during a
-    patched run kept the patched ``normalize_config``: stock then saved once per epoch instead
-    of its own ``saves_per_epoch`` steps).
+    interpreter still ran part of the patch (``axolotl.cli.config`` imported during a patched run
+    kept the patched ``normalize_config`` and ``validate_config``, ``axolotl.train`` the patched
+    ``determine_last_checkpoint``: stock then saved once per epoch, not at its own steps).
     """
     while _stack:
         change = _stack.pop()
