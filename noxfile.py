@@ -268,8 +268,12 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
-    """Training wall time patched/stock on one case, and the save decision's cost per step."""
-    run_script(session, "bench.py", session.posargs[0] if session.posargs else str(ROOT / ".nox" / "bench.json"))
+    """What the plugin costs, stock vs patched: phase by phase on a 600-step case, per-step decision and agreement.
+
+    `nox -s bench -- loop --pairs 6` (parts: loop, inprocess, decision, preemption, checkpoint; none: all).
+    JSON to .nox/bench.json (`--out`). See tests/e2e/bench.py.
+    """
+    run_script(session, "bench.py", *session.posargs)
 
 
 @nox.session(venv_backend="none")

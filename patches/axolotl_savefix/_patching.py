@@ -36,6 +36,7 @@ class _Change:
     owner: Any
     name: str
     previous: Any  # the object that was there, or _MISSING
+    replacement: Any = _MISSING  # set for a rebind_copies patch: copies of it made later are undone too
 
 
 _stack: list[_Change] = []
@@ -97,7 +98,10 @@ def patch_item(owner: Any, name: str, replacement: Any, *, rebind_copies: bool =
     if rebind_copies and current is not _MISSING:
         targets += module_copies(current, name, skip=owner)
     for target, key in targets:
-        _stack.append(_Change(target, key, _raw(target, key)))
+        change = _Change(target, key, _raw(target, key))
+        if rebind_copies and target is owner:
+            change.replacement = replacement
+        _stack.append(change)
         _set(target, key, replacement)
 
 
@@ -161,10 +165,21 @@ def pending() -> bool:
 
 
 def undo_all() -> None:
-    """Restore every patched attribute and copy to exactly what was there; drop pending hooks."""
+    """Restore every patched attribute and copy to exactly what was there; drop pending hooks.
+
+    For a ``rebind_copies`` patch, copies of the replacement made *while* it was in place (a
+    module first imported then, running ``from owner import name``) are rebound to what was
+    there before as well: without that, a stock run after :func:`undo_all` in the same
+    interpreter still ran part of the patch (``axolotl.cli.config`` imported during a patched run
+    kept the patched ``normalize_config`` and ``validate_config``, ``axolotl.train`` the patched
+    ``determine_last_checkpoint``: stock then saved once per epoch, not at its own steps).
+    """
     while _stack:
         change = _stack.pop()
         _set(change.owner, change.name, change.previous)
+        if change.replacement is not _MISSING and change.previous is not _MISSING:
+            for module, key in module_copies(change.replacement, change.name, skip=change.owner):
+                _set(module, key, change.previous)
     _originals.clear()
     _post_import.hooks.clear()
     if _post_import in sys.meta_path:

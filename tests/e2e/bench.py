@@ -1,19 +1,28 @@
 """Benchmark: what the plugin costs a run.
 
-* whole process: ``axolotl train`` with and without the plugin line, as a user runs
-  it (interpreter start, imports, config, training, saves), in pairs after one
-  warm-up pair; the order inside a pair alternates (ABBA) so drift cancels; the
-  median of the per-pair ratios patched/stock is the number (target: <= 1.01);
-* training in one interpreter (``apply()`` vs stock, no process start);
-* the per-step cost of the save decision;
-* the per-step cost of the preemption agreement (one process; 2-process DDP, gloo).
+Parts (``nox -s bench -- PART ... [--pairs N] [--out FILE.json]``; none named: all of them):
 
-Prints a table; writes JSON to argv[1] (default bench.json)."""
+* ``loop``: the loop-dominated case (:data:`LOOP_CASE`: 600 optimizer steps, 4 saves per epoch,
+  2 epochs) through ``axolotl train`` as a user runs it, stock and patched, in ABBA-ordered pairs
+  after one dropped warm-up pair; every run carries tests/e2e/phase_shim.py (both modes, so it
+  cancels), which marks its phases: start to config loaded, data ready, model loaded, trainer
+  built, the training loop (``train_runtime`` and per step, saves excluded), each save, the end
+  of the run (the process exit, taken here). Per phase: both medians and the median of the
+  per-pair ratios with their min–max (tests/bench_summary.py), and whether that spread resolves 1%.
+  Targets (issue 23): loop <= 1.02, whole process <= 1.01;
+* ``inprocess``: training in one interpreter (``apply()`` vs stock, no process start), with the
+  facts that explain a difference there (thread counts, callbacks' per-step time);
+* ``decision``: the per-step cost of the save decision;
+* ``preemption``: the per-step cost of the preemption agreement (one process; 2-process DDP, gloo);
+* ``checkpoint``: what one save costs, and what the completeness check and a publish would add.
+
+Prints tables; writes JSON (default .nox/bench.json)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -25,14 +34,36 @@ from typing import Any
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 
+import bench_summary  # noqa: E402
 import cases  # noqa: E402
 import harness  # noqa: E402
+import yaml  # noqa: E402
 
 import axolotl_savefix  # noqa: E402
 
+HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
 REPEATS = 3
 PAIRS = 6
-TARGET_RATIO = 1.01
+TARGET_RATIO = 1.01  # the whole process
+LOOP_TARGET = 1.02  # the training loop
+# Bench-only (cases.CASES is the test matrix): 1200 samples, micro batch 4 -> 300 steps per epoch,
+# 2 epochs = 600 optimizer steps; 4 saves per epoch as the reported case (8 saves)
+LOOP_CASE = {**cases.BASE, "samples": 1200, "micro_batch": 4, "name": "loop_600"}
+PHASES = {
+    "start_to_config": "start -> config loaded",
+    "config_to_data": "config -> data ready",
+    "data_to_model": "data -> model loaded",
+    "model_to_trainer": "model -> trainer built",
+    "train_loop": "training loop (train begin..end)",
+    "train_runtime": "train_runtime (Transformers)",
+    "per_step": "per step, saves excluded",
+    "first_save": "first save (disk rule measures it)",
+    "save": "one save (median of the run's)",
+    "saves": "all saves",
+    "train_end_to_exit": "train end -> process exit",
+    "whole": "whole process",
+}
 
 
 def decision_cost_us(calls: int = 200_000) -> dict[str, float]:
@@ -121,31 +152,93 @@ def preemption_agreement_us(calls: int = 20_000, ddp_calls: int = 500, rounds: i
     }
 
 
-def wall_times(name: str) -> dict[str, float]:
+def _leftovers() -> dict[str, Any]:
+    """What a patched run could leave in the interpreter after ``revert()``: checked after every run."""
+    import signal
+    import threading
+
+    import torch
+
+    from axolotl_savefix import _patching
+
+    return {
+        "is_patched": axolotl_savefix.is_applied(),
+        "post_import_finder_in_meta_path": _patching._post_import in sys.meta_path,
+        "sigterm_handler": str(signal.getsignal(signal.SIGTERM)),
+        "sigint_handler": getattr(signal.getsignal(signal.SIGINT), "__qualname__", str(signal.getsignal(signal.SIGINT))),
+        "python_threads": threading.active_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+    }
+
+
+def wall_times(name: str = "reported", repeats: int = REPEATS, torch_threads: int | None = None) -> dict[str, Any]:
+    """Training in one interpreter, stock vs ``apply()``, ABBA after a dropped warm-up pair: phases and facts per run.
+
+    Every run carries tests/e2e/phase_shim.py (a plugin in both modes) with per-callback
+    ``on_step_end`` timing on. ``torch_threads``: ``torch.set_num_threads`` before the runs
+    (None: torch's default here, which ``axolotl train`` does not get: Accelerate's launcher
+    sets ``OMP_NUM_THREADS=1``). After each run: what patching left behind (:func:`_leftovers`).
+    """
+    import torch
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     case = cases.case(name)
-    root = Path(tempfile.mkdtemp(prefix="savefix-bench-"))
-    times: dict[str, list[float]] = {"stock": [], "patched": []}
-    for i in range(REPEATS + 1):  # the first round warms caches (prepared data, imports) and is dropped
-        # alternate which goes first: a run right after another is slower here (ABBA cancels it)
-        for variant in ("stock", "patched") if i % 2 else ("patched", "stock"):
-            if variant == "patched":
+    root = Path(tempfile.mkdtemp(prefix="savefix-bench-inproc-"))
+    os.environ.update(harness.OFFLINE, SAVEFIX_PHASE_CALLBACKS="1")
+    sys.path.insert(0, str(HERE))
+    pairs, facts, leftovers, sequence = [], [], [], []
+    for i in range(repeats + 1):  # the first pair warms caches (prepared data, imports) and is dropped
+        order = ("stock", "patched") if i % 2 else ("patched", "stock")
+        pair, pair_facts = {}, {}
+        for position, mode in enumerate(order):
+            if mode == "patched":
                 axolotl_savefix.apply()
-            config = harness.write_config(case, root / f"{variant}-{i}", plugin=False)
-            start = time.perf_counter()
+            workdir = root / f"{mode}-{i}"
+            config = _phase_config(case, workdir, patched=False)  # patched: apply() above, as a library user
+            os.environ["SAVEFIX_PHASE_FILE"] = str(workdir / "phases.jsonl")
+            t0 = time.time()
             try:
                 harness.run_in_process(config)
             finally:
                 axolotl_savefix.revert()
+            t_exit = time.time()
+            marks = [json.loads(line) for line in (workdir / "phases.jsonl").read_text().splitlines()]
+            phases, run_facts = phases_of(marks, t0, t_exit)
+            run_facts["position_in_pair"] = position
+            pair[mode], pair_facts[mode] = phases, run_facts
+            left = _leftovers()
+            sequence.append({"pair": i, "mode": mode, "per_step": phases["per_step"], "train_loop": phases["train_loop"]})
+            print(
+                f"[bench] in-process pair {i}{' (warm-up)' if not i else ''} {mode}: loop {phases['train_loop']:.2f} s, "
+                f"{phases['per_step'] * 1e3:.1f} ms/step, torch threads {run_facts['torch_threads']}; after revert: {left}",
+                flush=True,
+            )
             if i:
-                times[variant].append(time.perf_counter() - start)
-    stock, patched = statistics.median(times["stock"]), statistics.median(times["patched"])
+                leftovers.append({"mode": mode, **left})
+        if i:
+            pairs.append(pair)
+            facts.append(pair_facts)
+    by_position = []  # each pair as (first run, second run), whatever the modes
+    for pair, pair_facts in zip(pairs, facts, strict=True):
+        first, second = sorted(pair, key=lambda mode: pair_facts[mode]["position_in_pair"])
+        by_position.append({"stock": {"per_step": pair[first]["per_step"]}, "patched": {"per_step": pair[second]["per_step"]}})
+    summary = bench_summary.summarize(pairs, ["train_loop", "per_step", "save", "whole"])
     return {
         "case": name,
-        "repeats": REPEATS,
-        "stock_s": stock,
-        "patched_s": patched,
-        "ratio_patched_over_stock": patched / stock,
-        "all": times,
+        "repeats": repeats,
+        "torch_threads_set": torch_threads,
+        "summary": summary,
+        # the same runs as "first in its pair" (as stock) vs "second" (as patched): an order effect, not a mode
+        "second_over_first_per_step": bench_summary.summarize(by_position, ["per_step"]).get("per_step"),
+        "stock_s": summary["train_loop"]["stock_median"],
+        "patched_s": summary["train_loop"]["patched_median"],
+        "ratio_patched_over_stock": summary["train_loop"]["ratio_median"],
+        "runs": pairs,
+        "facts": facts,
+        "leftovers": leftovers,
+        "sequence": sequence,
     }
 
 
@@ -224,76 +317,181 @@ def checkpoint_costs(name: str = "reported") -> dict:
     }
 
 
-def whole_process(name: str, pairs: int = PAIRS) -> dict:
-    case = cases.case(name)
-    root = Path(tempfile.mkdtemp(prefix="savefix-bench-cli-"))
-    ratios, times = [], {"stock": [], "patched": []}
-    for i in range(pairs + 1):  # pair 0 warms the prepared data set and the OS caches; dropped
+def _phase_config(case: dict, workdir: Path, *, patched: bool) -> Path:
+    config = harness.write_config(case, workdir, plugin=patched)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["plugins"] = ["phase_shim.PhaseShim", *(cfg.get("plugins") or [])]  # in both modes: it cancels
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return config
+
+
+def phases_of(marks: list[dict], t0: float, t_exit: float) -> tuple[dict[str, float | None], dict]:
+    """Seconds per phase from phase_shim's marks (``time.time()``), the parent's start ``t0`` and exit ``t_exit``."""
+    at = {}
+    for m in marks:
+        at.setdefault(m["mark"], m)  # post_train comes twice: the first
+    saves = [m["seconds"] for m in marks if m["mark"] == "save"]
+    begin, end = at["train_begin"], at["train_end"]
+    loop = end["monotonic"] - begin["monotonic"]
+    steps = end["global_step"] - begin["global_step"]
+    config = at.get("config") or at["register"]  # in one interpreter Axolotl's load_datasets hook is not called
+    phases: dict[str, float | None] = {
+        "start_to_config": config["time"] - t0,
+        "config_to_data": at["data"]["monotonic"] - config["monotonic"],
+        "data_to_model": at["model"]["monotonic"] - at["data"]["monotonic"],
+        "model_to_trainer": begin["monotonic"] - at["model"]["monotonic"],
+        "train_loop": loop,
+        "train_runtime": end.get("train_runtime"),
+        "per_step": (loop - sum(saves)) / steps if steps else None,
+        "first_save": saves[0] if saves else None,  # the patched one measures the checkpoint (disk rule)
+        "save": statistics.median(saves) if saves else None,
+        "saves": sum(saves) if saves else None,
+        "train_end_to_exit": t_exit - end["time"],
+        "whole": t_exit - t0,
+    }
+    facts = {k: v for k, v in begin.items() if k not in ("mark", "time", "monotonic")}
+    facts.update(steps=steps, saves=len(saves), save_steps=[m["global_step"] for m in marks if m["mark"] == "save"])
+    if "on_step_end_s" in end:
+        facts["on_step_end_us_per_step"] = {k: v / steps * 1e6 for k, v in end["on_step_end_s"].items()} if steps else {}
+    return phases, facts
+
+
+def phase_run(case: dict, workdir: Path, *, patched: bool, env: dict | None = None) -> tuple[dict, dict]:
+    """One ``axolotl train`` (a real process, Axolotl's default launcher) with phase_shim: its phases and facts."""
+    config = _phase_config(case, workdir, patched=patched)
+    marks_file = workdir / "phases.jsonl"
+    marks_file.unlink(missing_ok=True)
+    path = os.pathsep.join([str(HERE), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    t0 = time.time()
+    run_env = {"PYTHONPATH": path, "SAVEFIX_PHASE_FILE": str(marks_file), "SAVEFIX_PHASE_T0": repr(t0), **(env or {})}
+    code, log = harness.run_cli_raw(config, env=run_env, forked=False)
+    t_exit = time.time()
+    if code != 0:
+        raise AssertionError(f"axolotl train {config} failed ({code}):\n{log[-4000:]}")
+    marks = [json.loads(line) for line in marks_file.read_text().splitlines()]
+    return phases_of(marks, t0, t_exit)
+
+
+def loop_pairs(pairs: int = PAIRS, case: dict = LOOP_CASE) -> dict:
+    """``pairs`` counted stock/patched pairs of the loop case, ABBA-ordered, after one dropped warm-up pair."""
+    root = Path(tempfile.mkdtemp(prefix="savefix-bench-loop-"))
+    counted, facts, order_log = [], [], []
+    for i in range(pairs + 1):  # pair 0 prepares the data set and warms the OS caches; dropped
         order = ("stock", "patched") if i % 2 else ("patched", "stock")
-        took = {}
-        for variant in order:
-            config = harness.write_config(case, root / f"{variant}-{i}", plugin=variant == "patched")
+        pair, pair_facts = {}, {}
+        for mode in order:
             start = time.perf_counter()
-            harness.run_cli(config, forked=False)  # whole processes, as a user runs them
-            took[variant] = time.perf_counter() - start
+            workdir = root / f"{mode}-{i}"
+            pair[mode], pair_facts[mode] = phase_run(case, workdir, patched=mode == "patched")
+            shutil.rmtree(workdir / "out", ignore_errors=True)  # 600-step checkpoints: keep the disk free
+            print(
+                f"[bench] pair {i}{' (warm-up, dropped)' if not i else ''} {mode}: whole {pair[mode]['whole']:.1f} s, "
+                f"loop {pair[mode]['train_loop']:.1f} s ({time.perf_counter() - start:.0f} s wall)",
+                flush=True,
+            )
         if i:
-            ratios.append(took["patched"] / took["stock"])
-            for variant, seconds in took.items():
-                times[variant].append(seconds)
+            counted.append(pair)
+            facts.append(pair_facts)
+            order_log.append(list(order))
+    summary = bench_summary.summarize(counted, PHASES)
     return {
-        "case": name,
+        "case": case,
         "pairs": pairs,
-        "ratio_median": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "stock_median_s": statistics.median(times["stock"]),
-        "patched_median_s": statistics.median(times["patched"]),
-        "ratios": ratios,
-        "all": times,
-        "target_ratio": TARGET_RATIO,
+        "order": order_log,
+        "summary": summary,
+        "runs": counted,
+        "facts": facts,
+        "targets": {"train_loop": LOOP_TARGET, "per_step": LOOP_TARGET, "whole": TARGET_RATIO},
+        "load_average_1min": os.getloadavg()[0],
     }
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["preemption"]:  # just the preemption agreement: seconds, not the whole bench
-        p = preemption_agreement_us()
-        print(json.dumps(p, indent=2))
-        return
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench.json")
-    result = {
-        "preemption": preemption_agreement_us(),
-        "decision": decision_cost_us(),
-        "checkpoint": checkpoint_costs("reported"),
-        "process": whole_process("reported"),
-        "train": wall_times("reported"),
-    }
-    d, t, w, c = result["decision"], result["train"], result["process"], result["checkpoint"]
-    print(f"\n{'measure':<46} {'value':>10}")
-    print(f"{'save decision, axolotl_savefix (us/step)':<46} {d['savefix_us_per_step']:>10.2f}")
-    print(f"{'DefaultFlowCallback, transformers (us/step)':<46} {d['transformers_flow_us_per_step']:>10.2f}")
-    p = result["preemption"]
-    print(f"{'preemption agreement, 1 process (us/step)':<46} {p['single_process_us_per_step']:>10.2f}")
-    print(f"{'preemption agreement, 2-process DDP (us/step)':<46} {p['ddp2_gloo_us_per_step']:>10.2f}")
-    print(f"{'train wall time, stock (s, median of ' + str(REPEATS) + ')':<46} {t['stock_s']:>10.2f}")
-    print(f"{'train wall time, patched (s, median of ' + str(REPEATS) + ')':<46} {t['patched_s']:>10.2f}")
-    print(f"{'ratio patched / stock':<46} {t['ratio_patched_over_stock']:>10.3f}")
-    print(f"{'axolotl train process, stock (s, median)':<46} {w['stock_median_s']:>10.2f}")
-    print(f"{'axolotl train process, patched (s, median)':<46} {w['patched_median_s']:>10.2f}")
-    print(
-        f"{'process ratio patched / stock, median of ' + str(w['pairs']) + ' pairs':<46} {w['ratio_median']:>10.3f}"
-        f"  (min {w['ratio_min']:.3f}, max {w['ratio_max']:.3f}; target <= {TARGET_RATIO})"
-    )
-    print("(patched saves 8 checkpoints and keeps 8; stock saves 8 and keeps 4)")
-    rows = [
-        ("one save, Trainer._save_checkpoint (ms)", c["save_ms_median"], None),
-        ("completeness check at resume (ms/checkpoint)", c["check_ms_median"], c["check_over_save"]),
-        ("rename publish (ms/save)", c["rename_publish_ms_median"], c["rename_publish_over_save"]),
-        ("durable publish, fsync + rename (ms/save)", c["durable_publish_ms_median"], c["durable_publish_over_save"]),
-    ]
-    for label, ms, share in rows:
-        print(f"{label:<46} {ms:>10.3f}" + (f"  ({share:.3f} of a save)" if share is not None else ""))
-    out.write_text(json.dumps(result, indent=2))
-    print(f"written: {out}")
+def print_loop(result: dict) -> None:
+    summary = result["summary"]
+    print(f"\nloop case {result['case']['name']}: {result['pairs']} counted pairs, ABBA, after one warm-up pair")
+    print(bench_summary.table(summary, PHASES))
+    for phase, target in result["targets"].items():
+        if phase in summary:
+            print(f"{PHASES[phase]}: patched/stock {bench_summary.verdict(summary[phase], target)}")
+    first = result["facts"][0] if result["facts"] else {}
+    for mode in ("stock", "patched"):
+        f = first.get(mode, {})
+        if f:
+            print(
+                f"{mode}: {f['steps']} steps, {f['saves']} saves; torch threads {f['torch_threads']} "
+                f"(inter-op {f['torch_interop_threads']}), OMP_NUM_THREADS={f['env'].get('OMP_NUM_THREADS')}"
+            )
+
+
+def print_inprocess(t: dict) -> None:
+    print(f"\nin one interpreter ({t['case']}, {t['repeats']} pairs, torch threads set: {t['torch_threads_set']})")
+    print(bench_summary.table(t["summary"]))
+    order = t["second_over_first_per_step"]
+    if order:
+        print(f"per step, second run of a pair / first, whatever the mode: {bench_summary.verdict(order)}")
+    for mode in ("stock", "patched"):
+        per_cb: dict[str, list[float]] = {}
+        for pair in t["facts"]:
+            for cb, us in pair[mode].get("on_step_end_us_per_step", {}).items():
+                per_cb.setdefault(cb, []).append(us)
+        cbs = ", ".join(f"{cb} {statistics.median(us):.1f}" for cb, us in per_cb.items())
+        f = t["facts"][0][mode] if t["facts"] else {}
+        print(
+            f"{mode}: torch threads {f.get('torch_threads')} (inter-op {f.get('torch_interop_threads')}); "
+            f"on_step_end us/step: {cbs}"
+        )
+
+
+PARTS = ("preemption", "decision", "checkpoint", "loop", "inprocess")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all); a name ending .json: --out")
+    parser.add_argument("--pairs", type=int, default=PAIRS, help="counted pairs of the loop case (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="counted in-process pairs (default %(default)s)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="in-process: torch.set_num_threads first")
+    parser.add_argument("--out", type=Path, default=ROOT / ".nox" / "bench.json")
+    opts = parser.parse_args(argv)
+    parts = []
+    for part in opts.parts:
+        if part.endswith(".json"):
+            opts.out = Path(part)
+        elif part in PARTS:
+            parts.append(part)
+        else:
+            parser.error(f"unknown part {part!r}: choose from {', '.join(PARTS)}")
+    parts = parts or list(PARTS)
+    result: dict[str, Any] = {}
+    if "preemption" in parts:
+        p = result["preemption"] = preemption_agreement_us()
+        print(f"{'preemption agreement, 1 process (us/step)':<46} {p['single_process_us_per_step']:>10.2f}")
+        print(f"{'preemption agreement, 2-process DDP (us/step)':<46} {p['ddp2_gloo_us_per_step']:>10.2f}")
+    if "decision" in parts:
+        d = result["decision"] = decision_cost_us()
+        print(f"{'save decision, axolotl_savefix (us/step)':<46} {d['savefix_us_per_step']:>10.2f}")
+        print(f"{'DefaultFlowCallback, transformers (us/step)':<46} {d['transformers_flow_us_per_step']:>10.2f}")
+    if "checkpoint" in parts:
+        c = result["checkpoint"] = checkpoint_costs("reported")
+        rows = [
+            ("one save, Trainer._save_checkpoint (ms)", c["save_ms_median"], None),
+            ("completeness check at resume (ms/checkpoint)", c["check_ms_median"], c["check_over_save"]),
+            ("rename publish (ms/save)", c["rename_publish_ms_median"], c["rename_publish_over_save"]),
+            ("durable publish, fsync + rename (ms/save)", c["durable_publish_ms_median"], c["durable_publish_over_save"]),
+        ]
+        for label, ms, share in rows:
+            print(f"{label:<46} {ms:>10.3f}" + (f"  ({share:.3f} of a save)" if share is not None else ""))
+    if "inprocess" in parts:
+        t = result["inprocess"] = wall_times("reported", opts.repeats, opts.torch_threads)
+        print_inprocess(t)
+    if "loop" in parts:
+        result["loop"] = loop_pairs(opts.pairs)
+        print_loop(result["loop"])
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(result, indent=2))
+    print(f"written: {opts.out}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,30 @@ def test_patch_rebinds_copies_and_undo_restores_identity(modules):
     assert not _patching.is_patched()
 
 
+def test_undo_also_restores_copies_made_while_patched(modules):
+    # a module first imported during the patched run binds the replacement; a stock run after
+    # undo_all() in the same interpreter must not reach it through that copy
+    src, _, original = modules
+
+    @_patching.wraps(original)
+    def replacement(x):
+        return original(x) + 1
+
+    _patching.patch_item(src, "target", replacement, rebind_copies=True)
+    late = types.ModuleType("sf_late")  # `from sf_fake.src import target`, imported while patched
+    late.target = replacement
+    late_alias = types.ModuleType("sf_fake.late")  # `... import target as alias`, in the target's package
+    late_alias.alias = replacement
+    sys.modules.update({"sf_late": late, "sf_fake.late": late_alias})
+    try:
+        _patching.undo_all()
+        assert src.target is original
+        assert late.target is original and late_alias.alias is original
+    finally:
+        sys.modules.pop("sf_late")
+        sys.modules.pop("sf_fake.late")
+
+
 def test_layered_patches_unwind_to_the_original(modules):
     src, _, original = modules
     first, second = (lambda x: "first"), (lambda x: "second")

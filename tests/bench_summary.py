@@ -1,0 +1,97 @@
+"""The benchmark's arithmetic (pure: no Axolotl, no torch): paired stock/patched timings -> per-phase medians and ratios.
+
+One *pair* is one stock run and one patched run made back to back (tests/e2e/bench.py alternates
+their order, ABBA); each maps a phase name to seconds. Per phase, :func:`summarize` gives the
+median of each mode, the median of the per-pair ratios patched/stock (the number the benchmark
+reports: a pair's two runs saw the same load, so their ratio cancels most of it), and the min–max
+of those ratios (the spread).
+
+The spread decides what a result can claim: a median ratio is stated to 1% ("resolves 1%") only
+when half the min–max spread of its per-pair ratios is at most 0.01, i.e. every pair lies within
+±1% of the middle of the range. A wider spread means the pairs disagree by more than the 1% the
+number would claim, whatever its median.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+RESOLUTION = 0.01  # what the benchmark must resolve: 1% of a phase
+
+
+def summarize(
+    pairs: Sequence[Mapping[str, Mapping[str, float | None]]],
+    phases: Iterable[str] | None = None,
+    resolution: float = RESOLUTION,
+) -> dict[str, dict[str, Any]]:
+    """Per phase: ``stock_median``, ``patched_median`` (seconds), ``ratio_median``, ``ratio_min``,
+    ``ratio_max`` (patched/stock, per pair), ``pairs`` (counted), ``half_spread`` ((max - min) / 2)
+    and ``resolves`` (``half_spread <= resolution``).
+
+    ``pairs``: ``[{"stock": {phase: seconds}, "patched": {phase: seconds}}, ...]``. A pair counts
+    for a phase only when both runs have it, as a number above 0 (a run may lack a phase, e.g. no
+    save). ``phases``: the order of the result (default: as first met). A phase no pair has is left
+    out. Raises ValueError for a pair without both modes.
+    """
+    order: list[str] = list(phases) if phases is not None else []
+    if phases is None:
+        for pair in pairs:
+            for mode in ("stock", "patched"):
+                order.extend(p for p in pair.get(mode, {}) if p not in order)
+    out: dict[str, dict[str, Any]] = {}
+    for phase in order:
+        stock, patched, ratios = [], [], []
+        for n, pair in enumerate(pairs):
+            if "stock" not in pair or "patched" not in pair:
+                raise ValueError(f"pair {n} lacks a mode: it has {sorted(pair)}, needs 'stock' and 'patched'")
+            s, p = pair["stock"].get(phase), pair["patched"].get(phase)
+            if s is None or p is None or s <= 0 or p <= 0:
+                continue
+            stock.append(s)
+            patched.append(p)
+            ratios.append(p / s)
+        if not ratios:
+            continue
+        low, high = min(ratios), max(ratios)
+        half = (high - low) / 2
+        out[phase] = {
+            "stock_median": statistics.median(stock),
+            "patched_median": statistics.median(patched),
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": low,
+            "ratio_max": high,
+            "half_spread": half,
+            "resolves": half <= resolution,
+            "pairs": len(ratios),
+            "ratios": ratios,
+        }
+    return out
+
+
+def verdict(row: Mapping[str, Any], target: float | None = None, resolution: float = RESOLUTION) -> str:
+    """One line on what a phase's row can claim: the median ratio, its spread, and whether it resolves ``resolution``."""
+    text = f"{row['ratio_median']:.3f} (min {row['ratio_min']:.3f}, max {row['ratio_max']:.3f}, {row['pairs']} pairs): " + (
+        f"resolves {resolution:.0%} (±{row['half_spread']:.1%})"
+        if row["resolves"]
+        else f"does not resolve {resolution:.0%}: the pairs spread ±{row['half_spread']:.1%}"
+    )
+    if target is not None:
+        met = row["ratio_median"] <= target
+        text += f"; target <= {target}: {'met' if met and row['resolves'] else 'met by the median only' if met else 'missed'}"
+    return text
+
+
+def table(summary: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str] | None = None) -> str:
+    """A plain-text table of :func:`summarize`'s result (seconds; ratio median, min, max; resolves 1%)."""
+    labels = labels or {}
+    head = f"{'phase':<34} {'stock s':>9} {'patched s':>9} {'ratio':>7} {'min':>7} {'max':>7} {'n':>3}  1%?"
+    lines = [head, "-" * len(head)]
+    for phase, row in summary.items():
+        lines.append(
+            f"{labels.get(phase, phase):<34} {row['stock_median']:>9.3f} {row['patched_median']:>9.3f} "
+            f"{row['ratio_median']:>7.3f} {row['ratio_min']:>7.3f} {row['ratio_max']:>7.3f} {row['pairs']:>3}  "
+            + ("yes" if row["resolves"] else "no")
+        )
+    return "\n".join(lines)
