@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,10 @@ UPSTREAM_CASES = {
     3: "our_package or exact_checkpoints or exact_evals",
     4: "our_package or exact_checkpoints or exact_evals or killed",
 }
+# patches 5 and 6 change nothing these cases see (one process, a roomy disk): they must still hold
+UPSTREAM_CASES.update(dict.fromkeys((5, 6), UPSTREAM_CASES[4]))
+UPSTREAM_CASES[7] = UPSTREAM_CASES[4] + " or preempted"
+UPSTREAM_CASES[8] = UPSTREAM_CASES[7] + " or past_the_end"
 # hooks of Axolotl's .pre-commit-config.yaml that cannot run here, and why
 HOOKS_NOT_RUN = {"no-commit-to-branch": "checks the git branch of a commit; the series is not committed to a branch here"}
 
@@ -119,11 +124,26 @@ def precommit_hooks(session: nox.Session, tree: Path, changed: list[str], python
     return ran
 
 
+def first_checked(posargs: list[str]) -> tuple[int, list[str]]:
+    """``--from N`` at the head of the session's arguments: check patches N and later only (default 1).
+
+    The patches before N are still applied (every patch is checked on top of the previous
+    ones); the arguments after it go to pytest, as before.
+    """
+    if posargs[:1] == ["--from"] and len(posargs) >= 2 and posargs[1].isdigit():
+        return int(posargs[1]), posargs[2:]
+    return 1, posargs
+
+
 def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -> None:
     """The ``upstream`` session: ``axolotl_env(session, version)`` gives the shared Axolotl venv's python.
 
+    ``nox -s upstream -- --from N`` checks patches N and later only (all apply, in order).
     Writes .nox/upstream-series.json (per patch: lines, tests added, hooks, tests passed).
     """
+    start, pytest_args = first_checked(list(session.posargs))
+    if not 1 <= start <= len(series()):
+        session.error(f"--from {start}: the series has patches 1 to {len(series())}")
     sys.path.insert(0, str(ROOT / "tests"))
     from fixture import OFFLINE
 
@@ -164,6 +184,9 @@ def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -
     for n, patch in enumerate(patches, 1):
         with session.chdir(tree):
             session.run("patch", "-p1", "-F0", "--batch", "-s", "-i", str(patch), external=True)
+        if n < start:
+            continue
+        started = time.monotonic()
         session.run(python, "-m", "pip", "install", "--quiet", "--no-deps", str(tree), external=True)
         changed = changed_files(patch)
         hooks = precommit_hooks(session, tree, changed, python)
@@ -190,7 +213,7 @@ def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -
             e2e_passed = e2e_file.read_text().count("\ndef test_")
         session.run(
             python, "-m", "pytest", "-p", "no:anyio", "-p", "no:cacheprovider", "-q",
-            str(ROOT / "tests" / "e2e" / "upstream_cases.py"), "-k", UPSTREAM_CASES[n], *session.posargs,
+            str(ROOT / "tests" / "e2e" / "upstream_cases.py"), "-k", UPSTREAM_CASES[n], *pytest_args,
             env=venv_env(python, {"SAVEFIX_UPSTREAM_PATCHES": str(n)}), external=True,
         )  # fmt: skip
         added, removed = diff_lines(patch)
@@ -207,15 +230,17 @@ def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -
             "regressions": len(regressions),
             "series_e2e_tests_passed": e2e_passed,
             "our_e2e_selection": UPSTREAM_CASES[n],
+            "seconds": round(time.monotonic() - started),
         }
         report.append(entry)
         session.log(
             f"{patch.name}: +{added} -{removed}; hooks {', '.join(hooks)}; Axolotl tests stock "
             f"{entry['axolotl_tests_stock'][1]}/{entry['axolotl_tests_stock'][0]}, patched "
             f"{entry['axolotl_tests_patched'][1]}/{entry['axolotl_tests_patched'][0]}; new {entry['new_tests'][1]}/"
-            f"{entry['new_tests'][0]}; regressions 0"
+            f"{entry['new_tests'][0]}; regressions 0; {entry['seconds']} s"
         )
-    (ROOT / ".nox" / "upstream-series.json").write_text(json.dumps(report, indent=2))
+    name = "upstream-series.json" if start == 1 else f"upstream-series-from-{start}.json"
+    (ROOT / ".nox" / name).write_text(json.dumps(report, indent=2))
     # with the whole series in, our package steps aside
     session.run(
         python, "-c", "import axolotl_savefix; assert axolotl_savefix.apply() is False; print('axolotl_savefix steps aside')",
