@@ -167,3 +167,50 @@ def test_zero_killed_after_a_mid_epoch_checkpoint_the_same_command_resumes(engin
         assert_really_zero(out / f"checkpoint-{step}", stage)
     # the resumed run still walks its share: epoch 1 ends at step L, DeepSpeed's own counter there says L
     assert_steps_per_epoch(observed, lambda s: out / f"checkpoint-{s}", L, case["grad_accum"], stage)
+
+
+WARNING = re.compile(r"\[axolotl_savefix\] WARNING: (checkpoint-\d+ is incomplete.*)")
+
+
+@pytest.mark.parametrize("variant", ["stock", "patched"])
+def test_zero2_killed_inside_a_zero_save_before_latest(variant, e2e_root):
+    """Rank 0 SIGKILLed after writing its ZeRO optimizer shard of the third save, before `latest`; the same command again.
+
+    Patched: that folder lacks `latest` and trainer_state.json, is set aside, and the run resumes from the save before
+    it, ending with the exact schedule. Stock resumes from the cut folder and dies.
+    """
+    patched = variant == "patched"
+    case, config = _config(e2e_root, f"ds-zero2-cut-{variant}", "zero2", plugin=patched, auto_resume_from_checkpoints=True)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["plugins"] = ["kill_shim.KillShim", *cfg["plugins"]]
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    L, M = _shape(case)
+    G, k, epochs = case["grad_accum"], case["saves_per_epoch"], case["num_epochs"]
+    expected = reference.patched_saves(L, G, k, M) if patched else reference.stock_saves(L, G, k, epochs, M)
+    cut = expected[2]
+    out = harness.output_dir(config)
+
+    code, first = _torchrun(config, SAVEFIX_KILL_AT=f"{cut}:zero_shard:0")
+    assert code != 0, first[-4000:]
+    assert f"[kill_shim] SIGKILL after writing checkpoint-{cut}/global_step{cut}/zero_pp_rank_0" in first
+    folder = out / f"checkpoint-{cut}"
+    assert (folder / f"global_step{cut}" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").is_file()
+    assert not (folder / "latest").exists() and not (folder / "trainer_state.json").exists()
+
+    code, second = _torchrun(config)
+    if not patched:
+        assert code != 0
+        assert f"resume from checkpoint at {folder}" in second
+        return
+    assert code == 0, second[-4000:]
+    resumed_from = expected[1]
+    assert f"resume from checkpoint at {out / f'checkpoint-{resumed_from}'}" in second
+    observed = harness.observe(out, second)
+    assert observed.saved == [s for s in expected if s > resumed_from]  # the cut save again, nothing twice
+    assert observed.kept == expected
+    for step in observed.kept:
+        assert_really_zero(out / f"checkpoint-{step}", 2)
+    warnings = WARNING.findall(second)
+    assert len(warnings) == 1 and warnings[0].startswith(f"checkpoint-{cut} is incomplete: it lacks "), warnings
+    assert f"resuming from checkpoint-{resumed_from}" in warnings[0]
+    assert (out / f"incomplete-checkpoint-{cut}" / f"global_step{cut}").is_dir()
