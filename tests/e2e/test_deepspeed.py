@@ -201,6 +201,8 @@ def test_zero2_killed_inside_a_zero_save_before_latest(variant, e2e_root):
     if not patched:
         assert code != 0
         assert f"resume from checkpoint at {folder}" in second
+        error = next(line for line in second.splitlines() if "FileNotFoundError" in line)  # its first error on the folder
+        assert f"checkpoint-{cut}/trainer_state.json" in error
         return
     assert code == 0, second[-4000:]
     resumed_from = expected[1]
