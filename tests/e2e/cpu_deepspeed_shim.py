@@ -12,7 +12,10 @@ but ``backend`` stays ``None``, so the "No backend == no distributed training" b
 ``process_index`` read those: every rank believed it was the only one and the main one,
 accelerate did not shard the data loader (each rank walked the whole data set: 30 steps per
 epoch instead of 15), and DeepSpeed's ``train_batch_size`` (micro x accumulation x its own
-world, 2) disagreed with Transformers' (world 1) for ``"auto"`` values (an assertion).
+world, 2) disagreed with Transformers' (world 1) for ``"auto"`` values. Without bend 1 (the DDP
+device map bend only, Axolotl's zero2.json), both ranks stop at DeepSpeed's engine setup with
+``AssertionError: Check batch related parameters. train_batch_size is not equal to
+micro_batch_per_gpu * gradient_acc_step * world_size 2 != 2 * 1 * 2``.
 (``ACCELERATE_USE_CPU`` cannot help: with ``cpu=True`` accelerate skips DeepSpeed altogether.)
 
 Bends, each needed only where torch sees no CUDA device (on a GPU this plugin changes nothing):
