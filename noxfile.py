@@ -116,7 +116,7 @@ def tests_impl(
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """Unit, patching, Trainer, the in-process CPU e2e matrix (CLI runs: `cli`; kills: `preemption`; FSDP2, DPO: `engines`)."""
-    tests_impl(session, "tests", "-m", "not preemption and not engines and not cli and not disk and not nodes")
+    tests_impl(session, "tests", "-m", "not preemption and not engines and not cli and not disk and not nodes and not deepspeed")
 
 
 @nox.session(venv_backend="none")
@@ -163,6 +163,26 @@ def trainers(session: nox.Session) -> None:
 def nodes(session: nox.Session) -> None:
     """Two nodes on one machine (torchrun --nnodes 2, a mount namespace each): node-local, shared output_dir; full disk, DDP."""
     tests_impl(session, "tests/e2e/test_nodes.py", DDP_DISK)
+
+
+# DeepSpeed and what its sdist wants, pinned; not in the shared venv (that would rebuild it for every
+# session): `nox -s deepspeed` builds .nox/axolotl-0.19.0-deepspeed, the shared venv's pins plus these
+DEEPSPEED = ["deepspeed==0.19.8", "hjson==3.1.0", "py-cpuinfo==9.0.0", "msgpack==1.2.4", "ninja==1.13.2"]
+
+
+@nox.session(venv_backend="none")
+def deepspeed(session: nox.Session) -> None:
+    """DeepSpeed ZeRO-2 and ZeRO-3 (Axolotl's deepspeed_configs/) on 2 CPU processes, stock vs patched, a resume."""
+    python, torch = RELEASES[DEFAULT_AXOLOTL]
+    env = environments.axolotl_env(
+        session, DEFAULT_AXOLOTL, python, torch, TEST_DEPS, variant="deepspeed", built_on_torch=DEEPSPEED
+    )
+    configs = environments.deepspeed_configs(session)
+    if configs is None:
+        session.error("no Axolotl sdist for deepspeed_configs/ (offline?): the DeepSpeed cases need it")
+    run_env = venv_env(str(env), {"SAVEFIX_DEEPSPEED_CONFIGS": str(configs)})
+    test = "tests/e2e/test_deepspeed.py"
+    session.run(str(env), "-m", "pytest", "-p", "no:anyio", test, *session.posargs, env=run_env, external=True)
 
 
 @nox.session(python="3.11")

@@ -83,19 +83,34 @@ def tree_bytes(path: Path, seen: set[tuple[int, int]] | None = None) -> int:
     return total
 
 
-def axolotl_env(session: nox.Session, version: str, python_version: str, torch: list[str], test_deps: list[str]) -> Path:
+def axolotl_env(
+    session: nox.Session,
+    version: str,
+    python_version: str,
+    torch: list[str],
+    test_deps: list[str],
+    *,
+    variant: str = "",
+    built_on_torch: list[str] | None = None,
+) -> Path:
     """The shared venv for ``axolotl==version`` (on ``python_version``, with ``torch`` and ``test_deps``)
     with this package installed; its python.
 
     Built with uv from ci/constraints-axolotl-<version>.txt (every package pinned, so CI
     installs what was tested); rebuilt only when the pins change. Each build appends its
     time and the bytes it added to the uv cache to .nox/env-builds.json.
+
+    ``variant``: a venv of its own, ``.nox/axolotl-<version>-<variant>``, that adds ``built_on_torch``
+    (pinned requirements) after Axolotl, built without build isolation against the venv's torch
+    (DeepSpeed's sdist imports torch in its setup.py); the shared venv stays as it is.
     """
-    venv = ROOT / ".nox" / f"axolotl-{version}"
+    venv = ROOT / ".nox" / (f"axolotl-{version}-{variant}" if variant else f"axolotl-{version}")
     bin_dir = venv / "bin"
     constraints = ROOT / "ci" / f"constraints-axolotl-{version}.txt"
     uv_bin = uv(session)
     stamp_text = json.dumps({"python": python_version, "torch": torch, "test": test_deps, "pins": constraints.read_text()})
+    if built_on_torch:
+        stamp_text += json.dumps({"built_on_torch": built_on_torch})
     stamp = venv / ".savefix-stamp"
     if not (stamp.exists() and stamp.read_text() == stamp_text):
         session.log(f"building the shared Axolotl {version} environment in {venv} with uv (minutes, once)")
@@ -109,6 +124,12 @@ def axolotl_env(session: nox.Session, version: str, python_version: str, torch: 
             uv_bin, "pip", "install", "--quiet", "--python", str(bin_dir / "python"), *find_links(),
             "-c", str(constraints), *torch, f"axolotl=={version}", *test_deps, external=True,
         )  # fmt: skip
+        if built_on_torch:
+            session.run(
+                uv_bin, "pip", "install", "--quiet", "--python", str(bin_dir / "python"), *find_links(),
+                "-c", str(constraints), "--no-build-isolation", *built_on_torch,
+                env={"DS_BUILD_OPS": "0"}, external=True,  # DeepSpeed: no prebuilt C++ op (the CPU one JIT-compiles)
+            )  # fmt: skip
         seconds = time.monotonic() - start
         record = {
             "axolotl": version,
@@ -213,6 +234,7 @@ def deepspeed_configs(session: nox.Session) -> Path | None:
     configs = ROOT / ".nox" / "examples-work" / "axolotl-0.19.0" / "deepspeed_configs"
     if not configs.is_dir():
         try:
+            (ROOT / ".nox" / "examples-work").mkdir(parents=True, exist_ok=True)  # sdist() writes the archive there
             sdist(session, "0.19.0", ROOT / ".nox" / "examples-work")
         except Exception as exc:  # noqa: BLE001 - offline: the DeepSpeed cases then skip, saying why
             session.warn(f"no Axolotl sdist for deepspeed_configs/: {exc}")

@@ -12,6 +12,9 @@ same config trains normally on the next run). POINT is where the save of
 ``rotation``      checkpoint-STEP written whole, then rotation's ``shutil.rmtree`` of the oldest checkpoint
                   cut half way: the first half of its files, in the order ``rmtree`` meets them
                   (``os.scandir``), deleted, then the kill (needs a ``save_total_limit``)
+``zero_shard``    DeepSpeed ZeRO: ``global_stepSTEP/zero_pp_rank_RANK_mp_rank_00_optim_states.pt`` written
+                  whole, then the kill, in rank RANK only; with RANK 0, before it writes ``latest``
+                  (DeepSpeed's ``save_checkpoint`` writes ``latest`` on rank 0 right after its own shard)
 
 "Half written" is what a kill during a write leaves: the file exists, truncated.
 The kill is a real ``SIGKILL`` of the process by itself, after a line
@@ -86,6 +89,19 @@ class KillShim(BasePlugin):
 
             torch.save = save
 
+        elif point == "zero_shard":
+            shard = f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+            original_zero_save = torch.save
+
+            def zero_save(obj, f, *args, **kwargs):
+                result = original_zero_save(obj, f, *args, **kwargs)
+                p = Path(str(f)) if isinstance(f, (str, os.PathLike)) else None
+                if p is not None and p.name == shard and p.parent.name == f"global_step{step}":
+                    if p.parent.parent.name == f"checkpoint-{step}":
+                        _kill(f"after writing checkpoint-{step}/global_step{step}/{shard}, before latest")
+                return result
+
+            torch.save = zero_save
         elif point in ("before_state", "after_state"):
             original_save_to_json = TrainerState.save_to_json
 
