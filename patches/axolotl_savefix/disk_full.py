@@ -226,7 +226,7 @@ def _wrap_final(save: Any) -> Any:
             newest, _, _, _ = _measure(output_dir)
             step = getattr(getattr(trainer, "state", None), "global_step", None)
             weights_in = newest.name if newest is not None and checkpoints.step_of(newest) == step else None
-            final = disk.weight_bytes(newest) if weights_in else None
+            final = disk.weight_bytes(newest) if weights_in and newest is not None else None
             text = disk.final_model_message(output_dir, disk.free_bytes(output_dir), final, weights_in, what)
             log_once("disk-full:final", text, logging.ERROR)
             raise DiskFullError(errno.ENOSPC, text) from error
