@@ -218,10 +218,14 @@ WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensor
                    "adapter_model.safetensors", "adapter_model.bin")  # fmt: skip
 
 
+def weight_files(folder: str | os.PathLike[str]) -> set[Path]:
+    """The weight files directly in ``folder`` (``WEIGHT_PATTERNS``; regular files, no links)."""
+    return {f for pattern in WEIGHT_PATTERNS for f in Path(folder).glob(pattern) if f.is_file() and not f.is_symlink()}
+
+
 def weight_bytes(folder: str | os.PathLike[str]) -> int:
-    """Bytes of the weight files directly in ``folder`` (``WEIGHT_PATTERNS``): what a final model save writes there."""
-    found = {f for pattern in WEIGHT_PATTERNS for f in Path(folder).glob(pattern) if f.is_file() and not f.is_symlink()}
-    return sum(f.stat().st_size for f in found)
+    """Bytes of the weight files directly in ``folder``: what a final model save writes there."""
+    return sum(f.stat().st_size for f in weight_files(folder))
 
 
 def final_model_message(output_dir: str, free: int, final_bytes: int | None, weights_in: str | None, what: str) -> str:

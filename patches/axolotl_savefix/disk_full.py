@@ -102,6 +102,11 @@ def _full(error: BaseException, run_dir: str) -> bool:
         return False
 
 
+def _cause(error: BaseException) -> str:
+    """The OS's words for a full-disk ``error`` (safetensors' and torch's errors carry none)."""
+    return (error.strerror if isinstance(error, OSError) else None) or "No space left on device"
+
+
 def _wrap(save: Any) -> Any:
     @wraps(save)
     def _save_checkpoint(self: Any, model: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
@@ -122,7 +127,7 @@ def _wrap(save: Any) -> Any:
                 estimate = model_checkpoint_bytes(model, str(getattr(self.args.optim, "value", self.args.optim)))
             except Exception:  # noqa: BLE001 - the estimate is a fallback for the message only
                 pass
-            cause = (error.strerror if isinstance(error, OSError) else None) or "No space left on device"
+            cause = _cause(error)
             what = f"the save of {os.path.basename(folder)} failed ({cause}); " + (
                 "the half-written folder was deleted" if removed else "the half-written folder is left to the next resume"
             )
@@ -179,11 +184,11 @@ class DiskFullGuard(TrainerCallback):
         if newest is None or checkpoints.step_of(newest) != state.global_step:
             return control
         final = disk.weight_bytes(newest)  # the weights the final save writes (an FSDP sharded checkpoint: 0, unguarded)
-        free = disk.free_bytes(output_dir) + disk.weight_bytes(output_dir)  # a final model already there is overwritten
-        if not final or free >= final:
+        free = disk.free_bytes(output_dir)
+        if not final or free + disk.weight_bytes(output_dir) >= final:  # a final model already there is overwritten
             return control
         what = f"the final model cannot fit (the run resumed at its last step, {state.global_step}): the run stops now"
-        text = disk.final_model_message(output_dir, disk.free_bytes(output_dir), final, newest.name, what)
+        text = disk.final_model_message(output_dir, free, final, newest.name, what)
         log_once("disk-full:final-begin", text, logging.ERROR)
         raise DiskFullError(errno.ENOSPC, text)
 
@@ -208,7 +213,7 @@ def _wrap_final(save: Any) -> Any:
         except Exception as error:
             if not _full(error, output_dir):
                 raise
-            weights = {f.name for pattern in disk.WEIGHT_PATTERNS for f in Path(output_dir).glob(pattern)}
+            weights = {f.name for f in disk.weight_files(output_dir)}
             after = _top_files(output_dir)  # the weight files this save wrote or rewrote (not the logs, not the config)
             written = sorted(name for name in weights if name in after and before.get(name) != after[name])
             removed = []
@@ -219,7 +224,7 @@ def _wrap_final(save: Any) -> Any:
                         removed.append(name)
                     except OSError:
                         pass
-            cause = (error.strerror if isinstance(error, OSError) else None) or "No space left on device"
+            cause = _cause(error)
             what = f"the final model save into output_dir failed ({cause}); " + (
                 f"the half-written weights were deleted ({', '.join(removed)})" if removed else "no half-written weights were left"
             )
