@@ -327,8 +327,8 @@ def upstream(session: nox.Session) -> None:
        fixture; our e2e cases on the patched Axolotl without axolotl_savefix.
     3. With the whole series installed, our package steps aside.
 
-    ``nox -s upstream -- --from N`` checks patches N and later only (all still apply in order).
-    Writes .nox/upstream-series.json (per patch: lines, tests added, hooks, tests passed, seconds).
+    ``nox -s upstream -- --from N --to M`` checks patches N to M only (all still apply in order;
+    step 3 only when M is the last). Writes .nox/upstream-series.json (per patch: lines, tests added, hooks, tests passed, seconds).
     """
     upstream_check.run(session, axolotl_env)
 

@@ -26,6 +26,7 @@ UPSTREAM_TESTS = [
     "tests/test_normalize_config.py",
     "tests/utils/callbacks",
     "tests/utils/test_train.py",
+    "tests/core/test_quantized_lora_checkpoint_resume.py",
 ]
 # the Axolotl-style e2e test of the series, run on the local fixture (it downloads SmolLM2 otherwise)
 SERIES_E2E = "tests/e2e/test_per_epoch_checkpoints.py"
@@ -124,26 +125,29 @@ def precommit_hooks(session: nox.Session, tree: Path, changed: list[str], python
     return ran
 
 
-def first_checked(posargs: list[str]) -> tuple[int, list[str]]:
-    """``--from N`` at the head of the session's arguments: check patches N and later only (default 1).
+def first_checked(posargs: list[str]) -> tuple[int, int | None, list[str]]:
+    """``--from N`` and ``--to M`` at the head of the session's arguments: check patches N to M only.
 
-    The patches before N are still applied (every patch is checked on top of the previous
-    ones); the arguments after it go to pytest, as before.
+    Defaults: from 1, to the last patch. The patches before N are still applied (every patch is
+    checked on top of the previous ones); the arguments after them go to pytest, as before.
     """
-    if posargs[:1] == ["--from"] and len(posargs) >= 2 and posargs[1].isdigit():
-        return int(posargs[1]), posargs[2:]
-    return 1, posargs
+    bounds: dict[str, int] = {}
+    while posargs[:1] in (["--from"], ["--to"]) and len(posargs) >= 2 and posargs[1].isdigit():
+        bounds[posargs[0]] = int(posargs[1])
+        posargs = posargs[2:]
+    return bounds.get("--from", 1), bounds.get("--to"), posargs
 
 
 def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -> None:
     """The ``upstream`` session: ``axolotl_env(session, version)`` gives the shared Axolotl venv's python.
 
-    ``nox -s upstream -- --from N`` checks patches N and later only (all apply, in order).
+    ``nox -s upstream -- --from N --to M`` checks patches N to M only (all apply, in order).
     Writes .nox/upstream-series.json (per patch: lines, tests added, hooks, tests passed).
     """
-    start, pytest_args = first_checked(list(session.posargs))
-    if not 1 <= start <= len(series()):
-        session.error(f"--from {start}: the series has patches 1 to {len(series())}")
+    start, end, pytest_args = first_checked(list(session.posargs))
+    end = len(series()) if end is None else end
+    if not 1 <= start <= end <= len(series()):
+        session.error(f"--from {start} --to {end}: the series has patches 1 to {len(series())}")
     sys.path.insert(0, str(ROOT / "tests"))
     from fixture import OFFLINE
 
@@ -186,6 +190,8 @@ def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -
             session.run("patch", "-p1", "-F0", "--batch", "-s", "-i", str(patch), external=True)
         if n < start:
             continue
+        if n > end:
+            break
         started = time.monotonic()
         session.run(python, "-m", "pip", "install", "--quiet", "--no-deps", str(tree), external=True)
         changed = changed_files(patch)
@@ -239,8 +245,10 @@ def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -
             f"{entry['axolotl_tests_patched'][1]}/{entry['axolotl_tests_patched'][0]}; new {entry['new_tests'][1]}/"
             f"{entry['new_tests'][0]}; regressions 0; {entry['seconds']} s"
         )
-    name = "upstream-series.json" if start == 1 else f"upstream-series-from-{start}.json"
+    name = "upstream-series.json" if (start, end) == (1, len(patches)) else f"upstream-series-{start}-to-{end}.json"
     (ROOT / ".nox" / name).write_text(json.dumps(report, indent=2))
+    if end < len(patches):
+        return
     # with the whole series in, our package steps aside
     session.run(
         python, "-c", "import axolotl_savefix; assert axolotl_savefix.apply() is False; print('axolotl_savefix steps aside')",
