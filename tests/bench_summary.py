@@ -8,7 +8,7 @@ of those ratios (the spread).
 
 The spread decides what a result can claim: a median ratio is stated to 1% ("resolves 1%") only
 when half the min–max spread of its per-pair ratios is at most 0.01, i.e. every pair lies within
-±1% of the middle of the range. A wider spread means the pairs disagree by more than the 1% the
+±1% of the middle of the range, and there are at least two pairs (one pair has no spread to read). A wider spread means the pairs disagree by more than the 1% the
 number would claim, whatever its median.
 """
 
@@ -28,7 +28,7 @@ def summarize(
 ) -> dict[str, dict[str, Any]]:
     """Per phase: ``stock_median``, ``patched_median`` (seconds), ``ratio_median``, ``ratio_min``,
     ``ratio_max`` (patched/stock, per pair), ``pairs`` (counted), ``half_spread`` ((max - min) / 2)
-    and ``resolves`` (``half_spread <= resolution``).
+    and ``resolves`` (``half_spread <= resolution`` over at least 2 pairs).
 
     ``pairs``: ``[{"stock": {phase: seconds}, "patched": {phase: seconds}}, ...]``. A pair counts
     for a phase only when both runs have it, as a number above 0 (a run may lack a phase, e.g. no
@@ -63,7 +63,7 @@ def summarize(
             "ratio_min": low,
             "ratio_max": high,
             "half_spread": half,
-            "resolves": half <= resolution,
+            "resolves": len(ratios) >= 2 and half <= resolution,
             "pairs": len(ratios),
             "ratios": ratios,
         }
@@ -75,6 +75,8 @@ def verdict(row: Mapping[str, Any], target: float | None = None, resolution: flo
     text = f"{row['ratio_median']:.3f} (min {row['ratio_min']:.3f}, max {row['ratio_max']:.3f}, {row['pairs']} pairs): " + (
         f"resolves {resolution:.0%} (±{row['half_spread']:.1%})"
         if row["resolves"]
+        else f"does not resolve {resolution:.0%}: one pair has no spread to read"
+        if row["pairs"] < 2
         else f"does not resolve {resolution:.0%}: the pairs spread ±{row['half_spread']:.1%}"
     )
     if target is not None:

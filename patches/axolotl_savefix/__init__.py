@@ -22,7 +22,7 @@ import logging
 from typing import Any
 
 from ._log import log_once
-from ._patching import is_patched, undo_all, when_imported
+from ._patching import batch, is_patched, undo_all, when_imported
 from ._targets import PatchTargetError, axolotl_version, outside_proven, upstream_fixed
 from .checks import SaveFixConfigError
 
@@ -102,15 +102,17 @@ def apply(
 
     def apply_builder() -> None:
         try:
-            for module in enabled:
-                module.apply_builder()
+            with batch():  # one scan of Axolotl's globals for all the rebinds
+                for module in enabled:
+                    module.apply_builder()
         except BaseException:
             undo_all()  # all or nothing
             raise
 
     try:
-        for module in enabled:
-            module.apply()
+        with batch():  # one scan of Axolotl's globals for all the rebinds
+            for module in enabled:
+                module.apply()
         # the trainer builder's targets: now if Axolotl imported it already, else when it does
         when_imported(BUILDER_MODULE, apply_builder)
     except BaseException:

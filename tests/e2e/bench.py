@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +64,7 @@ PHASES = {
     "saves": "all saves",
     "train_end_to_exit": "train end -> process exit",
     "whole": "whole process",
+    "whole_cpu": "whole process, CPU s (user+sys)",
 }
 
 
@@ -356,59 +358,137 @@ def phases_of(marks: list[dict], t0: float, t_exit: float) -> tuple[dict[str, fl
     return phases, facts
 
 
-def phase_run(case: dict, workdir: Path, *, patched: bool, env: dict | None = None) -> tuple[dict, dict]:
-    """One ``axolotl train`` (a real process, Axolotl's default launcher) with phase_shim: its phases and facts."""
+def _start_run(case: dict, workdir: Path, *, patched: bool, core: int | None = None, env: dict | None = None) -> dict:
+    """Spawn one ``axolotl train`` (a real process, Axolotl's default launcher) with phase_shim; ``core``: pin its tree there."""
     config = _phase_config(case, workdir, patched=patched)
     marks_file = workdir / "phases.jsonl"
     marks_file.unlink(missing_ok=True)
     path = os.pathsep.join([str(HERE), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    bindir = str(Path(sys.executable).parent)
+    run_env = {
+        **os.environ,
+        **harness.OFFLINE,
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": path,
+        "SAVEFIX_PHASE_FILE": str(marks_file),
+        **(env or {}),
+    }
+    log = (workdir / "train.log").open("w")
+    pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None  # noqa: E731
     t0 = time.time()
-    run_env = {"PYTHONPATH": path, "SAVEFIX_PHASE_FILE": str(marks_file), "SAVEFIX_PHASE_T0": repr(t0), **(env or {})}
-    code, log = harness.run_cli_raw(config, env=run_env, forked=False)
-    t_exit = time.time()
-    if code != 0:
-        raise AssertionError(f"axolotl train {config} failed ({code}):\n{log[-4000:]}")
-    marks = [json.loads(line) for line in marks_file.read_text().splitlines()]
-    return phases_of(marks, t0, t_exit)
+    run_env["SAVEFIX_PHASE_T0"] = repr(t0)
+    proc = subprocess.Popen(
+        [str(Path(bindir) / "axolotl"), "train", str(config)],
+        env=run_env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin, start_new_session=True,
+    )  # fmt: skip
+    log.close()
+    return {"pid": proc.pid, "proc": proc, "t0": t0, "config": config, "marks": marks_file, "log": workdir / "train.log"}
 
 
-def loop_pairs(pairs: int = PAIRS, case: dict = LOOP_CASE) -> dict:
-    """``pairs`` counted stock/patched pairs of the loop case, ABBA-ordered, after one dropped warm-up pair."""
+def _reap(runs: list[dict], timeout: float = 1800.0) -> None:
+    """Wait for every run in ``runs`` (this process's children), each as it exits: its exit time and CPU seconds.
+
+    ``os.wait4`` gives the process's own CPU time plus its waited-for descendants' (Accelerate's
+    launcher waits for the training process), so ``cpu`` is the whole tree's user + system seconds.
+    """
+    import signal as _signal
+    import threading
+
+    by_pid = {run["pid"]: run for run in runs}
+    timers = [threading.Timer(timeout, os.killpg, (pid, _signal.SIGKILL)) for pid in by_pid]
+    for timer in timers:
+        timer.start()
+    try:
+        while any("t_exit" not in run for run in runs):
+            pid, status, usage = os.wait4(-1, 0)
+            run = by_pid.get(pid)
+            if run is None:
+                continue
+            run["t_exit"] = time.time()
+            run["code"] = os.waitstatus_to_exitcode(status)
+            run["cpu"] = usage.ru_utime + usage.ru_stime
+            run["proc"].returncode = run["code"]  # reaped here, not by Popen
+    finally:
+        for timer in timers:
+            timer.cancel()
+
+
+def _phases_of_run(run: dict) -> tuple[dict, dict]:
+    if run["code"] != 0:
+        raise AssertionError(f"axolotl train {run['config']} failed ({run['code']}):\n{run['log'].read_text()[-4000:]}")
+    marks = [json.loads(line) for line in run["marks"].read_text().splitlines()]
+    phases, facts = phases_of(marks, run["t0"], run["t_exit"])
+    phases["whole_cpu"] = run["cpu"]
+    return phases, facts
+
+
+def phase_run(case: dict, workdir: Path, *, patched: bool, env: dict | None = None) -> tuple[dict, dict]:
+    """One ``axolotl train`` with phase_shim, alone: its phases (``whole_cpu`` too) and facts."""
+    run = _start_run(case, workdir, patched=patched, env=env)
+    _reap([run])
+    return _phases_of_run(run)
+
+
+def loop_pairs(pairs: int = PAIRS, case: dict = LOOP_CASE, *, concurrent: bool = False) -> dict:
+    """``pairs`` counted stock/patched pairs of the loop case after one dropped warm-up pair.
+
+    Sequential (default): the two runs of a pair one after the other, ABBA-ordered. ``concurrent``:
+    the two runs of a pair at the same time, each pinned to a core of its own (needs 2 cores), the
+    cores swapped every pair: both runs see the same moment of the machine (its load, its clock,
+    its caches' state), so what a slow minute costs cancels in their ratio; each run has a core to
+    itself, as Accelerate's launcher gives it one torch thread (``OMP_NUM_THREADS=1``).
+    """
+    if concurrent and len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("bench loop --concurrent: needs 2 cores for this process; it has 1")
+    cores = sorted(os.sched_getaffinity(0))[:2]
     root = Path(tempfile.mkdtemp(prefix="savefix-bench-loop-"))
     counted, facts, order_log = [], [], []
     for i in range(pairs + 1):  # pair 0 prepares the data set and warms the OS caches; dropped
         order = ("stock", "patched") if i % 2 else ("patched", "stock")
         pair, pair_facts = {}, {}
+        start = time.perf_counter()
+        if concurrent:
+            runs = {
+                mode: _start_run(case, root / f"{mode}-{i}", patched=mode == "patched", core=cores[n])
+                for n, mode in enumerate(order)
+            }
+            _reap(list(runs.values()))
+            for mode in order:
+                pair[mode], pair_facts[mode] = _phases_of_run(runs[mode])
+        else:
+            for mode in order:
+                pair[mode], pair_facts[mode] = phase_run(case, root / f"{mode}-{i}", patched=mode == "patched")
         for mode in order:
-            start = time.perf_counter()
-            workdir = root / f"{mode}-{i}"
-            pair[mode], pair_facts[mode] = phase_run(case, workdir, patched=mode == "patched")
-            shutil.rmtree(workdir / "out", ignore_errors=True)  # 600-step checkpoints: keep the disk free
-            print(
-                f"[bench] pair {i}{' (warm-up, dropped)' if not i else ''} {mode}: whole {pair[mode]['whole']:.1f} s, "
-                f"loop {pair[mode]['train_loop']:.1f} s ({time.perf_counter() - start:.0f} s wall)",
-                flush=True,
-            )
+            shutil.rmtree(root / f"{mode}-{i}" / "out", ignore_errors=True)  # 600-step checkpoints: keep the disk free
+        print(
+            f"[bench] pair {i}{' (warm-up, dropped)' if not i else ''} "
+            + ", ".join(f"{mode}{f' on core {cores[n]}' if concurrent else ''}: whole {pair[mode]['whole']:.1f} s, "
+                        f"loop {pair[mode]['train_loop']:.1f} s, cpu {pair[mode]['whole_cpu']:.1f} s"
+                        for n, mode in enumerate(order))
+            + f" ({time.perf_counter() - start:.0f} s wall)",
+            flush=True,
+        )  # fmt: skip
         if i:
             counted.append(pair)
             facts.append(pair_facts)
-            order_log.append(list(order))
+            order_log.append([f"{mode}@core{cores[n]}" if concurrent else mode for n, mode in enumerate(order)])
     summary = bench_summary.summarize(counted, PHASES)
     return {
         "case": case,
         "pairs": pairs,
+        "mode": "concurrent, one core each, cores swapped every pair" if concurrent else "sequential, ABBA",
         "order": order_log,
         "summary": summary,
         "runs": counted,
         "facts": facts,
-        "targets": {"train_loop": LOOP_TARGET, "per_step": LOOP_TARGET, "whole": TARGET_RATIO},
+        "targets": {"train_loop": LOOP_TARGET, "per_step": LOOP_TARGET, "whole": TARGET_RATIO, "whole_cpu": TARGET_RATIO},
         "load_average_1min": os.getloadavg()[0],
     }
 
 
 def print_loop(result: dict) -> None:
     summary = result["summary"]
-    print(f"\nloop case {result['case']['name']}: {result['pairs']} counted pairs, ABBA, after one warm-up pair")
+    print(f"\nloop case {result['case']['name']}: {result['pairs']} counted pairs ({result['mode']}), after one warm-up pair")
     print(bench_summary.table(summary, PHASES))
     for phase, target in result["targets"].items():
         if phase in summary:
@@ -452,6 +532,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all); a name ending .json: --out")
     parser.add_argument("--pairs", type=int, default=PAIRS, help="counted pairs of the loop case (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="counted in-process pairs (default %(default)s)")
+    parser.add_argument("--case", default=LOOP_CASE["name"], help="loop: the case (default %(default)s; or a tests/e2e/cases.py name)")
+    parser.add_argument("--concurrent", action="store_true", help="loop: a pair's two runs at once, a core each")
     parser.add_argument("--torch-threads", type=int, default=None, help="in-process: torch.set_num_threads first")
     parser.add_argument("--out", type=Path, default=ROOT / ".nox" / "bench.json")
     opts = parser.parse_args(argv)
@@ -487,7 +569,8 @@ def main(argv: list[str] | None = None) -> None:
         t = result["inprocess"] = wall_times("reported", opts.repeats, opts.torch_threads)
         print_inprocess(t)
     if "loop" in parts:
-        result["loop"] = loop_pairs(opts.pairs)
+        case = LOOP_CASE if opts.case == LOOP_CASE["name"] else cases.case(opts.case)
+        result["loop"] = loop_pairs(opts.pairs, case, concurrent=opts.concurrent)
         print_loop(result["loop"])
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(result, indent=2))

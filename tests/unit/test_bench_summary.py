@@ -66,3 +66,11 @@ def test_table_has_one_row_per_phase():
     text = table(summarize(PAIRS), {"loop": "training loop (s)"})
     assert text.splitlines()[2].startswith("training loop (s)")
     assert text.splitlines()[3].split()[-1] == "no"  # save: the 10% spread
+
+
+def test_one_pair_resolves_nothing():
+    # one pair has a spread of 0 by construction: it cannot say what a second pair would give
+    one = [{"stock": {"whole": 10.0}, "patched": {"whole": 10.05}}]
+    row = summarize(one)["whole"]
+    assert row["half_spread"] == 0 and row["resolves"] is False
+    assert "does not resolve" in verdict(row)

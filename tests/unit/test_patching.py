@@ -1,5 +1,6 @@
 """The registry of originals, on throwaway modules (no Axolotl needed)."""
 
+import contextlib
 import sys
 import types
 
@@ -129,3 +130,56 @@ def test_undo_drops_pending_hooks(tmp_path, monkeypatch):
 
     assert ran == [] and not _patching.is_patched()
     sys.modules.pop("sf_never")
+
+
+def test_a_batch_rebinds_layered_patches_once_to_the_last_and_undo_restores(modules):
+    # apply() patches validate_config four times (layered wrappers) inside one batch: the copies
+    # must end at the outermost wrapper, in one pass at the end, and unwind to the original
+    src, copy, original = modules
+    user = sys.modules["sf_user"]
+
+    def first(x):
+        return original(x) + 1
+
+    def second(x):
+        return first(x) + 1
+
+    first.__module__ = second.__module__ = "sf_fake.src"  # functools.wraps keeps the original's module
+    with _patching.batch():
+        _patching.patch_item(src, "target", first, rebind_copies=True)
+        _patching.patch_item(src, "target", second, rebind_copies=True)
+        assert src.target is second
+        assert copy.target is original  # put off to the end of the batch
+    assert copy.target is second and copy.renamed is second and user.target is second
+    assert src.target(1) == 3
+    _patching.undo_all()
+    assert src.target is original and copy.target is original and copy.renamed is original
+    assert user.target is original
+    assert not _patching.is_patched()
+
+
+def test_a_batch_rebinds_what_one_patch_at_a_time_rebinds(modules):
+    src, copy, original = modules
+    places = [(copy, "target"), (copy, "renamed"), (sys.modules["sf_user"], "target")]
+
+    def rebound(batched: bool) -> set[tuple[str, str]]:
+        replacement = lambda x: x  # noqa: E731
+        with _patching.batch() if batched else contextlib.nullcontext():
+            _patching.patch_item(src, "target", replacement, rebind_copies=True)
+        found = {(m.__name__, k) for m, k in places if getattr(m, k) is replacement}
+        _patching.undo_all()
+        assert all(getattr(m, k) is original for m, k in places)
+        return found
+
+    assert rebound(batched=True) == rebound(batched=False) == {(m.__name__, k) for m, k in places}
+
+
+def test_undo_inside_a_batch_leaves_nothing_to_rebind(modules):
+    # apply() undoes everything when a target moved; the batch's end must not rebind afterwards
+    src, copy, original = modules
+    with pytest.raises(RuntimeError), _patching.batch():
+        _patching.patch_item(src, "target", lambda x: x, rebind_copies=True)
+        _patching.undo_all()
+        raise RuntimeError("a target moved")
+    assert src.target is original and copy.target is original
+    assert not _patching.is_patched()
