@@ -8,7 +8,8 @@ of those ratios (the spread).
 
 The spread decides what a result can claim: a median ratio is stated to 1% ("resolves 1%") only
 when half the min–max spread of its per-pair ratios is at most 0.01, i.e. every pair lies within
-±1% of the middle of the range, and there are at least two pairs (one pair has no spread to read). A wider spread means the pairs disagree by more than the 1% the
+±1% of the middle of the range, and there are at least two pairs (one pair has no spread
+to read). A wider spread means the pairs disagree by more than the 1% the
 number would claim, whatever its median.
 """
 

@@ -78,9 +78,7 @@ def _package(obj: Any) -> str:
     return (getattr(obj, "__module__", None) or "").split(".", 1)[0]
 
 
-def _copies_of_all(
-    wanted: dict[int, tuple[Any, str | None]], *, skip: Any = None
-) -> list[tuple[ModuleType, str, Any]]:
+def _copies_of_all(wanted: dict[int, tuple[Any, str | None]], *, skip: Any = None) -> list[tuple[ModuleType, str, Any]]:
     """:func:`module_copies` for every object of ``wanted`` (``id(obj) -> (obj, name)``) in one pass over ``sys.modules``.
 
     Returns ``(module, key, obj)`` for each module-level global that *is* one of them.

@@ -1,18 +1,19 @@
 """Config keys axolotl-savefix reads (``savefix_disk_margin``, ``save_on_each_node``, ``savefix_resume_anyway``) and their checks.
 
 Not merged into Axolotl's schema through ``get_input_args`` (that costs every run
-a rebuild of the whole schema): the ``save_limit`` patch checks it with
-:func:`disk_margin` before Axolotl validates, and puts it back afterwards
-(Axolotl's schema drops keys it does not know).
+a rebuild of the whole schema): each patch that reads a key wraps ``validate_config``
+with :func:`carrying`, which checks the key before Axolotl validates and puts it back
+afterwards (Axolotl's schema drops keys it does not know).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from ._patching import wraps
 from .checks import SaveFixConfigError
 
 KEY = "savefix_disk_margin"
@@ -100,3 +101,31 @@ def resume_anyway(cfg: Mapping[str, Any]) -> bool | None:
             "does not match the run (past its end, other data or batches, no optimizer state), or remove it."
         )
     return value
+
+
+def carrying(
+    validate: Callable[..., Any],
+    checks: Mapping[str, Callable[[Mapping[str, Any]], Any]],
+    after: Callable[[Any, dict[str, Any]], None] | None = None,
+) -> Callable[..., Any]:
+    """Axolotl's ``validate_config`` with our keys checked before it and put back after it.
+
+    ``checks``: config key -> a check of the raw config that raises :class:`SaveFixConfigError`
+    (naming the key, the value and the fix) and returns the value to carry (``None``: unset,
+    nothing put back). Checked first, so a bad value stops the run before Axolotl's schema,
+    which drops keys it does not know. ``after(validated, carried)`` runs last, on Axolotl's
+    validated config. Returns the wrapper (``functools.wraps`` of ``validate``).
+    """
+
+    @wraps(validate)
+    def validate_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        carried = {key: check(cfg) for key, check in checks.items()}
+        validated = validate(cfg, *args, **kwargs)
+        for key, value in carried.items():
+            if value is not None:
+                validated[key] = value
+        if after is not None:
+            after(validated, carried)
+        return validated
+
+    return validate_config

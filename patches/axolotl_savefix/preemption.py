@@ -55,7 +55,7 @@ from . import checkpoints, plan
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
-from .args import checked
+from .args import carrying, checked
 from .checks import SaveFixConfigError
 
 SIGNAL_KEY = "savefix_preemption_signal"
@@ -123,6 +123,12 @@ def parse_signal(value: Any) -> signal.Signals | None:
             "and have the scheduler send it before the kill (SLURM: --signal=USR1@90)."
         )
     return sig
+
+
+def _signal_setting(cfg: Mapping[str, Any]) -> Any:
+    """``savefix_preemption_signal`` as written, once :func:`parse_signal` accepts it (``None`` when unset)."""
+    parse_signal(cfg.get(SIGNAL_KEY))
+    return cfg.get(SIGNAL_KEY)
 
 
 def grace_seconds(cfg: Mapping[str, Any]) -> float | None:
@@ -397,19 +403,8 @@ def apply() -> None:
 
     module, name, validate = require(*VALIDATE_TARGET)
 
-    @wraps(validate)
-    def validate_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
-        sig, grace = cfg.get(SIGNAL_KEY), cfg.get(GRACE_KEY)
-        parse_signal(sig)  # checked first: Axolotl's schema would drop the keys
-        grace_seconds(cfg)
-        validated = validate(cfg, *args, **kwargs)
-        if sig is not None:
-            validated[SIGNAL_KEY] = sig
-        if grace is not None:
-            validated[GRACE_KEY] = grace
-        return validated
-
-    patch_item(module, name, validate_config, rebind_copies=True)
+    checks = {SIGNAL_KEY: _signal_setting, GRACE_KEY: grace_seconds}  # first: Axolotl's schema would drop them
+    patch_item(module, name, carrying(validate, checks), rebind_copies=True)
 
 
 def rotation_limit(output_dir: str | os.PathLike[str], save_total_limit: int | None) -> int | None:

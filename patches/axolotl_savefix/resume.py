@@ -472,15 +472,10 @@ def apply_run_match() -> None:
     """``validate_config``: carry ``savefix_resume_anyway`` past Axolotl's schema; warn on save_only_model + auto-resume."""
     module, name, validate = require(*VALIDATE_TARGET)
 
-    @wraps(validate)
-    def validate_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
-        anyway = savefix_args.resume_anyway(cfg)  # checked first: Axolotl's schema would drop the key
-        validated = validate(cfg, *args, **kwargs)
-        if anyway is not None:
-            validated[savefix_args.RESUME_ANYWAY_KEY] = anyway
+    def warn_save_only_model(validated: Any, carried: dict[str, Any]) -> None:
         warning = run_match.save_only_model_warning(validated)
-        if warning and not anyway:
+        if warning and not carried[savefix_args.RESUME_ANYWAY_KEY]:
             log_once("save-only-model-resume", warning, logging.WARNING)
-        return validated
 
-    patch_item(module, name, validate_config, rebind_copies=True)
+    checks = {savefix_args.RESUME_ANYWAY_KEY: savefix_args.resume_anyway}  # first: Axolotl's schema would drop it
+    patch_item(module, name, savefix_args.carrying(validate, checks, warn_save_only_model), rebind_copies=True)

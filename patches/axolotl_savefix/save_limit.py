@@ -149,18 +149,9 @@ class PlanCallback(TrainerCallback):
 def apply() -> None:
     module, name, validate = require(*VALIDATE_TARGET)
 
-    @wraps(validate)
-    def validate_config(cfg: Any, *args: Any, **kwargs: Any) -> Any:
-        margin = savefix_args.disk_margin(cfg)  # checked first: Axolotl's schema would drop the key
-        on_each_node = savefix_args.save_on_each_node(cfg)  # the same, for Transformers' save_on_each_node
-        validated = validate(cfg, *args, **kwargs)
-        if margin is not None:
-            validated[savefix_args.KEY] = margin
-        if on_each_node is not None:
-            validated[savefix_args.ON_EACH_NODE] = on_each_node
-        return validated
-
-    patch_item(module, name, validate_config, rebind_copies=True)
+    # the keys are checked first: Axolotl's schema would drop them
+    checks = {savefix_args.KEY: savefix_args.disk_margin, savefix_args.ON_EACH_NODE: savefix_args.save_on_each_node}
+    patch_item(module, name, savefix_args.carrying(validate, checks), rebind_copies=True)
 
 
 def apply_builder() -> None:

@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all); a name ending .json: --out")
     parser.add_argument("--pairs", type=int, default=PAIRS, help="counted pairs of the loop case (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="counted in-process pairs (default %(default)s)")
-    parser.add_argument("--case", default=LOOP_CASE["name"], help="loop: the case (default %(default)s; or a tests/e2e/cases.py name)")
+    parser.add_argument("--case", default=LOOP_CASE["name"], help="loop: the case (default %(default)s, or a cases.py name)")
     parser.add_argument("--concurrent", action="store_true", help="loop: a pair's two runs at once, a core each")
     parser.add_argument("--torch-threads", type=int, default=None, help="in-process: torch.set_num_threads first")
     parser.add_argument("--out", type=Path, default=ROOT / ".nox" / "bench.json")
