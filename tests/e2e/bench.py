@@ -9,7 +9,12 @@ Parts (``nox -s bench -- PART ... [--pairs N] [--out FILE.json]``; none named: a
   built, the training loop (``train_runtime`` and per step, saves excluded), each save, the end
   of the run (the process exit, taken here). Per phase: both medians and the median of the
   per-pair ratios with their min–max (tests/bench_summary.py), and whether that spread resolves 1%.
-  Targets (issue 23): loop <= 1.02, whole process <= 1.01;
+  Targets (issue 23): loop <= 1.02, whole process <= 1.01. ``--concurrent``: a pair's two runs at
+  the same time, a core each (cores swapped every pair), so both see the same minute of the
+  machine; every run also reports its CPU seconds (user + system, the whole process tree);
+* ``accounting``: one stock and one patched run of the loop case under cProfile: the seconds our
+  code itself spent (bench_summary.own_time: not the originals it wraps, not the imports it only
+  moves earlier), against the run's, and the modules a patched run adds;
 * ``inprocess``: training in one interpreter (``apply()`` vs stock, no process start), with the
   facts that explain a difference there (thread counts, callbacks' per-step time);
 * ``decision``: the per-step cost of the save decision;
@@ -486,6 +491,55 @@ def loop_pairs(pairs: int = PAIRS, case: dict = LOOP_CASE, *, concurrent: bool =
     }
 
 
+def accounting(case: dict = LOOP_CASE) -> dict[str, Any]:
+    """One patched ``axolotl train`` of ``case`` under cProfile (one process, 1 torch thread, as the launcher sets):
+    our code's own seconds (:func:`own_time`) against the run's, an upper bound (the profiler's per-call
+    cost inflates small functions, most of ours). Plus a stock run's module count, to check that
+    the imports ``apply()`` triggers are moved, not added."""
+    import cProfile  # noqa: F401 - the child runs it
+    import pstats
+
+    root = Path(tempfile.mkdtemp(prefix="savefix-bench-accounting-"))
+    env = {**os.environ, **harness.OFFLINE, "OMP_NUM_THREADS": "1"}
+    runs: dict[str, Any] = {}
+    for mode in ("stock", "patched"):
+        workdir = root / mode
+        config = _phase_config(case, workdir, patched=mode == "patched")
+        env["SAVEFIX_PHASE_FILE"] = str(workdir / "phases.jsonl")
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+        profile = workdir / "run.prof"
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "axolotl.cli.train", str(config)]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise AssertionError(f"{mode} run failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+        marks = [json.loads(line) for line in (workdir / "phases.jsonl").read_text().splitlines()]
+        end = next(m for m in marks if m["mark"] == "train_end")
+        stats = pstats.Stats(str(profile)).stats  # type: ignore[attr-defined]
+        total = max(v[3] for v in stats.values())  # the outermost frame's cumulative time: the whole profiled run
+        runs[mode] = {"wall": wall, "profiled": total, "modules_at_train_end": end["modules"], **bench_summary.own_time(stats)}
+        shutil.rmtree(workdir / "out", ignore_errors=True)
+    patched = runs["patched"]
+    return {
+        "case": case["name"],
+        **{k: patched[k] for k in ("own", "imports", "profiled", "wall")},
+        "own_share": patched["own"] / patched["profiled"],
+        "modules_added": runs["patched"]["modules_at_train_end"] - runs["stock"]["modules_at_train_end"],
+        "stock_own": runs["stock"]["own"],
+        "by_function": dict(list(patched["by_function"].items())[:15]),
+    }
+
+
+def print_accounting(a: dict) -> None:
+    print(f"\nour own code in one profiled patched run of {a['case']} (an upper bound: cProfile inflates small calls)")
+    print(f"{'our code, own seconds':<46} {a['own']:>10.3f}  ({a['own_share']:.2%} of the profiled run, {a['profiled']:.1f} s)")
+    print(f"{'imports our code triggered (moved, not added)':<46} {a['imports']:>10.3f}")
+    print(f"{'modules at train end, patched - stock':<46} {a['modules_added']:>10d}")
+    for label, seconds in list(a["by_function"].items())[:8]:
+        print(f"  {label:<58} {seconds * 1e3:>9.1f} ms")
+
+
 def print_loop(result: dict) -> None:
     summary = result["summary"]
     print(f"\nloop case {result['case']['name']}: {result['pairs']} counted pairs ({result['mode']}), after one warm-up pair")
@@ -522,7 +576,7 @@ def print_inprocess(t: dict) -> None:
         )
 
 
-PARTS = ("preemption", "decision", "checkpoint", "loop", "inprocess")
+PARTS = ("preemption", "decision", "checkpoint", "accounting", "loop", "inprocess")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -565,6 +619,9 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for label, ms, share in rows:
             print(f"{label:<46} {ms:>10.3f}" + (f"  ({share:.3f} of a save)" if share is not None else ""))
+    if "accounting" in parts:
+        result["accounting"] = accounting()
+        print_accounting(result["accounting"])
     if "inprocess" in parts:
         t = result["inprocess"] = wall_times("reported", opts.repeats, opts.torch_threads)
         print_inprocess(t)

@@ -74,3 +74,29 @@ def test_one_pair_resolves_nothing():
     row = summarize(one)["whole"]
     assert row["half_spread"] == 0 and row["resolves"] is False
     assert "does not resolve" in verdict(row)
+
+
+def test_own_time_counts_our_code_not_the_originals_it_wraps_nor_moved_imports():
+    from bench_summary import own_time
+
+    ours = "/x/axolotl_savefix/"
+    wrapper = (ours + "preemption.py", 1, "execute_training")
+    callback = (ours + "per_epoch.py", 2, "on_step_end")
+    guard = (ours + "disk_full.py", 3, "get_callbacks_with_guard")
+    apply = (ours + "__init__.py", 4, "apply")
+    # pstats rows: (primitive calls, calls, tottime, cumtime, {caller: (pc, nc, tottime, cumtime)})
+    stats = {
+        wrapper: (1, 1, 0.002, 20.0, {}),
+        callback: (600, 600, 0.010, 0.030, {}),
+        guard: (1, 1, 0.001, 0.5, {}),
+        apply: (1, 1, 0.003, 1.7, {}),
+        ("/y/axolotl/train.py", 9, "execute_training"): (1, 1, 19.0, 19.99, {wrapper: (1, 1, 19.0, 19.99)}),
+        ("~", 0, "<built-in method math.isclose>"): (600, 600, 0.02, 0.02, {callback: (600, 600, 0.02, 0.02)}),
+        ("/y/axolotl/core/builders/base.py", 5, "get_callbacks"): (1, 1, 0.4, 0.49, {guard: (1, 1, 0.4, 0.49)}),
+        ("/z/importlib/__init__.py", 6, "import_module"): (1, 1, 0.0, 1.6, {apply: (1, 1, 0.0, 1.6)}),
+    }
+    result = own_time(stats)
+    assert result["own"] == pytest.approx(0.002 + 0.010 + 0.001 + 0.003 + 0.02)
+    assert result["imports"] == pytest.approx(1.6)
+    assert result["by_function"]["per_epoch.py:on_step_end"] == pytest.approx(0.030)
+    assert next(iter(result["by_function"])) == "per_epoch.py:on_step_end"  # the largest first
