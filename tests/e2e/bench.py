@@ -427,25 +427,33 @@ def _phases_of_run(run: dict) -> tuple[dict, dict]:
     return phases, facts
 
 
-def phase_run(case: dict, workdir: Path, *, patched: bool, env: dict | None = None) -> tuple[dict, dict]:
-    """One ``axolotl train`` with phase_shim, alone: its phases (``whole_cpu`` too) and facts."""
-    run = _start_run(case, workdir, patched=patched, env=env)
+def phase_run(case: dict, workdir: Path, *, patched: bool, env: dict | None = None, core: int | None = None) -> tuple[dict, dict]:
+    """One ``axolotl train`` with phase_shim, alone (``core``: pinned there): its phases (``whole_cpu`` too) and facts."""
+    run = _start_run(case, workdir, patched=patched, env=env, core=core)
     _reap([run])
     return _phases_of_run(run)
 
 
-def loop_pairs(pairs: int = PAIRS, case: dict = LOOP_CASE, *, concurrent: bool = False) -> dict:
+def loop_pairs(pairs: int = PAIRS, case: dict = LOOP_CASE, *, concurrent: bool = False, core: int | None = None) -> dict:
     """``pairs`` counted stock/patched pairs of the loop case after one dropped warm-up pair.
 
     Sequential (default): the two runs of a pair one after the other, ABBA-ordered. ``concurrent``:
     the two runs of a pair at the same time, each pinned to a core of its own (needs 2 cores), the
     cores swapped every pair: both runs see the same moment of the machine (its load, its clock,
     its caches' state), so what a slow minute costs cancels in their ratio; each run has a core to
-    itself, as Accelerate's launcher gives it one torch thread (``OMP_NUM_THREADS=1``).
+    itself, as Accelerate's launcher gives it one torch thread (``OMP_NUM_THREADS=1``). ``core``
+    (sequential only): every run pinned to that core, this process to the others: the runs do not
+    share a core with it, and do not move between cores that run at different speeds (measured
+    here: one of the two cores about 11% slower than the other, 2026-11-30).
     """
     if concurrent and len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("bench loop --concurrent: needs 2 cores for this process; it has 1")
     cores = sorted(os.sched_getaffinity(0))[:2]
+    if core is not None and not concurrent:
+        others = os.sched_getaffinity(0) - {core}
+        if core not in os.sched_getaffinity(0) or not others:
+            raise SystemExit(f"bench loop --core {core}: this process may run on {sorted(os.sched_getaffinity(0))}")
+        os.sched_setaffinity(0, others)
     root = Path(tempfile.mkdtemp(prefix="savefix-bench-loop-"))
     counted, facts, order_log = [], [], []
     for i in range(pairs + 1):  # pair 0 prepares the data set and warms the OS caches; dropped
@@ -462,7 +470,7 @@ def loop_pairs(pairs: int = PAIRS, case: dict = LOOP_CASE, *, concurrent: bool =
                 pair[mode], pair_facts[mode] = _phases_of_run(runs[mode])
         else:
             for mode in order:
-                pair[mode], pair_facts[mode] = phase_run(case, root / f"{mode}-{i}", patched=mode == "patched")
+                pair[mode], pair_facts[mode] = phase_run(case, root / f"{mode}-{i}", patched=mode == "patched", core=core)
         for mode in order:
             shutil.rmtree(root / f"{mode}-{i}" / "out", ignore_errors=True)  # 600-step checkpoints: keep the disk free
         print(
@@ -481,7 +489,9 @@ def loop_pairs(pairs: int = PAIRS, case: dict = LOOP_CASE, *, concurrent: bool =
     return {
         "case": case,
         "pairs": pairs,
-        "mode": "concurrent, one core each, cores swapped every pair" if concurrent else "sequential, ABBA",
+        "mode": "concurrent, one core each, cores swapped every pair"
+        if concurrent
+        else "sequential, ABBA" + (f", every run on core {core}" if core is not None else ""),
         "order": order_log,
         "summary": summary,
         "runs": counted,
@@ -587,6 +597,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=PAIRS, help="counted pairs of the loop case (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="counted in-process pairs (default %(default)s)")
     parser.add_argument("--case", default=LOOP_CASE["name"], help="loop: the case (default %(default)s, or a cases.py name)")
+    parser.add_argument("--core", type=int, default=None, help="loop: pin every run to this core (sequential)")
     parser.add_argument("--concurrent", action="store_true", help="loop: a pair's two runs at once, a core each")
     parser.add_argument("--torch-threads", type=int, default=None, help="in-process: torch.set_num_threads first")
     parser.add_argument("--out", type=Path, default=ROOT / ".nox" / "bench.json")
@@ -627,7 +638,7 @@ def main(argv: list[str] | None = None) -> None:
         print_inprocess(t)
     if "loop" in parts:
         case = LOOP_CASE if opts.case == LOOP_CASE["name"] else cases.case(opts.case)
-        result["loop"] = loop_pairs(opts.pairs, case, concurrent=opts.concurrent)
+        result["loop"] = loop_pairs(opts.pairs, case, concurrent=opts.concurrent, core=opts.core)
         print_loop(result["loop"])
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(result, indent=2))
