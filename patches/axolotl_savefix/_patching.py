@@ -107,22 +107,28 @@ def _copies_of_all(wanted: dict[int, tuple[Any, str | None]], *, skip: Any = Non
     return found
 
 
-# rebinds of module-level copies put off to the end of a batch(): id(old) -> (old, name, new)
-_deferred: dict[int, tuple[Any, str, Any]] | None = None
+# rebinds of module-level copies put off to the end of a batch(): id(old) -> (old, name, new, owner)
+_Moves = dict[int, tuple[Any, str, Any, Any]]
+_deferred: _Moves | None = None
 
 
-def _follow(value: Any, moves: dict[int, tuple[Any, str, Any]]) -> Any:
+def _follow(value: Any, moves: _Moves) -> Any:
     """``value`` moved along ``moves`` (old -> new) until it is not moved again (layered patches of one attribute)."""
     while (move := moves.get(id(value))) is not None and move[0] is value:
         value = move[2]
     return value
 
 
-def _rebind(moves: dict[int, tuple[Any, str, Any]], *, record: bool) -> None:
-    """Set every module-level copy of each ``old`` in ``moves`` to where it ends up; ``record``: on the undo stack."""
+def _rebind(moves: _Moves, *, record: bool) -> None:
+    """Set every module-level copy of each ``old`` in ``moves`` to where it ends up; ``record``: on the undo stack.
+
+    The owner of the patched attribute is skipped for its own object, as :func:`module_copies` skips it.
+    """
     if not moves:
         return
-    for module, key, value in _copies_of_all({k: (old, name) for k, (old, name, _) in moves.items()}):
+    for module, key, value in _copies_of_all({k: (old, name) for k, (old, name, _, _) in moves.items()}):
+        if module is moves[id(value)][3]:
+            continue
         if record:
             _stack.append(_Change(module, key, value))
         _set(module, key, _follow(value, moves))
@@ -160,7 +166,7 @@ def patch_item(owner: Any, name: str, replacement: Any, *, rebind_copies: bool =
     targets = [(owner, name)]
     if rebind_copies and current is not _MISSING:
         if _deferred is not None:
-            _deferred[id(current)] = (current, name, replacement)  # at the end of the batch
+            _deferred[id(current)] = (current, name, replacement, owner)  # at the end of the batch
         else:
             targets += module_copies(current, name, skip=owner)
     for target, key in targets:
@@ -242,12 +248,12 @@ def undo_all() -> None:
     """
     if _deferred is not None:
         _deferred.clear()  # undone inside a batch: nothing left to rebind at its end
-    moves: dict[int, tuple[Any, str, Any]] = {}
+    moves: _Moves = {}
     while _stack:
         change = _stack.pop()
         _set(change.owner, change.name, change.previous)
         if change.replacement is not _MISSING and change.previous is not _MISSING:
-            moves[id(change.replacement)] = (change.replacement, change.name, change.previous)
+            moves[id(change.replacement)] = (change.replacement, change.name, change.previous, change.owner)
     _rebind(moves, record=False)  # one pass for all of them
     _originals.clear()
     _post_import.hooks.clear()

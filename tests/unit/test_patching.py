@@ -183,3 +183,16 @@ def test_undo_inside_a_batch_leaves_nothing_to_rebind(modules):
         raise RuntimeError("a target moved")
     assert src.target is original and copy.target is original
     assert not _patching.is_patched()
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_the_owner_module_keeps_its_own_aliases(modules, batched):
+    # module_copies skips the owner: `validate = validate_config` inside axolotl.utils.config
+    # stays Axolotl's own, batched or not
+    src, copy, original = modules
+    src.alias = original
+    with _patching.batch() if batched else contextlib.nullcontext():
+        _patching.patch_item(src, "target", lambda x: x, rebind_copies=True)
+    assert src.alias is original and copy.target is src.target
+    _patching.undo_all()
+    assert src.alias is original and src.target is original and copy.target is original
