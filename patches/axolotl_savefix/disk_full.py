@@ -69,6 +69,14 @@ def _local_main() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0
 
 
+def _newest(output_dir: str) -> tuple[Path | None, int]:
+    """The newest complete checkpoint and its bytes (only that one is walked); ``(None, 0)`` when there is none."""
+    for folder in reversed(checkpoints.checkpoints(output_dir)):
+        if not checkpoints.missing(folder):
+            return folder, disk.dir_bytes(folder)
+    return None, 0
+
+
 def _measure(output_dir: str) -> tuple[Path | None, int, int, int]:
     """The newest complete checkpoint, its bytes, how many complete ones there are and their bytes."""
     complete = [p for p in checkpoints.checkpoints(output_dir) if not checkpoints.missing(p)]
@@ -96,7 +104,7 @@ def _full(error: BaseException, run_dir: str) -> bool:
     if isinstance(error, OSError) and disk.is_disk_full(error):
         return True
     try:
-        _, size, _, _ = _measure(run_dir)
+        _, size = _newest(run_dir)
         return disk.is_disk_full(error, disk.free_bytes(run_dir), size)
     except OSError:
         return False
@@ -147,7 +155,7 @@ class DiskFullGuard(TrainerCallback):
             return self._final_model_fits(output_dir, state, control)  # resumed at its end: the final model is ahead
         if str(getattr(args.save_strategy, "value", args.save_strategy)) == "no":
             return control  # no save ahead
-        newest, size, _, _ = _measure(output_dir)
+        newest, size = _newest(output_dir)
         if newest is None or not size:
             return control
         free = disk.free_bytes(output_dir)
@@ -180,7 +188,7 @@ class DiskFullGuard(TrainerCallback):
     @staticmethod
     def _final_model_fits(output_dir: str, state: Any, control: Any) -> Any:
         """Resumed at the last step: stop before anything when the final model cannot fit (sizes measured)."""
-        newest, _, _, _ = _measure(output_dir)
+        newest, _ = _newest(output_dir)
         if newest is None or checkpoints.step_of(newest) != state.global_step:
             return control
         final = disk.weight_bytes(newest)  # the weights the final save writes (an FSDP sharded checkpoint: 0, unguarded)
@@ -228,7 +236,7 @@ def _wrap_final(save: Any) -> Any:
             what = f"the final model save into output_dir failed ({cause}); " + (
                 f"the half-written weights were deleted ({', '.join(removed)})" if removed else "no half-written weights were left"
             )
-            newest, _, _, _ = _measure(output_dir)
+            newest, _ = _newest(output_dir)
             step = getattr(getattr(trainer, "state", None), "global_step", None)
             weights_in = newest.name if newest is not None and checkpoints.step_of(newest) == step else None
             final = disk.weight_bytes(newest) if weights_in and newest is not None else None
