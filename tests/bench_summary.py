@@ -106,12 +106,12 @@ IMPORT_MACHINERY = {"import_module", "exec_module", "_find_and_load", "_handle_f
 def own_time(stats: dict, package: str = "axolotl_savefix/") -> dict[str, Any]:
     """What our code itself spent in a profiled run (``pstats.Stats(...).stats``), seconds.
 
-    ``self``: the tottime of every function of ``package``. ``called``: what our functions called
-    outside the package, except (a) the original each wrapper wraps (a callee with the wrapper's
-    own name, or ``get_callbacks`` under a ``get_callbacks_with_*``: stock does that work too) and
-    (b) import machinery, counted apart as ``imports``: the modules our ``apply()`` imports are
-    ones a stock run imports too, only earlier (the benchmark checks that with the module counts).
-    ``by_function``: self plus called, per function of ours (the largest first).
+    ``own``: the tottime of every function of ``package``, plus what those functions called outside
+    the package, except (a) the original each wrapper wraps (a callee with the wrapper's own name,
+    or ``get_callbacks`` under a ``get_callbacks_with_*``: stock does that work too) and (b) import
+    machinery, counted apart as ``imports``: the modules our ``apply()`` imports are ones a stock
+    run imports too, only earlier (the benchmark checks that with the module counts).
+    ``by_function``: ``own`` per function of ours (the largest first).
     """
     own: dict[str, float] = {}
     imports = 0.0

@@ -211,7 +211,7 @@ def wall_times(name: str = "reported", repeats: int = REPEATS, torch_threads: in
             finally:
                 axolotl_savefix.revert()
             t_exit = time.time()
-            marks = [json.loads(line) for line in (workdir / "phases.jsonl").read_text().splitlines()]
+            marks = _marks(workdir / "phases.jsonl")
             phases, run_facts = phases_of(marks, t0, t_exit)
             run_facts["position_in_pair"] = position
             pair[mode], pair_facts[mode] = phases, run_facts
@@ -363,27 +363,28 @@ def phases_of(marks: list[dict], t0: float, t_exit: float) -> tuple[dict[str, fl
     return phases, facts
 
 
+def _shim_path() -> str:
+    """PYTHONPATH for a run that loads tests/e2e/phase_shim.py: this folder first, then this process's entries."""
+    return os.pathsep.join([str(HERE), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
+
+
+def _marks(path: Path) -> list[dict]:
+    """phase_shim's marks, one JSON object per line of ``path``."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def _start_run(case: dict, workdir: Path, *, patched: bool, core: int | None = None, env: dict | None = None) -> dict:
     """Spawn one ``axolotl train`` (a real process, Axolotl's default launcher) with phase_shim; ``core``: pin its tree there."""
     config = _phase_config(case, workdir, patched=patched)
     marks_file = workdir / "phases.jsonl"
     marks_file.unlink(missing_ok=True)
-    path = os.pathsep.join([str(HERE), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
-    bindir = str(Path(sys.executable).parent)
-    run_env = {
-        **os.environ,
-        **harness.OFFLINE,
-        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
-        "PYTHONPATH": path,
-        "SAVEFIX_PHASE_FILE": str(marks_file),
-        **(env or {}),
-    }
+    run_env = harness.cli_env({"PYTHONPATH": _shim_path(), "SAVEFIX_PHASE_FILE": str(marks_file), **(env or {})})
     log = (workdir / "train.log").open("w")
     pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None  # noqa: E731
     t0 = time.time()
     run_env["SAVEFIX_PHASE_T0"] = repr(t0)
     proc = subprocess.Popen(
-        [str(Path(bindir) / "axolotl"), "train", str(config)],
+        [str(Path(sys.executable).parent / "axolotl"), "train", str(config)],
         env=run_env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin, start_new_session=True,
     )  # fmt: skip
     log.close()
@@ -421,7 +422,7 @@ def _reap(runs: list[dict], timeout: float = 1800.0) -> None:
 def _phases_of_run(run: dict) -> tuple[dict, dict]:
     if run["code"] != 0:
         raise AssertionError(f"axolotl train {run['config']} failed ({run['code']}):\n{run['log'].read_text()[-4000:]}")
-    marks = [json.loads(line) for line in run["marks"].read_text().splitlines()]
+    marks = _marks(run["marks"])
     phases, facts = phases_of(marks, run["t0"], run["t_exit"])
     phases["whole_cpu"] = run["cpu"]
     return phases, facts
@@ -510,13 +511,12 @@ def accounting(case: dict = LOOP_CASE) -> dict[str, Any]:
     import pstats
 
     root = Path(tempfile.mkdtemp(prefix="savefix-bench-accounting-"))
-    env = {**os.environ, **harness.OFFLINE, "OMP_NUM_THREADS": "1"}
     runs: dict[str, Any] = {}
     for mode in ("stock", "patched"):
         workdir = root / mode
         config = _phase_config(case, workdir, patched=mode == "patched")
-        env["SAVEFIX_PHASE_FILE"] = str(workdir / "phases.jsonl")
-        env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+        marks_file = workdir / "phases.jsonl"
+        env = harness.cli_env({"OMP_NUM_THREADS": "1", "PYTHONPATH": _shim_path(), "SAVEFIX_PHASE_FILE": str(marks_file)})
         profile = workdir / "run.prof"
         cmd = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "axolotl.cli.train", str(config)]
         start = time.perf_counter()
@@ -524,7 +524,7 @@ def accounting(case: dict = LOOP_CASE) -> dict[str, Any]:
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise AssertionError(f"{mode} run failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
-        marks = [json.loads(line) for line in (workdir / "phases.jsonl").read_text().splitlines()]
+        marks = _marks(marks_file)
         end = next(m for m in marks if m["mark"] == "train_end")
         stats = pstats.Stats(str(profile)).stats  # type: ignore[attr-defined]
         total = max(v[3] for v in stats.values())  # the outermost frame's cumulative time: the whole profiled run

@@ -185,6 +185,12 @@ def run_in_process(config_path: Path) -> Observed:
     return observe(Path(cfg.output_dir), "\n".join(log.lines))
 
 
+def cli_env(env: dict | None = None) -> dict:
+    """This process's environment for an ``axolotl`` command: offline, this venv's bin first on PATH, then ``env``."""
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, **OFFLINE, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), **(env or {})}
+
+
 def run_cli_raw(
     config_path: Path,
     *extra: str,
@@ -201,7 +207,7 @@ def run_cli_raw(
     CONFIG``; else the real ``axolotl train`` entry point (or ``launcher``) is spawned.
     """
     bindir = str(Path(sys.executable).parent)
-    base_env = {**os.environ, **OFFLINE, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    base_env = cli_env()
     full_env = {**base_env, **(env or {})}
     if forked is None:
         forked = launcher is None and not extra and os.environ.get("SAVEFIX_HARNESS_FORK", "1") != "0"
