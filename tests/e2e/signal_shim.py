@@ -16,6 +16,7 @@ one rank that gets it (``*`` or absent: every rank); POINT where:
 A process group signal is sent by a separate process (as a scheduler's is: torch's worker handler
 treats a SIGTERM from its own parent as "exit quietly"), and the shim waits until it was sent.
 ``SAVEFIX_EVAL_SLEEP=SECONDS`` makes every eval batch take that much longer (a long evaluation).
+``SAVEFIX_SENT_AT=PATH`` writes the ``time.time()`` of the signal's sending to PATH.
 ``SAVEFIX_STEP_LOG=PATH`` appends ``step N`` at every optimizer step's end and ``eval N`` at every
 evaluation to PATH (what each run of a resumed pair trained and evaluated, whatever it saved).
 
@@ -50,6 +51,8 @@ def spec():
 
 
 def _send(sig: signal.Signals, what: str, group: bool = False) -> None:
+    if os.environ.get("SAVEFIX_SENT_AT"):  # when the signal left, for a test that times the exit
+        Path(os.environ["SAVEFIX_SENT_AT"]).write_text(repr(time.time()))
     print(f"[signal_shim] {sig.name} {what} (rank {os.environ.get('RANK', '0')})", file=sys.stderr, flush=True)
     if group:  # the test starts every run in a session of its own; the sender is not the workers' parent
         code = f"import os; os.killpg({os.getpgrp()}, {int(sig)})"
