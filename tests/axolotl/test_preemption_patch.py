@@ -167,7 +167,7 @@ def test_a_dataloader_worker_ignores_the_notice_signals_once_the_parent_armed_th
             return 1
 
         def __getitem__(self, i):
-            return torch.tensor([signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, signal.getsignal(signal.SIGINT) == signal.SIG_IGN])
+            return torch.tensor([signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGTERM, signal.SIGINT)])
 
     def in_worker():
         loader = torch.utils.data.DataLoader(Dispositions(), num_workers=1, multiprocessing_context="fork")

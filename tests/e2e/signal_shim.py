@@ -80,7 +80,8 @@ class _KillWorkers(TrainerCallback):
 
         if state.global_step == self.step:
             workers = multiprocessing.active_children()
-            print(f"[signal_shim] {self.sig.name} to {len(workers)} DataLoader worker(s) at step {self.step}", file=sys.stderr, flush=True)
+            what = f"{self.sig.name} to {len(workers)} DataLoader worker(s) at step {self.step}"
+            print(f"[signal_shim] {what}", file=sys.stderr, flush=True)
             for child in workers:
                 os.kill(child.pid, self.sig)
         return control
@@ -107,7 +108,7 @@ class _StepLog(TrainerCallback):
 def read_step_log(path) -> tuple[list[int], list[int]]:
     """(steps trained, steps evaluated) from a ``SAVEFIX_STEP_LOG`` file, in order."""
     lines = Path(path).read_text().split() if Path(path).exists() else []
-    pairs = list(zip(lines[::2], (int(n) for n in lines[1::2])))
+    pairs = list(zip(lines[::2], (int(n) for n in lines[1::2]), strict=True))
     return [n for k, n in pairs if k == "step"], [n for k, n in pairs if k == "eval"]
 
 

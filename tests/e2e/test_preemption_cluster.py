@@ -21,7 +21,7 @@ import harness
 import pytest
 from signal_shim import read_step_log
 from test_preemption import assert_complete
-from test_preemption_notice import ENV, MARKER, SIGTERM, _config, check_preempted, check_resumed, losses, random_step, report
+from test_preemption_notice import ENV, MARKER, SIGTERM, _config, check_preempted, check_resumed, random_step, report
 
 pytestmark = [pytest.mark.e2e, pytest.mark.preemption]
 
