@@ -461,6 +461,11 @@ def _exit_preempted(callback: PreemptionCallback, args: Any) -> None:
     took = time.monotonic() - _notice.received_at if _notice.received_at else None
     if args.should_save:  # the main process of the node that writes: every rank's part is written (barrier)
         log_once("preempt-exit", exit_line(signum, callback.stop_step, args.output_dir, took), logging.WARNING)
+    # the save is over on every rank (barrier): a launcher's SIGTERM now (torchrun stops the other ranks once one
+    # exits) must not turn 143 into a signal death during teardown; Python resets its handlers to the default at
+    # finalization, an ignored signal stays ignored. A teardown that hangs is still SIGKILLed by the launcher.
+    for sig in armed():
+        signal.signal(sig, signal.SIG_IGN)
     stop_workers()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -503,8 +508,7 @@ def apply() -> None:
             uninstall()
             raise
         if callback.stop_signal:
-            # the handlers stay: a launcher's SIGTERM to the ranks still tearing down (torchrun stops the
-            # others when one exits) then exits at once with the same status, not as a signal death
+            # the handlers stay until every rank's save is over; then _exit_preempted ignores the notice signals
             _notice.signum = _notice.signum or callback.stop_signal
             _exit_preempted(callback, trainer.args)
         uninstall()
