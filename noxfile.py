@@ -120,7 +120,7 @@ def tests(session: nox.Session) -> None:
         session,
         "tests",
         "-m",
-        "not preemption and not engines and not cli and not disk and not nodes and not deepspeed and not slurm",
+        "not preemption and not engines and not cli and not disk and not nodes and not deepspeed and not signals and not slurm",
     )
 
 
@@ -137,9 +137,16 @@ def preemption(session: nox.Session) -> None:
         session,
         "tests/e2e/test_preemption.py",
         "tests/e2e/test_preemption_notice.py",
+        "tests/e2e/test_preemption_cluster.py",
         "tests/e2e/test_resume_match.py",
         "tests/axolotl/test_preemption_patch.py::test_a_second_signal_or_the_grace_deadline_exits_at_once_with_the_preempted_status",
     )
+
+
+@nox.session(venv_backend="none")
+def signals(session: nox.Session) -> None:
+    """Notices as clusters send them: 2 DataLoader workers, save_strategy steps/epoch/no, a long eval, a worker fault, PID 1, launchers."""
+    tests_impl(session, "tests/e2e/test_signals.py")
 
 
 # the full disk on 2-process DDP (two torchrun runs, about 3 minutes): in `nodes`, the multi-process session

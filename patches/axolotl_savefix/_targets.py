@@ -126,7 +126,12 @@ def require(module_name: str, path: str, params: tuple[str, ...] = ()) -> tuple[
     target = getattr(owner, name, None)
     if not callable(target):
         raise fail("is missing")
-    accepted = inspect.signature(target).parameters
+    try:
+        accepted = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without a text signature (torch's C functions)
+        if params:
+            raise fail("has no signature to check") from None
+        accepted = {}  # type: ignore[assignment]
     missing = [p for p in params if p not in accepted]
     if missing:
         raise fail(f"no longer takes {', '.join(missing)} (signature is {inspect.signature(target)})")

@@ -34,6 +34,7 @@ does later.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
@@ -60,6 +61,15 @@ class NoEvalOnResumeCallback(TrainerCallback):
         self.restore: bool | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> Any:
+        from .preemption import eval_pending
+
+        if state.global_step > 0 and eval_pending(Path(args.output_dir) / f"checkpoint-{state.global_step}"):
+            log_once(
+                f"eval-on-resume:{state.global_step}",
+                f"resumed at global_step {state.global_step}: evaluating it again (a preemption notice cut or "
+                "skipped its evaluation)",
+            )
+            return control
         if state.global_step > 0 and getattr(args, "eval_on_start", False):
             self.restore, args.eval_on_start = args.eval_on_start, False
             log_once(

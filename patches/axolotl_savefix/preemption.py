@@ -28,6 +28,30 @@ signal that arrives during a scheduled save stops the run right after that save.
 ``savefix_preemption_grace`` seconds after the first, exits at once with the same status (a
 checkpoint cut then is set aside at the resume by the completeness rule).
 
+Signals as schedulers send them (issue 30):
+
+* SLURM and Kubernetes signal every process of the job, the DataLoader workers too. torch's workers die
+  of SIGTERM (``_set_worker_signal_handlers`` gives them a handler that re-raises it), and the main
+  process then raises ``DataLoader worker ... is killed by signal``. Target
+  ``torch.utils.data._utils.signal_handling._set_worker_signal_handlers`` (called first in every
+  worker): once this process armed the notice, a worker ignores the notice signals and lives until
+  the main process stops it, as after any epoch. Workers started with ``fork`` (Linux's default) only:
+  a ``spawn``/``forkserver`` worker imports torch afresh. A worker that dies of anything else
+  (SIGKILL, an exception) still fails the run loudly, as in stock. At the preemption exit, workers
+  still alive after 2 s are killed, so the exit never waits on one.
+* A launcher that forwards the notice (srun, torchrun) delivers it twice within milliseconds: the
+  same signal again within :data:`REPEAT_SECONDS` of the first is the same notice. A signal after
+  that (a person's second Ctrl-C) exits at once, as before.
+* The step's evaluation never runs before the notice save: a notice agreed at a step whose eval is
+  due saves first and skips that eval (so ``save_strategy: best`` cannot turn the save off), and a
+  notice that arrives during an evaluation stops it at the next eval batch (every rank agrees at
+  each batch). Either way the checkpoint records :data:`PENDING_EVAL`, and the resumed run evaluates
+  that step again (``eval_on_start``, which the resume otherwise turns off).
+* The exit line says ``saved`` only after the completeness rule found the checkpoint complete;
+  otherwise it names what is missing and the checkpoint the next run resumes from.
+* Transformers' own SIGTERM handler (``enable_jit_checkpoint``) is taken out when the run starts:
+  one handler decides, and ours agrees across ranks and keeps the schedule.
+
 The preemption checkpoint is extra to the schedule: it carries a marker file (:data:`MARKER`, written
 before the save starts), rotation never counts it, and it is removed once a later checkpoint is
 complete (at the next save, or at the end of training). The resumed run saves exactly the scheduled
@@ -61,6 +85,9 @@ from .checks import SaveFixConfigError
 SIGNAL_KEY = "savefix_preemption_signal"
 GRACE_KEY = "savefix_preemption_grace"
 MARKER = "savefix_preemption.json"  # inside a checkpoint-N saved on a preemption notice
+PENDING_EVAL = "savefix_pending_eval.json"  # inside a checkpoint-N whose step's eval the notice cut or skipped
+REPEAT_SECONDS = 3.0  # the same signal again within this is the same notice (srun and torchrun forward it)
+WORKER_TARGET = ("torch.utils.data._utils.signal_handling", "_set_worker_signal_handlers", ())
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 
@@ -170,6 +197,8 @@ def _exit_now(signum: int, why: str) -> None:
 
 def _handler(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal's handler signature
     if _notice.signum:
+        if signum == _notice.signum and time.monotonic() - _notice.received_at < REPEAT_SECONDS:
+            return  # the same notice, forwarded (srun, torchrun, a process group signal)
         _exit_now(signum, f"a second signal ({signal.Signals(signum).name}) during the preemption save")
     _notice.signum = signum
     _notice.received_at = time.monotonic()
@@ -202,6 +231,40 @@ def uninstall() -> None:
 def received() -> int:
     """The signal number this process received (0 for none)."""
     return _notice.signum
+
+
+def armed() -> list[int]:
+    """The signals :func:`install` handles in this process (inherited by a forked DataLoader worker)."""
+    return list(_notice.previous)
+
+
+def quiet_worker() -> None:
+    """In a DataLoader worker: ignore the notice signals, so the worker lives until the main process stops it."""
+    for sig in armed():
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def stop_workers(timeout: float = 2.0) -> int:
+    """Kill the multiprocessing children (DataLoader workers) still alive ``timeout`` seconds from now; how many."""
+    import multiprocessing
+
+    deadline = time.monotonic() + timeout
+    left = 0
+    for child in multiprocessing.active_children():
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            left += 1
+    return left
+
+
+def eval_pending(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``checkpoint-N`` was saved on a notice that cut or skipped the evaluation of step N."""
+    return (Path(folder) / PENDING_EVAL).is_file()
+
+
+class EvalInterrupted(Exception):  # noqa: N818 - not an error: the notice stops the evaluation
+    """Raised at an eval batch once every rank agreed on a notice; the training entry point saves and exits."""
 
 
 # --- the trainer side: agree, save, stop ----------------------------------------------------------
@@ -252,6 +315,8 @@ class PreemptionCallback(TrainerCallback):
         self.scheduled = False  # the stop step was a scheduled save anyway
         self._flag: Any = None  # the one-integer tensor of the agreement
         self._world: int | None = None  # read at the first agreement: the process group is set up by then
+        self.saved_at: int | None = None  # the step of the last save seen (on_save)
+        self.eval_cut = False  # the notice stopped or skipped the stop step's evaluation
 
     def agree(self, args: Any) -> int:
         """The largest signal number any rank received (0: none); one ``all_reduce(MAX)`` where world > 1."""
@@ -288,7 +353,22 @@ class PreemptionCallback(TrainerCallback):
             saved = run_plan.patched.saved or []
             ahead = f"; scheduled saves still ahead: {plan.steps_text([s for s in saved if s > state.global_step])}"
         log_once(f"preempt-resumed:{id(self)}", f"resumed at step {state.global_step} from {folder.name}, {why}{ahead}")
+        if eval_pending(folder) and getattr(args, "eval_strategy", "no") not in ("no", None):
+            args.eval_on_start = True  # Transformers evaluates right after on_train_begin, at the restored step
         return control
+
+    def _mark(self, args: Any, state: Any, signum: int, *, scheduled: bool, eval_cut: bool) -> None:
+        """Write the preemption marker (not for a scheduled save) and the pending eval record, before the save."""
+        if not args.should_save:
+            return
+        folder = Path(args.output_dir) / f"{checkpoints.PREFIX}{state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = signal.Signals(signum).name
+        if not scheduled:
+            record = {"global_step": state.global_step, "signal": name, "scheduled": False}
+            (folder / MARKER).write_text(json.dumps(record))  # before the save: a cut save is still marked
+        if eval_cut:
+            (folder / PENDING_EVAL).write_text(json.dumps({"global_step": state.global_step, "signal": name}))
 
     def _stop(self, signum: int, state: Any, control: Any, *, scheduled: bool) -> None:
         self.stop_signal, self.stop_step, self.scheduled = signum, state.global_step, scheduled
@@ -309,16 +389,30 @@ class PreemptionCallback(TrainerCallback):
         if not signum:
             return control
         scheduled = bool(control.should_save)  # this callback runs last: the schedule has decided
-        if not scheduled and args.should_save:
-            folder = Path(args.output_dir) / f"{checkpoints.PREFIX}{state.global_step}"
-            folder.mkdir(parents=True, exist_ok=True)
-            record = {"global_step": state.global_step, "signal": signal.Signals(signum).name, "scheduled": False}
-            (folder / MARKER).write_text(json.dumps(record))  # before the save: a cut save is still marked
+        # save first: the step's eval (due now) would delay the save by a whole evaluation, and with
+        # save_strategy best Transformers sets should_save from the eval's metric, dropping the notice save
+        self.eval_cut = bool(control.should_evaluate)
+        control.should_evaluate = False
+        self._mark(args, state, signum, scheduled=scheduled, eval_cut=self.eval_cut)
         control.should_save = True
         self._stop(signum, state, control, scheduled=scheduled)
         return control
 
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - TrainerCallback's hook
+        """At each eval batch: a notice stops the evaluation (every rank at the same batch)."""
+        if self.stop_signal or not state.global_step:
+            return control
+        signum = self.agree(args)
+        if not signum:
+            return control
+        scheduled = bool(control.should_save)  # the eval precedes the step's scheduled save
+        self.eval_cut = True
+        self._mark(args, state, signum, scheduled=scheduled, eval_cut=True)
+        self._stop(signum, state, control, scheduled=scheduled)
+        raise EvalInterrupted(f"{signal.Signals(signum).name} during the evaluation of step {state.global_step}")
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - TrainerCallback's hook
+        self.saved_at = state.global_step
         if self.stop_signal:
             return control
         signum = self.agree(args)  # a signal during a scheduled save: stop right after it
@@ -336,20 +430,38 @@ class PreemptionCallback(TrainerCallback):
         return control
 
 
-def _exit_preempted(callback: PreemptionCallback) -> None:
+def exit_line(signum: int, step: int | None, output_dir: str | os.PathLike[str], took: float | None) -> str:
+    """The last line of a preempted run, true to the disk: ``saved`` only for a complete ``checkpoint-<step>``.
+
+    Reads ``output_dir`` with the completeness rule (:func:`checkpoints.missing`); call it once every
+    rank's part of the save is written.
+    """
+    name = signal.Signals(signum).name
+    folder = Path(output_dir) / f"{checkpoints.PREFIX}{step}"
+    since = f" {took:.1f} s after the signal reached this process;" if took is not None else ""
+    status = f"exiting with status {exit_status(signum)} (128 + {signum})"
+    lacks = checkpoints.missing(folder) if folder.is_dir() else [checkpoints.GONE]
+    if not lacks:
+        return (
+            f"preempted by {name} at step {step}: {folder.name} saved (complete);{since} {status}. The same command "
+            "resumes from it (auto_resume_from_checkpoints: true, or resume_from_checkpoint)."
+        )
+    newest = checkpoints.newest_complete(output_dir)
+    back = f"resumes from {newest.name}" if newest is not None else "starts again from step 0 (no complete checkpoint)"
+    return (
+        f"preempted by {name} at step {step}: {folder.name} is NOT complete (lacks {', '.join(lacks)});{since} "
+        f"{status}. The next run sets it aside and {back}."
+    )
+
+
+def _exit_preempted(callback: PreemptionCallback, args: Any) -> None:
     import torch.distributed as dist
 
     signum = callback.stop_signal
     took = time.monotonic() - _notice.received_at if _notice.received_at else None
-    since = f" {took:.1f} s after the signal reached this process;" if took is not None else ""
-    folder = f"{checkpoints.PREFIX}{callback.stop_step}"
-    log_once(
-        "preempt-exit",
-        f"preempted by {signal.Signals(signum).name} at step {callback.stop_step}: {folder} saved;{since} exiting with "
-        f"status {exit_status(signum)} (128 + {signum}). The same command resumes from it "
-        "(auto_resume_from_checkpoints: true, or resume_from_checkpoint).",
-        logging.WARNING,
-    )
+    if args.should_save:  # the main process of the node that writes: every rank's part is written (barrier)
+        log_once("preempt-exit", exit_line(signum, callback.stop_step, args.output_dir, took), logging.WARNING)
+    stop_workers()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     sys.stdout.flush()
@@ -380,10 +492,13 @@ def apply() -> None:
 
     @wraps(execute)
     def execute_training(cfg: Any, trainer: Any, resume_from_checkpoint: Any, *args: Any, **kwargs: Any) -> Any:
+        take_over_jit_checkpoint(trainer)
         callback = PreemptionCallback(cfg, resume_from_checkpoint)
         trainer.add_callback(callback)  # last: it sees what the schedule decided for the step
         try:
             result = execute(cfg, trainer, resume_from_checkpoint, *args, **kwargs)
+        except EvalInterrupted:
+            save_after_eval_interrupted(trainer)  # every rank raised at the same eval batch
         except BaseException:
             uninstall()
             raise
@@ -391,7 +506,7 @@ def apply() -> None:
             # the handlers stay: a launcher's SIGTERM to the ranks still tearing down (torchrun stops the
             # others when one exits) then exits at once with the same status, not as a signal death
             _notice.signum = _notice.signum or callback.stop_signal
-            _exit_preempted(callback)
+            _exit_preempted(callback, trainer.args)
         uninstall()
         if _notice.signum:
             log_once(
@@ -404,10 +519,61 @@ def apply() -> None:
 
     patch_item(module, name, execute_training, rebind_copies=True)
 
+    owner, name, set_worker_handlers = require(*WORKER_TARGET)
+
+    @wraps(set_worker_handlers)
+    def _set_worker_signal_handlers(*args: Any, **kwargs: Any) -> Any:
+        result = set_worker_handlers(*args, **kwargs)  # torch's: SIGBUS, SIGSEGV, SIGFPE, SIGTERM re-raised
+        quiet_worker()  # only where this process armed the notice before forking the worker
+        return result
+
+    patch_item(owner, name, _set_worker_signal_handlers)
+
     module, name, validate = require(*VALIDATE_TARGET)
 
     checks = {SIGNAL_KEY: _signal_setting, GRACE_KEY: grace_seconds}  # first: Axolotl's schema would drop them
     patch_item(module, name, carrying(validate, checks), rebind_copies=True)
+
+
+def save_after_eval_interrupted(trainer: Any) -> None:
+    """The notice save after :class:`EvalInterrupted` unwound ``trainer.train``: Transformers' own save path.
+
+    The step in flight was trained; only its evaluation was cut. Every rank raised at the same eval
+    batch (the agreement), so every rank saves; a barrier then waits for every rank's part.
+    """
+    import torch.distributed as dist
+
+    model = getattr(trainer, "model_wrapped", None) or trainer.model
+    model.train()  # as after an evaluation that ran to its end
+    trainer._save_checkpoint(model, trial=None)
+    trainer.control = trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)
+    if _world() > 1:
+        dist.barrier()
+
+
+def take_over_jit_checkpoint(trainer: Any) -> bool:
+    """Take Transformers' ``enable_jit_checkpoint`` SIGTERM handler and callback out of ``trainer``; whether it was on.
+
+    Both would answer the same SIGTERM: Transformers' saves without the ranks agreeing on a step and
+    without the schedule, and puts its SIGTERM handler back at train end. One handler decides: this
+    package's (installed by the patched ``setup_signal_handler``).
+    """
+    if not getattr(trainer.args, "enable_jit_checkpoint", False):
+        return False
+    for callback in list(trainer.callback_handler.callbacks):
+        if type(callback).__name__ == "JITCheckpointCallback":
+            manager = getattr(callback, "jit_manager", None)
+            trainer.callback_handler.remove_callback(callback)
+            if manager is not None and signal.getsignal(signal.SIGTERM) == getattr(manager, "_sigterm_handler", None):
+                signal.signal(signal.SIGTERM, _handler if _notice.previous else signal.SIG_DFL)
+    trainer.args.enable_jit_checkpoint = False
+    log_once(
+        "preempt-jit",
+        "enable_jit_checkpoint: Transformers' SIGTERM checkpoint is off for this run; the plugin's preemption "
+        "notice saves instead (every rank at the same step, a complete checkpoint, exit 143)",
+        logging.WARNING,
+    )
+    return True
 
 
 def rotation_limit(output_dir: str | os.PathLike[str], save_total_limit: int | None) -> int | None:

@@ -138,3 +138,90 @@ def test_a_second_signal_or_the_grace_deadline_exits_at_once_with_the_preempted_
     )
     assert proc.returncode == 143, proc.stderr  # exit 0 would mean the 30 s sleep ran out
     assert why in proc.stderr and "exiting now with status 143" in proc.stderr
+
+
+def test_the_same_signal_again_within_the_repeat_window_is_the_same_notice_and_later_exits_at_once(monkeypatch):
+    """srun and torchrun forward the notice a scheduler already sent every process: two SIGTERMs in milliseconds."""
+    exits = []
+    monkeypatch.setattr(preemption, "_exit_now", lambda signum, why: exits.append((signum, why)))
+    preemption.install([signal.SIGTERM], None)
+    try:
+        preemption._handler(signal.SIGTERM, None)
+        preemption._handler(signal.SIGTERM, None)  # forwarded: the same notice
+        assert exits == [] and preemption.received() == signal.SIGTERM
+        preemption._handler(signal.SIGINT, None)  # another signal: at once
+        assert [s for s, _ in exits] == [signal.SIGINT]
+        preemption._notice.received_at -= preemption.REPEAT_SECONDS + 0.1
+        preemption._handler(signal.SIGTERM, None)  # the same signal, later: a person's second notice
+        assert [s for s, _ in exits] == [signal.SIGINT, signal.SIGTERM]
+    finally:
+        preemption.uninstall()
+
+
+def test_a_dataloader_worker_ignores_the_notice_signals_once_the_parent_armed_them():
+    """The worker side of the fix, in a real forked DataLoader worker (torch's own worker loop)."""
+    import torch
+
+    class Dispositions(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return torch.tensor([signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGTERM, signal.SIGINT)])
+
+    def in_worker():
+        loader = torch.utils.data.DataLoader(Dispositions(), num_workers=1, multiprocessing_context="fork")
+        return next(iter(loader))[0].tolist()
+
+    axolotl_savefix.apply()
+    try:
+        assert in_worker() == [False, False]  # not armed yet: torch's own worker handlers
+        preemption.install([signal.SIGTERM, signal.SIGINT], None)
+        assert in_worker() == [True, True]
+    finally:
+        preemption.uninstall()
+        axolotl_savefix.revert()
+    assert in_worker() == [False, False]
+
+
+def test_the_exit_line_says_saved_only_for_a_complete_checkpoint(tmp_path):
+    import json
+
+    folder = tmp_path / "checkpoint-20"
+    folder.mkdir()
+    (folder / preemption.MARKER).write_text(json.dumps({"global_step": 20}))  # what a dropped save leaves
+    line = preemption.exit_line(signal.SIGTERM, 20, tmp_path, 1.0)
+    assert "checkpoint-20 is NOT complete (lacks" in line and " saved" not in line
+    assert "starts again from step 0" in line
+    gone = preemption.exit_line(signal.SIGTERM, 25, tmp_path, None)
+    assert "checkpoint-25 is NOT complete" in gone
+
+
+def test_enable_jit_checkpoint_is_taken_over_by_the_preemption_notice(tmp_path):
+    """Transformers' JIT checkpoint (its own SIGTERM handler and callback) on a real Trainer: ours decides."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def forward(self, x=None, labels=None):
+            return {"loss": self.w(x).sum()}
+
+    before = signal.getsignal(signal.SIGTERM)
+    args = TrainingArguments(output_dir=str(tmp_path), enable_jit_checkpoint=True, report_to=[], use_cpu=True)
+    trainer = Trainer(model=Tiny(), args=args)
+    try:
+        names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
+        assert "JITCheckpointCallback" in names and signal.getsignal(signal.SIGTERM) != before
+        preemption.install([signal.SIGTERM], None)  # Axolotl's setup_signal_handler runs after the trainer is built
+        assert preemption.take_over_jit_checkpoint(trainer) is True
+        names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
+        assert "JITCheckpointCallback" not in names and trainer.args.enable_jit_checkpoint is False
+        assert signal.getsignal(signal.SIGTERM) == preemption._handler
+        assert preemption.take_over_jit_checkpoint(trainer) is False  # off now: nothing to do
+    finally:
+        preemption.uninstall()
+        signal.signal(signal.SIGTERM, before)
