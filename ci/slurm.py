@@ -160,6 +160,7 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             f"--seed-file={munge / 'munged.seed'}",
         )  # fmt: skip
         self._wait(lambda: self.socket.exists(), timeout, "munged's socket")
+        self.jobcomp.unlink(missing_ok=True)  # job ids start again at 1
         self._spawn("slurmctld", "-D", "-c", "-f", str(self.conf))  # -c: no state from an earlier run
         self._wait(lambda: self.scontrol("ping", check=False).count("UP") > 0, timeout, "slurmctld to answer")
         self._spawn("slurmd", "-D", "-f", str(self.conf), "-N", self.node)

@@ -171,6 +171,9 @@ class Job:
             restarts = int(fields.get("Restarts", "0"))
             assert restarts <= max_restarts, f"job {self.id}: {restarts} restarts:\n{self.text()[-3000:]}"
             if fields["JobState"] == "PENDING" and fields.get("Restarts", "0") != "0" and fields["Restarts"] not in started:
+                # not in the second of the requeue: slurmd then refuses the new run's credential
+                # ("Job credential revoked": the job ends FAILED), which SLURM's ~2 min hold avoids
+                time.sleep(3)
                 scontrol("update", f"jobid={self.id}", "StartTime=now")
                 started.add(fields["Restarts"])
             time.sleep(0.5)
@@ -233,7 +236,7 @@ def outcome(job: Job, fields: dict[str, str], signalled: int | None = None) -> d
 
 
 def report(case: str, numbers: dict) -> None:
-    print(f"[slurm] {case}: " + ", ".join(f"{k} {v}" for k, v in numbers.items()))
+    print(f"\n[slurm] {case}: " + ", ".join(f"{k} {v}" for k, v in numbers.items()))
 
 
 def check_patched(job: Job, numbers: dict, world: int = 1) -> None:
