@@ -144,7 +144,8 @@ def inventory(output_dir: Path) -> dict[str, Any]:
     """Every ``checkpoint-N`` and set-aside folder of ``output_dir``: step, bytes, complete or what it lacks.
 
     Also which folder a resume takes (the newest complete ``checkpoint-N``) and what the next resume
-    scan would delete or set aside (:func:`checkpoints.cleanup`). Sizes in bytes.
+    scan would delete or set aside (:func:`checkpoints.cleanup`). Sizes in bytes allocated on disk
+    (:func:`disk.dir_bytes`, what the free space is compared with); ``free_bytes``: ``f_bavail``.
     """
     scanned = [(p, checkpoints.missing(p)) for p in checkpoints.checkpoints(output_dir)]
     aside = checkpoints.set_aside_folders(output_dir)
@@ -184,7 +185,7 @@ def render_inventory(report: dict[str, Any]) -> str:
     for f in report["folders"]:
         state = "complete" if f["complete"] else "incomplete: lacks " + "; ".join(f["lacks"])
         mark = "  <- a resume takes this one" if f["resume"] else ""
-        lines.append(f"  {f['name']:<{width}}  step {f['step']:>6}  {f['bytes']:>12} bytes  {state}{mark}")
+        lines.append(f"  {f['name']:<{width}}  step {f['step']:>6}  {f['bytes']:>12} bytes allocated  {state}{mark}")
     lines.append(f"  resume: from {report['resume_from']}" if report["resume_from"] else "  resume: none (no complete checkpoint)")
     nxt = report["next_resume"]
     for d in nxt["delete"]:

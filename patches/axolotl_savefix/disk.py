@@ -6,16 +6,26 @@ the free space of ``output_dir``'s file system with a margin; otherwise it keeps
 what fits, never fewer than :data:`MIN_KEPT` (the newest one for a resume and
 one more, so a checkpoint being written never leaves zero good ones).
 
-The seams: :func:`free_bytes` (``os.statvfs``) and :func:`dir_bytes` (what a
-checkpoint folder really holds). Tests replace :func:`free_bytes` only.
+Sizes are counted as the file system counts them: a folder's size is what its
+files and folders have *allocated* (whole blocks: ``st_blocks`` × 512, or each
+file's size rounded up to the block size where ``st_blocks`` is not reported),
+not their apparent bytes; a 310 KB checkpoint of 12 files allocates about 9.5%
+more on a 4 KiB-block file system, and free space is counted in the same blocks.
+
+The seams: :func:`free_bytes` (``os.statvfs``'s ``f_bavail``: what an
+unprivileged writer may use, so ext4's reserved blocks are not counted) and
+:func:`dir_bytes` (what a checkpoint folder has allocated). Tests replace
+:func:`free_bytes` only.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 MIN_KEPT = 2
+DEFAULT_BLOCK = 4096  # bytes: ext4's, XFS's and tmpfs's (a page) block, where the file system does not say
 DEFAULT_MARGIN = 0.1  # keep 10% of the free space free
 
 # bytes per parameter of the optimizer state Transformers saves, by optimizer family
@@ -31,15 +41,79 @@ def free_bytes(path: str | os.PathLike[str]) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
+def block_bytes(path: str | os.PathLike[str]) -> int:
+    """The allocation unit of the file system that holds ``path`` (or its nearest parent): ``f_frsize``, bytes."""
+    target = Path(path).absolute()
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    stats = os.statvfs(target)
+    return stats.f_frsize or stats.f_bsize or DEFAULT_BLOCK
+
+
+def allocated(size: int, blocks: int | None, block: int = DEFAULT_BLOCK) -> int:
+    """Bytes a file of ``size`` apparent bytes takes on disk.
+
+    ``blocks``: its ``st_blocks`` (512-byte units, POSIX), None where the platform does not report it;
+    ``block``: the file system's block size (bytes). ``st_blocks × 512`` when reported; otherwise, and
+    for a non-empty file that reports 0 blocks (data kept inline, or a file system that does not
+    count), ``size`` rounded up to whole blocks, which is what writing it again allocates.
+    """
+    if blocks is not None and (blocks > 0 or size == 0):
+        return blocks * 512
+    block = block if block > 0 else DEFAULT_BLOCK
+    return -(-size // block) * block
+
+
+def _allocated_stat(result: os.stat_result, block: int) -> int:
+    """A regular file by :func:`allocated`; a folder or a link by its own blocks only (tmpfs reports 0 for a folder)."""
+    blocks = getattr(result, "st_blocks", None)
+    if stat.S_ISREG(result.st_mode):
+        return allocated(result.st_size, blocks, block)
+    return (blocks or 0) * 512
+
+
 def dir_bytes(path: str | os.PathLike[str]) -> int:
-    """Bytes of the regular files under ``path``."""
+    """Bytes ``path`` has allocated on its file system, as ``du -s --block-size=1`` counts them.
+
+    Every entry under ``path`` and ``path`` itself (files, folders, a symbolic link's own blocks:
+    links are not followed), files by :func:`allocated`; 0 when ``path`` is not a folder. What writing
+    the same folder again would take from the free space.
+    """
+    if not os.path.isdir(path):
+        return 0
+    block = block_bytes(path)
+    total = _allocated_stat(os.stat(path), block)
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            total += _allocated_stat(os.lstat(os.path.join(root, name)), block)
+    return total
+
+
+def apparent_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of the regular files under ``path`` as ``ls -l`` (``du -sb``) counts them; for messages only."""
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
-            file = os.path.join(root, name)
-            if not os.path.islink(file):
-                total += os.path.getsize(file)
+            entry = os.lstat(os.path.join(root, name))
+            if stat.S_ISREG(entry.st_mode):
+                total += entry.st_size
     return total
+
+
+# What the next save may take beyond the newest checkpoint's allocated size, in blocks of the file
+# system: its trainer_state.json is longer (one log entry a step, about 200 bytes), and Axolotl's
+# debug.log in output_dir grows between saves. 16 blocks: 64 KiB on a 4 KiB-block file system.
+NEXT_SAVE_SLACK_BLOCKS = 16
+
+
+def next_save_bytes(checkpoint_bytes: int, block: int = DEFAULT_BLOCK) -> int:
+    """The free bytes the next save needs: one checkpoint's allocated bytes plus :data:`NEXT_SAVE_SLACK_BLOCKS`."""
+    return checkpoint_bytes + NEXT_SAVE_SLACK_BLOCKS * (block if block > 0 else DEFAULT_BLOCK)
+
+
+def next_save_fits(free: int, checkpoint_bytes: int, block: int = DEFAULT_BLOCK) -> bool:
+    """Whether ``free`` bytes (``f_bavail`` × ``f_frsize``) hold the next save (:func:`next_save_bytes`)."""
+    return free >= next_save_bytes(checkpoint_bytes, block)
 
 
 def optimizer_bytes_per_param(optimizer: str | None) -> int:
@@ -172,9 +246,12 @@ def is_disk_full(error: BaseException, free: int | None = None, checkpoint_bytes
     return torch_write and free is not None and bool(checkpoint_bytes) and free < (checkpoint_bytes or 0)
 
 
-def fit_count(free: int, checkpoint_bytes: int, kept_bytes: int = 0) -> int:
-    """How many checkpoints of ``checkpoint_bytes`` fit in ``free`` bytes plus the ``kept_bytes`` checkpoints use."""
-    return (free + kept_bytes) // checkpoint_bytes if checkpoint_bytes > 0 else 0
+def fit_count(free: int, checkpoint_bytes: int, kept_bytes: int = 0, slack: int = 0) -> int:
+    """How many checkpoints of ``checkpoint_bytes`` fit in ``free`` bytes plus the ``kept_bytes`` checkpoints use.
+
+    ``slack``: bytes the next save needs beyond one checkpoint (:func:`next_save_bytes`), left out of ``free``.
+    """
+    return max(0, free - slack + kept_bytes) // checkpoint_bytes if checkpoint_bytes > 0 else 0
 
 
 def full_message(
@@ -186,20 +263,25 @@ def full_message(
     kept_bytes: int,
     limit: int | None,
     what: str,
+    block: int = DEFAULT_BLOCK,
 ) -> str:
     """The one line a run stops with when ``output_dir`` cannot hold its next checkpoint.
 
-    ``free``: free bytes now; ``checkpoint_bytes``: one checkpoint (``size_source`` says how it was
-    known); ``kept``/``kept_bytes``: the complete checkpoints there and their bytes; ``limit``:
-    the run's ``save_total_limit`` (None or <= 0: keeps all); ``what``: what failed, or will.
+    ``free``: free bytes now (``f_bavail``); ``checkpoint_bytes``: one checkpoint's allocated bytes
+    (``size_source`` says how it was known); ``kept``/``kept_bytes``: the complete checkpoints there
+    and their allocated bytes; ``limit``: the run's ``save_total_limit`` (None or <= 0: keeps all);
+    ``what``: what failed, or will; ``block``: the file system's block size (bytes), for the slack
+    the next save needs (:func:`next_save_bytes`).
     """
     limit_text = "keep all" if not limit or limit <= 0 else str(limit)
     head = f"disk full: {what}. output_dir {output_dir} has {free} bytes free ({human(free)})"
     if not checkpoint_bytes:
         return head + "; free space there, or set output_dir on a larger disk, and run the same command again."
-    fit = fit_count(free, checkpoint_bytes, kept_bytes)
+    need = next_save_bytes(checkpoint_bytes, block)
+    fit = fit_count(free, checkpoint_bytes, kept_bytes, need - checkpoint_bytes)
     head += (
-        f"; one checkpoint is {checkpoint_bytes} bytes ({human(checkpoint_bytes)}, {size_source}); "
+        f"; one checkpoint is {checkpoint_bytes} bytes allocated on disk ({human(checkpoint_bytes)}, {size_source}), "
+        f"the next save needs {need} bytes free with its slack; "
         f"{kept} kept use {kept_bytes} bytes; {fit} checkpoint{'s fit' if fit != 1 else ' fits'} in all"
     )
     best = fit - 1  # Transformers writes a checkpoint before it deletes the oldest
@@ -224,8 +306,10 @@ def weight_files(folder: str | os.PathLike[str]) -> set[Path]:
 
 
 def weight_bytes(folder: str | os.PathLike[str]) -> int:
-    """Bytes of the weight files directly in ``folder``: what a final model save writes there."""
-    return sum(f.stat().st_size for f in weight_files(folder))
+    """Bytes the weight files directly in ``folder`` have allocated (:func:`allocated`): what a final model save writes there."""
+    files = weight_files(folder)
+    block = block_bytes(folder) if files else DEFAULT_BLOCK
+    return sum(_allocated_stat(f.stat(), block) for f in files)
 
 
 def final_model_message(output_dir: str, free: int, final_bytes: int | None, weights_in: str | None, what: str) -> str:

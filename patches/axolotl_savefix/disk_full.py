@@ -85,10 +85,11 @@ def _measure(output_dir: str) -> tuple[Path | None, int, int, int]:
 
 
 def message(output_dir: str, what: str, limit: int | None, estimate: int | None = None) -> str:
-    """The stop line for ``output_dir`` now (its free space and complete checkpoints, measured)."""
+    """The stop line for ``output_dir`` now (its free space and complete checkpoints, measured: allocated bytes)."""
     newest, size, kept, kept_bytes = _measure(output_dir)
-    source = f"measured: {newest.name}" if newest else "estimated from the model"
-    return disk.full_message(output_dir, disk.free_bytes(output_dir), size or estimate, source, kept, kept_bytes, limit, what)
+    source = f"measured: {newest.name}, {disk.apparent_bytes(newest)} bytes apparent" if newest else "estimated from the model"
+    free, block = disk.free_bytes(output_dir), disk.block_bytes(output_dir)
+    return disk.full_message(output_dir, free, size or estimate, source, kept, kept_bytes, limit, what, block)
 
 
 def _remove(folder: str) -> bool:
@@ -158,20 +159,21 @@ class DiskFullGuard(TrainerCallback):
         newest, size = _newest(output_dir)
         if newest is None or not size:
             return control
-        free = disk.free_bytes(output_dir)
-        if free >= size:
+        free, block = disk.free_bytes(output_dir), disk.block_bytes(output_dir)
+        if disk.next_save_fits(free, size, block):  # allocated bytes, f_bavail, and the next save's slack
             return control
         limit = args.save_total_limit
         rotatable = _rotatable(output_dir, limit, state.best_model_checkpoint)
         freed = sum(disk.dir_bytes(p) for p in rotatable)
-        if rotatable and free + freed >= size:
+        if rotatable and disk.next_save_fits(free + freed, size, block):
             from transformers.trainer_utils import rotate_checkpoints
 
             if _local_main():
                 rotate_checkpoints(output_dir, limit, state.best_model_checkpoint)
             log_once(
                 "disk-rotate-early",
-                f"output_dir has {free} bytes free, less than one checkpoint ({size} bytes, {newest.name}): deleted "
+                f"output_dir has {free} bytes free, less than the next save needs ({disk.next_save_bytes(size, block)} bytes: "
+                f"{newest.name} has {size} bytes allocated, and slack): deleted "
                 f"{', '.join(p.name for p in rotatable)} now, as rotation (save_total_limit: {limit}) would right after "
                 "the next save, which needs their room",
                 logging.WARNING,

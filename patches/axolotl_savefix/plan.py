@@ -110,9 +110,10 @@ class Plan:
         if best >= 1:
             fix = f"set save_total_limit: {best}, {fix}"
         fails_at = (free // cb) + 1
+        how = "measured: allocated" if self.checkpoint_measured else "estimated"
         return (
             f"disk: save_total_limit {limit} needs {self.disk_need_bytes} bytes ({disk.human(self.disk_need_bytes)}) in "
-            f"output_dir: {at_peak} checkpoints of {cb} bytes ({'measured' if self.checkpoint_measured else 'estimated'}) "
+            f"output_dir: {at_peak} checkpoints of {cb} bytes ({how}) "
             f"at the peak, the final model {final} bytes at the end; output_dir has {free} bytes "
             f"({disk.human(free)}) for them: the run will stop with a full disk at about save {fails_at} of {n}. "
             f"Fix: {fix}."
@@ -302,7 +303,7 @@ def render(plan: Plan, source: str = "") -> str:
     if plan.stock.evals or plan.patched.evals:
         lines.append(f"  evals   stock {steps_text(plan.stock.evals)}; patched {steps_text(plan.patched.evals)}")
     if plan.checkpoint_bytes:
-        how = "measured" if plan.checkpoint_measured else "estimated"
+        how = "measured: allocated on disk" if plan.checkpoint_measured else "estimated"
         kept = plan.patched.kept or []
         disk_line = (
             f"  disk: one checkpoint {disk.human(plan.checkpoint_bytes)} ({how}); patched keeps {len(kept)}: "

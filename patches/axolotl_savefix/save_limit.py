@@ -127,7 +127,7 @@ class PlanCallback(TrainerCallback):
         size = disk.dir_bytes(folder)
         if not size:  # not visible from this process (another node's local disk)
             return control
-        log_once(f"measured:{id(self)}", f"measured {folder.name}: {size} bytes ({disk.human(size)}) for the disk rule")
+        log_once(f"measured:{id(self)}", f"measured {folder.name}: {size} bytes allocated ({disk.human(size)}) for the disk rule")
         run_plan = self._plan(args, size, measured=True)
         args.save_total_limit = run_plan.patched.limit
         saves = len(run_plan.patched.saved or [])
@@ -138,7 +138,7 @@ class PlanCallback(TrainerCallback):
             log_once(
                 f"disk:{id(self)}",
                 f"save_total_limit unset: the {saves} scheduled checkpoints need {disk.human(size * saves)} "
-                f"({disk.human(size)} each, measured) but output_dir has {disk.human(run_plan.free_bytes or 0)} "
+                f"({disk.human(size)} each, measured: allocated) but output_dir has {disk.human(run_plan.free_bytes or 0)} "
                 f"for checkpoints (margin {run_plan.margin:.0%}): keeping the newest {args.save_total_limit}. "
                 "Set save_total_limit to choose, free space, or lower savefix_disk_margin." + floor_note,
                 logging.WARNING,

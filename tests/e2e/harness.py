@@ -226,6 +226,12 @@ def run_cli_raw(
     return proc.returncode, log
 
 
+def du_bytes(folder: Path) -> int:
+    """What ``du`` (GNU coreutils, an independent count) says ``folder`` has allocated on disk, in bytes."""
+    done = subprocess.run(["du", "-s", "--block-size=1", str(folder)], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[0])
+
+
 def output_dir(config_path: Path) -> Path:
     return Path(yaml.safe_load(config_path.read_text())["output_dir"])
 

@@ -155,6 +155,62 @@ def test_keep_all_on_a_small_disk_warns_stops_clearly_and_does_not_loop(e2e_root
         assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == before  # nothing lost
 
 
+def _fill_to(mnt: harness.Path, free: int) -> int:
+    """Write ``mnt/filler`` until ``f_bavail`` of ``mnt`` is ``free`` bytes (a whole number of pages); the free bytes left."""
+    stats = os.statvfs(mnt)
+    now = stats.f_bavail * stats.f_frsize
+    assert now > free, (now, free)
+    with (mnt / "filler").open("ab") as f:
+        f.write(b"\0" * (now - free))
+    stats = os.statvfs(mnt)
+    return stats.f_bavail * stats.f_frsize
+
+
+@pytest.mark.parametrize("plugin", [True, False], ids=["patched", "stock"])
+def test_keep_all_rerun_that_fits_in_apparent_bytes_but_not_in_blocks(e2e_root, plugin):
+    """Issue 31, item 0: the rerun's free space lies between the next checkpoint's apparent and allocated size.
+
+    save_total_limit: 0 (keep all); the first run is SIGKILLed right after checkpoint-8 is complete
+    (kill_shim); then the tmpfs is filled to one page under checkpoint-8's allocated size (its files
+    rounded up to pages), which is still more than its apparent bytes. Patched, the same command stops
+    before the first training step with the disk-full line (it compared apparent bytes before, trained
+    to the next save and died of ENOSPC, every rerun); stock trains into the full disk.
+    """
+    name = "patched" if plugin else "stock"
+    first_save = _expected()[0]
+    with tmpfs(e2e_root / f"disk-blocks-{name}-mnt", 8 * 2**20) as mnt:
+        config = _config(e2e_root, f"disk-blocks-{name}", plugin=plugin, output_dir=mnt / "out", save_total_limit=0)
+        out = harness.output_dir(config)
+        code, first = harness.run_cli_raw(config, env={**ENV, "SAVEFIX_KILL_AT": f"{first_save}:after_state"}, log_name="first.log")
+        assert code != 0 and f"SIGKILL just after writing checkpoint-{first_save}/trainer_state.json" in first, first[-3000:]
+        checkpoint = out / f"checkpoint-{first_save}"
+        apparent = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+        allocated = harness.du_bytes(checkpoint)
+        assert allocated - apparent >= 3 * PAGE, (apparent, allocated)  # room for a free space between the two
+        left = _fill_to(mnt, allocated - PAGE)
+        assert apparent < left < allocated
+
+        code, second = harness.run_cli_raw(config, env=ENV, log_name="second.log")
+        steps = len(TRAIN_STEP.findall(second))
+        stop = STOP_LINE.findall(second)
+        _record(f"blocks {name}, rerun", apparent=apparent, allocated=allocated, free=left, code=code, steps=steps,
+                stop=stop[-1:], error=_last_error(second, launcher=False))  # fmt: skip
+        assert code != 0, second[-4000:]
+        assert f"resume from checkpoint at {checkpoint}" in second, second[-4000:]
+        if not plugin:  # stock: it resumes, trains to the next save, and the disk is full there
+            assert steps > 0 and any(words in second for words in FULL_TEXTS), second[-4000:]
+            return
+        assert len(stop) == 1 and "cannot fit: the run stops before training" in stop[0], second[-4000:]
+        assert not steps and "Saving model checkpoint" not in second
+        assert _last_error(second, launcher=False).endswith(stop[0])  # the run's last line
+        said = re.search(r"has (\d+) bytes free .*one checkpoint is (\d+) bytes allocated on disk", stop[0])
+        assert said, stop[0]
+        free_then, size_said = map(int, said.groups())
+        assert size_said == allocated  # blocks, not apparent bytes
+        assert apparent <= free_then < allocated  # what the check saw: apparent bytes fit, blocks do not
+        assert sorted(p.name for p in out.glob("checkpoint-*")) == [checkpoint.name]  # nothing lost
+
+
 def test_ddp_keep_all_on_a_small_disk_stops_clearly_and_does_not_loop(e2e_root, sizes):
     """Row 3 on 2-process DDP (torchrun, gloo): the rank-0 save that fills the disk deletes its garbage, every
     rank stops, and the same command stops before training (or fits), never training to the same full save."""

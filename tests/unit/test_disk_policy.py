@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,8 @@ def test_final_model_message_and_the_weights_it_counts(tmp_path):
     folder.mkdir()
     for name, size in {"model.safetensors": 1000, "adapter_model.bin": 10, "optimizer.pt": 2000, "config.json": 5}.items():
         (folder / name).write_bytes(b"x" * size)
-    assert disk.weight_bytes(folder) == 1010  # weights only: not the optimizer, not the config
+    weights = [folder / "model.safetensors", folder / "adapter_model.bin"]
+    assert disk.weight_bytes(folder) == sum(f.stat().st_blocks * 512 for f in weights) >= 1010  # weights only, allocated
     assert disk.weight_bytes(tmp_path / "absent") == 0
     text = disk.final_model_message("/o", 500, 1010, "checkpoint-60", "the final model save into output_dir failed")
     assert text.startswith("disk full: the final model save into output_dir failed. output_dir /o has 500 bytes free")
@@ -186,7 +188,9 @@ def test_cli_checkpoints(tmp_path, capsys):
         "incomplete-checkpoint-4", "checkpoint-8", "checkpoint-15", "checkpoint-23", "checkpoint-30",
     ]  # fmt: skip
     assert rows["checkpoint-8"]["complete"] and rows["checkpoint-8"]["step"] == 8
-    assert rows["checkpoint-8"]["bytes"] == sum(f.stat().st_size for f in (out / "checkpoint-8").iterdir())
+    on_disk = subprocess.run(["du", "-s", "--block-size=1", str(out / "checkpoint-8")], capture_output=True, text=True)
+    assert rows["checkpoint-8"]["bytes"] == int(on_disk.stdout.split()[0])  # allocated, as du counts it
+    assert rows["checkpoint-8"]["bytes"] > sum(f.stat().st_size for f in (out / "checkpoint-8").iterdir())
     assert not rows["checkpoint-15"]["complete"] and rows["checkpoint-15"]["lacks"]
     assert rows["incomplete-checkpoint-4"]["kind"] == "set-aside"
     assert {d["name"] for d in report["next_resume"]["delete"]} == {"checkpoint-15", "incomplete-checkpoint-4"}
@@ -197,3 +201,55 @@ def test_cli_checkpoints(tmp_path, capsys):
 
     code, _ = _cli(capsys, "checkpoints", str(tmp_path / "nowhere"))
     assert code == 2
+
+
+# --- the file system's arithmetic: allocated blocks, not apparent bytes (issue 31, item 0)
+
+
+@given(size=st.integers(0, 10**9), block=st.sampled_from([512, 1024, 4096, 65536]))
+def test_allocated_rounds_each_file_up_to_whole_blocks_where_st_blocks_is_not_reported(size, block):
+    got = disk.allocated(size, None, block)
+    assert got % block == 0 and size <= got < size + block
+    assert disk.allocated(size, 0, block) == got  # 0 blocks for a non-empty file: not counted, so rounded too
+
+
+def test_allocated_takes_st_blocks_where_reported():
+    assert disk.allocated(1000, 8, 4096) == 4096  # st_blocks is in 512-byte units, whatever the block size
+    assert disk.allocated(10**6, 16, 4096) == 8192  # a sparse file: what it holds now
+    assert disk.allocated(0, 0, 4096) == 0
+
+
+def test_dir_bytes_is_what_du_says_is_allocated(tmp_path):
+    folder = tmp_path / "checkpoint-8"
+    (folder / "sub").mkdir(parents=True)
+    for name, size in {"model.safetensors": 300_001, "rng_state.pth": 14_645, "trainer_state.json": 777, "sub/x": 1}.items():
+        (folder / name).write_bytes(os.urandom(size))
+    (folder / "link").symlink_to(folder / "model.safetensors")  # not followed: its own blocks only
+    du = subprocess.run(["du", "-s", "--block-size=1", str(folder)], capture_output=True, text=True, check=True)
+    assert disk.dir_bytes(folder) == int(du.stdout.split()[0])
+    assert disk.apparent_bytes(folder) == 300_001 + 14_645 + 777 + 1
+    assert disk.dir_bytes(folder) > disk.apparent_bytes(folder)
+    assert disk.dir_bytes(tmp_path / "absent") == 0
+
+
+def test_the_issues_rerun_does_not_fit_when_blocks_are_counted():
+    """The held-out rerun: 323584 bytes free, checkpoint-23 is 323464 bytes apparent, 356352 allocated (4 KiB blocks)."""
+    free, apparent, allocated = 323_584, 323_464, 356_352
+    assert free >= apparent  # what the check compared: "fits", and the run trained 7 steps into ENOSPC
+    assert not disk.next_save_fits(free, allocated, 4096)
+    assert disk.fit_count(free, allocated, 0, disk.next_save_bytes(allocated) - allocated) == 0
+
+
+@given(size=st.integers(1, 10**9), block=st.sampled_from([512, 4096, 65536]), extra=st.integers(-(10**6), 10**6))
+def test_the_next_save_needs_one_checkpoint_and_the_stated_slack(size, block, extra):
+    need = disk.next_save_bytes(size, block)
+    assert need == size + disk.NEXT_SAVE_SLACK_BLOCKS * block
+    assert disk.next_save_fits(need + extra, size, block) is (extra >= 0)
+
+
+def test_the_stop_line_says_allocated_and_what_the_next_save_needs():
+    text = disk.full_message("/o", 323_584, 356_352, "measured: checkpoint-23", 3, 3 * 356_352, 0, "x", 4096)
+    assert "one checkpoint is 356352 bytes allocated on disk" in text
+    assert f"the next save needs {356_352 + 16 * 4096} bytes free" in text
+    assert "3 checkpoints fit in all" in text  # 3 kept plus the free space, less the slack: not a 4th
+    assert "cannot make room" in text or "save_total_limit: 2" in text
