@@ -119,7 +119,7 @@ def test_a_node_whose_main_process_did_not_write_the_weights_cannot_load(tmp_pat
     v0, v1 = decide(node0, node1)
     assert v0.step is None
     assert v1.lacks[8] == ["the model weights (never written on this disk)"]
-    assert v0.error and f"node 1 (rank 1) lacks model.safetensors in {node1}/checkpoint-8" in v0.error
+    assert v0.error and f"node 1 (rank 1) lacks model.safetensors in {node1}/checkpoint-8" in v1.error
 
 
 @pytest.mark.parametrize("layout", ["shared", "local"])
