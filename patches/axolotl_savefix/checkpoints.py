@@ -99,15 +99,15 @@ def _safetensors_whole(path: Path) -> bool:
 
 def _torch_file_whole(path: Path) -> bool:
     try:
-        with path.open("rb") as f:
+        with path.open("rb") as f:  # one open
             magic = f.read(4)
+            if not magic:
+                return False
+            if magic != b"PK\x03\x04":
+                return True  # legacy pickle format: cannot tell, taken as whole (see the module's limits)
+            return zipfile.is_zipfile(f)
     except OSError:
         return False
-    if not magic:
-        return False
-    if magic != b"PK\x03\x04":
-        return True  # legacy pickle format: cannot tell, taken as whole (see the module's limits)
-    return zipfile.is_zipfile(path)
 
 
 def _whole(path: Path) -> bool:

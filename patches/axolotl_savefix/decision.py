@@ -237,7 +237,7 @@ def _write_token(output_dir: Path) -> int:
     nonce = secrets.randbits(62) | 1
     try:
         temporary = output_dir / f"{TOKEN}.{os.getpid()}.tmp"
-        temporary.write_text(str(nonce), encoding="ascii")
+        temporary.write_bytes(str(nonce).encode())
         os.replace(temporary, output_dir / TOKEN)
     except OSError:
         return 0  # no output_dir (a first run): every node walks its own
@@ -246,7 +246,7 @@ def _write_token(output_dir: Path) -> int:
 
 def _read_token(output_dir: Path) -> int:
     try:
-        return int((output_dir / TOKEN).read_text(encoding="ascii"))
+        return int((output_dir / TOKEN).read_bytes())
     except (OSError, ValueError):
         return 0
 
