@@ -118,21 +118,6 @@ def _whole(path: Path) -> bool:
     return True
 
 
-def _is_weights(path: Path) -> bool:
-    """A weight file or folder of any engine: safetensors, torch bins, an index, FSDP shards, DeepSpeed's folder."""
-    name = path.name
-    if path.is_dir():
-        return name.startswith(("pytorch_model_fsdp_", "model_fsdp_", "global_step"))
-    return name.endswith((".safetensors", ".index.json")) or (
-        name.endswith(".bin") and name.startswith(("pytorch_model", "adapter_model", "model"))
-    )
-
-
-def _is_optimizer(path: Path) -> bool:
-    """The optimizer state: ``optimizer.pt``/``.bin``, FSDP's ``optimizer_*`` folder, or DeepSpeed's ``global_step*``."""
-    return path.name.startswith("optimizer") or (path.is_dir() and path.name.startswith("global_step"))
-
-
 def record(state: dict) -> dict | None:
     """The run's record in a parsed ``trainer_state.json``: ``{"world_size": W, "save_only_model": b}``."""
     stored = (state.get("stateful_callbacks") or {}).get(RECORD)
@@ -180,29 +165,31 @@ def _missing(folder: Path, ranks: list[int] | None = None, *, skip_rng: bool = F
         state = loaded if isinstance(loaded, dict) else {}
         if step is not None and state.get("global_step") != step:
             problems.append(f"{STATE} (global_step {state.get('global_step')}, not {step})")
-    for file in sorted(folder.iterdir()):
-        if skip_rng and file.name.startswith(RNG_PREFIX):
+    with os.scandir(folder) as scan:  # one listing; the kinds from it (no stat per entry where the OS tells)
+        kinds = {entry.name: entry.is_dir() for entry in scan}
+    names = sorted(kinds)
+    for name in names:
+        if skip_rng and name.startswith(RNG_PREFIX):
             continue
-        if file.is_file() and file.name != STATE and not _whole(file):
-            problems.append(f"{file.name} (cut while being written)")
-    for index in sorted(folder.glob("*.index.json")):
+        if not kinds[name] and name != STATE and not _whole(folder / name):
+            problems.append(f"{name} (cut while being written)")
+    for name in (n for n in names if n.endswith(".index.json") and not kinds[n]):
         try:
-            shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+            shards = set(json.loads((folder / name).read_text(encoding="utf-8")).get("weight_map", {}).values())
         except (OSError, ValueError):
-            problems.append(f"{index.name} (unreadable)")
+            problems.append(f"{name} (unreadable)")
             continue
-        problems += [f"{shard} (listed in {index.name})" for shard in sorted(shards) if not (folder / shard).is_file()]
-    for sharded in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if sharded.name.startswith(("pytorch_model_fsdp_", "optimizer_", "model_fsdp_")):
-            if not (sharded / ".metadata").is_file():
-                problems.append(f"{sharded.name}/.metadata (a sharded save that did not finish)")
-        elif sharded.name.startswith("global_step") and not (folder / "latest").is_file():
-            problems.append(f"latest (DeepSpeed's {sharded.name} did not finish)")
-    entries = [p.name for p in folder.iterdir()]
+        problems += [f"{shard} (listed in {name})" for shard in sorted(shards) if not (folder / shard).is_file()]
+    for name in (n for n in names if kinds[n]):
+        if name.startswith(("pytorch_model_fsdp_", "optimizer_", "model_fsdp_")):
+            if not (folder / name / ".metadata").is_file():
+                problems.append(f"{name}/.metadata (a sharded save that did not finish)")
+        elif name.startswith("global_step") and "latest" not in kinds:
+            problems.append(f"latest (DeepSpeed's {name} did not finish)")
     run = record(state)
-    if run and not any(_is_weights(folder / name) for name in entries):
+    if run and not any(_weights_name(name, kinds[name]) for name in names):
         problems.append(NO_WEIGHTS)
-    if run and not run.get("save_only_model") and not any(_is_optimizer(folder / name) for name in entries):
+    if run and not run.get("save_only_model") and not any(_optimizer_name(name, kinds[name]) for name in names):
         problems.append("the optimizer state (none there: deleted, or never written)")
     return problems + _rng_missing(folder, state, ranks)
 

@@ -125,15 +125,15 @@ class Verdict:
     shared: bool = False
 
     def judge(self, path: str | os.PathLike[str]) -> list[str]:
-        """What ``checkpoint-N`` at ``path`` lacks for this job: the walk's finding, or :func:`older_lacks` below ``step``."""
+        """What ``checkpoint-N`` at ``path`` lacks for this job: the walk's finding, or (on a walker) :func:`older_lacks`."""
         folder = Path(path)
         step = checkpoints.step_of(folder)
         if step is None:
             return [GONE]
         if step in self.lacks:
             return self.lacks[step]
-        if self.step is not None and step == self.step:
-            return []
+        if (self.step is not None and step == self.step) or not self.walked:
+            return []  # a rank that did not walk deletes nothing: the older folders are its walker's to judge
         return older_lacks(folder)
 
 
@@ -152,7 +152,9 @@ def _has_weights(folder: Path) -> bool:
     """The weights on this disk (rule 1 implies them on one disk; on a node that did not write them it does not)."""
     if any((folder / name).is_file() for name in WEIGHT_FILES):
         return True
-    for sub in (p for p in folder.iterdir() if p.is_dir()):
+    with os.scandir(folder) as scan:
+        subfolders = [Path(entry.path) for entry in scan if entry.is_dir()]
+    for sub in subfolders:
         if sub.name.startswith(("pytorch_model_fsdp_", "global_step")):
             return True
         if any((sub / name).is_file() for name in WEIGHT_FILES[4:]):  # an adapter in a subfolder
@@ -186,7 +188,8 @@ def main_part(folder: Path) -> Main:
         state = {}
     run = checkpoints.record(state) if isinstance(state, dict) else None
     world = int(run["world_size"]) if run else 0
-    names = frozenset(p.name for p in folder.iterdir())
+    with os.scandir(folder) as scan:
+        names = frozenset(entry.name for entry in scan)
     return Main(lacks, world, bool(run and run.get("save_only_model")), names, False)
 
 

@@ -149,3 +149,19 @@ def test_sixteen_ranks_eight_per_node_agree_and_open_little(tmp_path, layout, mo
     walkers = [v.walked for v in verdicts]
     assert walkers == [r == 0 or (layout == "local" and r == per_node) for r in range(world)]
     assert "rng_state_11.pth (cut while being written)" in verdicts[11].lacks[12]
+
+
+def test_older_checkpoints_are_judged_only_for_the_cleanup_and_only_by_walkers(tmp_path):
+    """Newest first: nothing older than the one taken is judged by the walk; the cleanup rules still see rotation's garbage."""
+    shared = tmp_path / "shared"
+    for step in (4, 8, 12):
+        folder = make_checkpoint(shared, step, world=WORLD)
+        checkpoints.write_marker(folder, step, WORLD, False, "rank0")
+    half = make_checkpoint(shared, 2, world=WORLD)  # rotation's rmtree killed half way (no marker: an old save)
+    (half / "trainer_state.json").unlink()
+    (shared / "checkpoint-4" / "optimizer.pt").unlink()  # a marked one is not judged below the step taken
+    walker, other = decide(shared, shared)
+    assert walker.step == 12 and walker.lacks == {} and walker.rounds == 2
+    assert walker.judge(half) == ["trainer_state.json (never written: the save was cut before its end)"]
+    assert walker.judge(shared / "checkpoint-4") == [] and walker.judge(shared / "checkpoint-12") == []
+    assert other.judge(half) == []  # not a walker: deletes nothing, judges nothing
