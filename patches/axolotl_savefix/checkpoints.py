@@ -53,7 +53,7 @@ import json
 import os
 import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = "checkpoint-"
@@ -326,8 +326,6 @@ def cleanup(
     return Cleanup(newest, tuple(delete), moving)
 
 
-
-
 # --- Rule 0: the commit marker -----------------------------------------------------------------------------------
 
 
@@ -436,8 +434,10 @@ def marker_main_lacks(folder: Path, marker: dict, now: dict[str, int]) -> list[s
     if not any(_weights_name(n, False) for n in top_files) and not any(_weights_name(n, True) for n in top_dirs):
         if not any(name.endswith("/adapter_model.safetensors") or name.endswith("/adapter_model.bin") for name in files):
             problems.append(NO_WEIGHTS)
-    if not marker.get("save_only_model") and not any(_optimizer_name(n, False) for n in top_files | top_dirs) and not any(
-        _optimizer_name(n, True) for n in top_dirs
+    if (
+        not marker.get("save_only_model")
+        and not any(_optimizer_name(n, False) for n in top_files | top_dirs)
+        and not any(_optimizer_name(n, True) for n in top_dirs)
     ):
         problems.append("the optimizer state (none there: deleted, or never written)")
     for sharded in sorted(top_dirs):

@@ -86,7 +86,7 @@ WIDTH = 8 + len(VOCABULARY)
 
 @dataclass(frozen=True)
 class Rank:
-    """One process of the job: ``rank`` of ``world``; ``walker``: its node's main process; ``node``: its node's index (-1 unknown)."""
+    """One process: ``rank`` of ``world``; ``walker``: its node's main process; ``node``: its node's index (-1 unknown)."""
 
     rank: int
     world: int
@@ -138,7 +138,7 @@ class Verdict:
 
 
 def older_lacks(folder: Path) -> list[str]:
-    """A checkpoint older than the one taken (for the cleanup rules only): one with a marker is not judged; one without, by the full rule."""
+    """A checkpoint older than the one taken, for the cleanup rules only: with a marker not judged; without, the full rule."""
     if (folder / checkpoints.MARKER).is_file():
         return []
     try:

@@ -66,10 +66,10 @@ from transformers.trainer_callback import ExportableState
 
 from . import args as savefix_args
 from . import checkpoints, disk, run_match
-from .agreement import NotSharedOutputDirError, ResumeAgreementError, agree_on_resume, node, writes_markers
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
+from .agreement import NotSharedOutputDirError, ResumeAgreementError, agree_on_resume, node, writes_markers  # noqa: F401 - ResumeAgreementError: re-exported
 from .save_decision import CALLBACKS_TARGET
 
 RESUME_TARGET = ("axolotl.utils.train", "determine_last_checkpoint", ("cfg",))

@@ -23,7 +23,15 @@ verdict = agreement.agree_on_resume(sys.argv[1])
 took = time.perf_counter() - start
 count = len([p for p in opened if not str(p).endswith(".pyc")])  # imports are not the decision
 rank = int(os.environ["RANK"])
-result = {"opened": [str(p) for p in opened if not str(p).endswith(".pyc")], "rank": rank, "step": verdict.step, "error": verdict.error, "walked": verdict.walked, "opens": count,
-          "rounds": verdict.rounds, "seconds": took}  # fmt: skip
+result = {
+    "opened": [str(p) for p in opened if not str(p).endswith(".pyc")],
+    "rank": rank,
+    "step": verdict.step,
+    "error": verdict.error,
+    "walked": verdict.walked,
+    "opens": count,
+    "rounds": verdict.rounds,
+    "seconds": took,
+}
 Path(sys.argv[2], f"rank-{rank}.json").write_text(json.dumps(result))
 dist.destroy_process_group()
