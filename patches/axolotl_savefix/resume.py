@@ -215,7 +215,16 @@ class CommitMarker(TrainerCallback):
         writes = decided if decided is not None else int(args.local_process_index) == 0
         folder = Path(args.output_dir) / f"{checkpoints.PREFIX}{state.global_step}"
         if writes and folder.is_dir():
-            checkpoints.write_marker(folder, int(state.global_step), world, bool(args.save_only_model), f"{node()}-{os.getpid()}")
+            writer = f"{node()}-{os.getpid()}"
+            try:
+                checkpoints.write_marker(folder, int(state.global_step), world, bool(args.save_only_model), writer)
+            except OSError as error:  # a full disk, say: the checkpoint stays, judged by rules 1 to 4
+                (folder / f".{checkpoints.MARKER}.{writer}.tmp").unlink(missing_ok=True)  # its own only
+                log_once(
+                    f"marker:{folder}",
+                    f"{folder.name}: commit marker not written ({error.strerror or error}); a resume judges it file by file",
+                    logging.WARNING,
+                )
         return control
 
 

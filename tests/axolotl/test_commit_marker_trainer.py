@@ -54,3 +54,21 @@ def test_every_save_ends_with_a_marker_naming_every_file_and_a_later_truncation_
         f"model.safetensors ({size - 4} bytes, {size} when saved: truncated or changed since the save)"
     ]
     assert checkpoints.newest_complete(out).name == "checkpoint-2"
+
+
+def test_a_marker_that_cannot_be_written_leaves_the_checkpoint_to_the_full_rule(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    folder = tmp_path / "checkpoint-3"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
+
+    def full_disk(folder, step, world_size, save_only_model, writer):
+        (folder / f".{checkpoints.MARKER}.{writer}.tmp").write_text("")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "write_marker", full_disk)
+    args = SimpleNamespace(world_size=1, output_dir=str(tmp_path), local_process_index=0, save_only_model=False)
+    resume.CommitMarker().on_save(args, SimpleNamespace(global_step=3), None)  # no traceback: the save stands
+    assert sorted(p.name for p in folder.iterdir()) == ["trainer_state.json"]  # its temporary file removed
+    assert checkpoints.missing(folder) == []  # rules 1 to 4 (no record here: no RNG file asked for)
