@@ -279,6 +279,8 @@ def protocol(me: Rank) -> Generator[list[int], list[int], Verdict]:
     if step < 0:
         yield [0] * WIDTH  # one more round: every walker has read the token before rank 0 removes it
         rounds += 1
+        if me.rank == 0:
+            _remove_token(out)
     while step >= 0:
         folder = out / f"{checkpoints.PREFIX}{step}"
         vector = [0] * WIDTH

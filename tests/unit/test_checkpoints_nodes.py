@@ -108,6 +108,10 @@ def test_no_checkpoint_saved_whole_anywhere_starts_from_the_beginning(tmp_path):
     assert (v0.step, v0.error, v1.error) == (None, None, None) and sorted(v0.lacks) == [4]
     empty = decide(tmp_path / "empty0", tmp_path / "empty1")
     assert [(v.step, v.lacks, v.error) for v in empty] == [(None, {}, None)] * 2
+    (tmp_path / "fresh").mkdir()  # a first run: output_dir there, no checkpoint yet
+    fresh = decide(tmp_path / "fresh", tmp_path / "fresh")
+    assert [(v.step, v.walked) for v in fresh] == [(None, True), (None, False)]
+    assert list((tmp_path / "fresh").iterdir()) == []  # rank 0's token removed
 
 
 def test_a_node_whose_main_process_did_not_write_the_weights_cannot_load(tmp_path):
@@ -165,3 +169,15 @@ def test_older_checkpoints_are_judged_only_for_the_cleanup_and_only_by_walkers(t
     assert walker.judge(half) == ["trainer_state.json (never written: the save was cut before its end)"]
     assert walker.judge(shared / "checkpoint-4") == [] and walker.judge(shared / "checkpoint-12") == []
     assert other.judge(half) == []  # not a walker: deletes nothing, judges nothing
+
+
+def test_a_file_truncated_after_the_commit_is_caught_by_the_walk(tmp_path):
+    """A disk fault after the save (the marker is there): the walker's listing sees the size; the one before is taken."""
+    node0 = node_disk(tmp_path, 0, [4, 8], main=True, commit=True)
+    node1 = node_disk(tmp_path, 1, [4, 8], main=True, commit=True)
+    truncate(node1 / "checkpoint-8" / "rng_state_1.pth")
+    truncate(node0 / "checkpoint-8" / "optimizer.pt")
+    v0, v1 = decide(node0, node1)
+    assert (v0.step, v1.step) == (4, 4)
+    assert any(lack.startswith("optimizer.pt (") and "since the save" in lack for lack in v0.lacks[8])
+    assert any(lack.startswith("rng_state_1.pth (") and "since the save" in lack for lack in v1.lacks[8])
