@@ -173,8 +173,11 @@ def trainers(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def nodes(session: nox.Session) -> None:
-    """Two nodes on one machine (torchrun --nnodes 2, a mount namespace each): node-local, shared output_dir; full disk, DDP."""
-    tests_impl(session, "tests/e2e/test_nodes.py", DDP_DISK)
+    """Two nodes on one machine (torchrun --nnodes 2, a mount namespace each): node-local, shared output_dir; full disk, DDP.
+
+    With the resume decision on 16 gloo processes (2 nodes x 8, decision only: about 2.5 minutes here, process starts).
+    """
+    tests_impl(session, "tests/e2e/test_nodes.py", "tests/e2e/test_decision_gloo.py", DDP_DISK)
 
 
 @nox.session(venv_backend="none")

@@ -30,6 +30,16 @@ folder that resume cannot use. The rule, from that order:
    callback), and a checkpoint with that record needs ``rng_state_0..W-1.pth``
    (``rng_state.pth`` for one process) unless it saved the model only.
 
+0. The commit marker, checked first. Once every rank's part of ``checkpoint-N`` is written
+   (after a barrier on the save path), the main process of each node writes
+   ``savefix_commit.json`` last, atomically (write, then rename): the step, the run's record and
+   every file it found with its size (:func:`write_marker`). A folder with a marker is judged
+   from the marker and one listing of the folder (:func:`marker_lacks`): every file it names is
+   there with the size it names (a file truncated or deleted since is caught), and rules 3 and 4
+   hold for the names it lists. No file is opened but the marker. A folder without one (stock
+   Axolotl's, this fix's before 0.6, or a save cut before its end) is judged by rules 1 to 4.
+   Preemption's ``savefix_preemption.json``, written before a save starts, is not a marker.
+
 Limits: a checkpoint written without the record (stock Axolotl, or before the
 fix was enabled) is checked by rules 1 to 3 only, so a missing RNG file of
 another rank is not seen there (Transformers then resumes with a fresh RNG for
@@ -43,7 +53,7 @@ import json
 import os
 import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = "checkpoint-"
@@ -51,6 +61,9 @@ QUARANTINE_PREFIX = "incomplete-"  # outside the `checkpoint-*` names Axolotl an
 STATE = "trainer_state.json"
 RECORD = "SaveFixCheckpointRecord"  # the callback whose state trainer_state.json carries
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+RNG_PREFIX = "rng_state"
+MARKER = "savefix_commit.json"  # the commit marker (rule 0), written last
+MARKER_FORMAT = 1
 
 
 def step_of(path: Path) -> int | None:
@@ -86,15 +99,15 @@ def _safetensors_whole(path: Path) -> bool:
 
 def _torch_file_whole(path: Path) -> bool:
     try:
-        with path.open("rb") as f:
+        with path.open("rb") as f:  # one open
             magic = f.read(4)
+            if not magic:
+                return False
+            if magic != b"PK\x03\x04":
+                return True  # legacy pickle format: cannot tell, taken as whole (see the module's limits)
+            return zipfile.is_zipfile(f)
     except OSError:
         return False
-    if not magic:
-        return False
-    if magic != b"PK\x03\x04":
-        return True  # legacy pickle format: cannot tell, taken as whole (see the module's limits)
-    return zipfile.is_zipfile(path)
 
 
 def _whole(path: Path) -> bool:
@@ -103,21 +116,6 @@ def _whole(path: Path) -> bool:
     if path.suffix in TORCH_SUFFIXES:
         return _torch_file_whole(path)
     return True
-
-
-def _is_weights(path: Path) -> bool:
-    """A weight file or folder of any engine: safetensors, torch bins, an index, FSDP shards, DeepSpeed's folder."""
-    name = path.name
-    if path.is_dir():
-        return name.startswith(("pytorch_model_fsdp_", "model_fsdp_", "global_step"))
-    return name.endswith((".safetensors", ".index.json")) or (
-        name.endswith(".bin") and name.startswith(("pytorch_model", "adapter_model", "model"))
-    )
-
-
-def _is_optimizer(path: Path) -> bool:
-    """The optimizer state: ``optimizer.pt``/``.bin``, FSDP's ``optimizer_*`` folder, or DeepSpeed's ``global_step*``."""
-    return path.name.startswith("optimizer") or (path.is_dir() and path.name.startswith("global_step"))
 
 
 def record(state: dict) -> dict | None:
@@ -134,17 +132,23 @@ GONE = "the folder (moved or deleted while being checked)"
 
 
 def missing(path: str | os.PathLike[str]) -> list[str]:
-    """What ``checkpoint-N`` at ``path`` lacks to be resumed from; empty when complete.
+    """What ``checkpoint-N`` at ``path`` lacks to be resumed from by every rank on one disk; empty when complete.
 
+    With a commit marker, rule 0 (the marker and one listing); without, rules 1 to 4 (every file opened).
     A folder that disappears while being checked (another process set it aside) is incomplete.
     """
+    folder = Path(path)
     try:
-        return _missing(Path(path))
+        marker = read_marker(folder)
+        if marker is not None:
+            return marker_lacks(folder, marker, listing(folder))
+        return _missing(folder)
     except FileNotFoundError:
         return [GONE]
 
 
-def _missing(folder: Path, ranks: list[int] | None = None) -> list[str]:
+def _missing(folder: Path, ranks: list[int] | None = None, *, skip_rng: bool = False) -> list[str]:
+    """Rules 1 to 4; ``ranks``: whose RNG files rule 4 asks for (all when None); ``skip_rng``: rule 2 opens no RNG file."""
     if not folder.is_dir():
         return [GONE]
     problems: list[str] = []
@@ -161,27 +165,31 @@ def _missing(folder: Path, ranks: list[int] | None = None) -> list[str]:
         state = loaded if isinstance(loaded, dict) else {}
         if step is not None and state.get("global_step") != step:
             problems.append(f"{STATE} (global_step {state.get('global_step')}, not {step})")
-    for file in sorted(folder.iterdir()):
-        if file.is_file() and file.name != STATE and not _whole(file):
-            problems.append(f"{file.name} (cut while being written)")
-    for index in sorted(folder.glob("*.index.json")):
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
-        except (OSError, ValueError):
-            problems.append(f"{index.name} (unreadable)")
+    with os.scandir(folder) as scan:  # one listing; the kinds from it (no stat per entry where the OS tells)
+        kinds = {entry.name: entry.is_dir() for entry in scan}
+    names = sorted(kinds)
+    for name in names:
+        if skip_rng and name.startswith(RNG_PREFIX):
             continue
-        problems += [f"{shard} (listed in {index.name})" for shard in sorted(shards) if not (folder / shard).is_file()]
-    for sharded in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if sharded.name.startswith(("pytorch_model_fsdp_", "optimizer_", "model_fsdp_")):
-            if not (sharded / ".metadata").is_file():
-                problems.append(f"{sharded.name}/.metadata (a sharded save that did not finish)")
-        elif sharded.name.startswith("global_step") and not (folder / "latest").is_file():
-            problems.append(f"latest (DeepSpeed's {sharded.name} did not finish)")
-    entries = [p.name for p in folder.iterdir()]
+        if not kinds[name] and name != STATE and not _whole(folder / name):
+            problems.append(f"{name} (cut while being written)")
+    for name in (n for n in names if n.endswith(".index.json") and not kinds[n]):
+        try:
+            shards = set(json.loads((folder / name).read_text(encoding="utf-8")).get("weight_map", {}).values())
+        except (OSError, ValueError):
+            problems.append(f"{name} (unreadable)")
+            continue
+        problems += [f"{shard} (listed in {name})" for shard in sorted(shards) if not (folder / shard).is_file()]
+    for name in (n for n in names if kinds[n]):
+        if name.startswith(("pytorch_model_fsdp_", "optimizer_", "model_fsdp_")):
+            if not (folder / name / ".metadata").is_file():
+                problems.append(f"{name}/.metadata (a sharded save that did not finish)")
+        elif name.startswith("global_step") and "latest" not in kinds:
+            problems.append(f"latest (DeepSpeed's {name} did not finish)")
     run = record(state)
-    if run and not any(_is_weights(folder / name) for name in entries):
+    if run and not any(_weights_name(name, kinds[name]) for name in names):
         problems.append(NO_WEIGHTS)
-    if run and not run.get("save_only_model") and not any(_is_optimizer(folder / name) for name in entries):
+    if run and not run.get("save_only_model") and not any(_optimizer_name(name, kinds[name]) for name in names):
         problems.append("the optimizer state (none there: deleted, or never written)")
     return problems + _rng_missing(folder, state, ranks)
 
@@ -318,164 +326,144 @@ def cleanup(
     return Cleanup(newest, tuple(delete), moving)
 
 
-# Several nodes. A node's disk holds what its own ranks wrote: every rank its
-# ``rng_state_R.pth``, and the main process of the node the rest when Transformers'
-# ``save_on_each_node`` is on (else only rank 0 writes it, on node 0's disk). Every
-# rank loads, on resume, ``trainer_state.json``, the weights, optimizer and scheduler,
-# and its own RNG file, from its own ``output_dir``. So each rank judges what it can
-# load (:func:`rank_view`), and :func:`agree` combines the views of every rank.
-
-OWN_WHOLE, OWN_CUT, OWN_ABSENT = "whole", "cut", "absent"
+# --- Rule 0: the commit marker -----------------------------------------------------------------------------------
 
 
-# what Transformers' _load_from_checkpoint accepts as the model's weights in a checkpoint folder
-WEIGHT_FILES = (
-    "model.safetensors",
-    "pytorch_model.bin",
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-    "adapter_model.safetensors",
-    "adapter_model.bin",
-)
-WEIGHTS_DESCRIPTION = "model.safetensors (or other model weights)"
+def listing(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` (``/``-separated relative path) and its size in bytes; no file is opened.
 
-
-def _has_weights(folder: Path) -> bool:
-    """Rule 1 implies the weights on one disk (written before trainer_state.json); on a node's own disk it does not."""
-    if any((folder / name).is_file() for name in WEIGHT_FILES):
-        return True
-    for sub in (p for p in folder.iterdir() if p.is_dir()):
-        if sub.name.startswith(("pytorch_model_fsdp_", "global_step")):
-            return True
-        if any((sub / name).is_file() for name in WEIGHT_FILES[4:]):  # an adapter in a subfolder
-            return True
-    return False
-
-
-def rank_view(path: str | os.PathLike[str], rank: int, world: int) -> dict:
-    """What rank ``rank`` (of ``world`` processes) finds of ``checkpoint-N`` at ``path`` on its own disk.
-
-    JSON-able, to be gathered from every rank: ``lacks``, what this rank lacks to resume
-    from it (rules 1 to 3, and rule 4 for its own RNG file only: each rank loads its own
-    ``rng_state_R.pth``, never another rank's), and the weights themselves (on one disk rule 1
-    implies them; on a node that did not write them it does not); ``main``, whether rules 1
-    to 3 hold and the weights are there (the main process's files are there and whole); ``own``, this rank's RNG file, ``"whole"``,
-    ``"cut"`` or ``"absent"``; ``record``, the run's record from ``trainer_state.json``
-    (``None`` where that file is missing: a node whose main process did not write, or a
-    cut save); ``files``, the names in the folder. The world size named in the record wins
-    over ``world``.
+    The marker and its temporary files are left out. Raises FileNotFoundError when ``folder`` is gone.
     """
-    folder = Path(path)
+    found: dict[str, int] = {}
+    pending = [(folder, "")]
+    while pending:
+        here, prefix = pending.pop()
+        with os.scandir(here) as entries:
+            for entry in entries:
+                name = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((Path(entry.path), name + "/"))
+                elif not entry.name.startswith((MARKER, "." + MARKER)):
+                    try:
+                        found[name] = entry.stat().st_size
+                    except FileNotFoundError:
+                        continue
+    return found
+
+
+def marker_content(folder: Path, step: int, world_size: int, save_only_model: bool) -> dict:
+    """What :func:`write_marker` writes: ``{"format", "global_step", "world_size", "save_only_model", "files"}``."""
+    return {
+        "format": MARKER_FORMAT,
+        "global_step": step,
+        "world_size": world_size,
+        "save_only_model": save_only_model,
+        "files": listing(folder),
+    }
+
+
+def write_marker(folder: Path, step: int, world_size: int, save_only_model: bool, writer: str) -> Path:
+    """Write ``folder``'s commit marker last and atomically: a temporary file named for ``writer``, fsynced, then renamed.
+
+    Call only once every rank's part of the checkpoint is written (after a barrier). Several writers
+    on one shared disk write the same content; the rename makes whichever is last whole.
+    """
+    content = json.dumps(marker_content(folder, step, world_size, save_only_model), separators=(",", ":"))
+    temporary = folder / f".{MARKER}.{writer}.tmp"
+    with temporary.open("w", encoding="utf-8") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, folder / MARKER)
     try:
-        weights = [] if _has_weights(folder) else [f"{WEIGHTS_DESCRIPTION} (never written on this node)"]
-        # the node-aware weights check replaces the one-disk rule's NO_WEIGHTS (said once)
-        main = not [p for p in _missing(folder, ranks=[]) if p != NO_WEIGHTS] and not weights
-        lacks = [p for p in _missing(folder, ranks=[rank]) if p != NO_WEIGHTS] + weights
+        fd = os.open(folder, os.O_RDONLY)
         try:
-            state = json.loads((folder / STATE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            state = {}
-        run = record(state) if isinstance(state, dict) else None
-        name = folder / rng_name(rank, int(run["world_size"]) if run else world)
-        own = (OWN_WHOLE if _whole(name) else OWN_CUT) if name.is_file() else OWN_ABSENT
-        files = sorted(p.name for p in folder.iterdir())
+            os.fsync(fd)  # the rename itself, durable
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return folder / MARKER
+
+
+def read_marker(folder: Path) -> dict | None:
+    """``folder``'s commit marker, parsed (one open); None when there is none or it is not one this rule reads."""
+    try:
+        loaded = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {"lacks": [GONE], "main": False, "own": OWN_ABSENT, "record": None, "files": []}
-    return {"lacks": lacks, "main": main, "own": own, "record": run, "files": files}
+        if not folder.is_dir():
+            raise
+        return None
+    except (OSError, ValueError):
+        return None  # not whole (it never is: renamed whole), or another format: the full rule judges
+    if not isinstance(loaded, dict) or loaded.get("format") != MARKER_FORMAT or not isinstance(loaded.get("files"), dict):
+        return None
+    return loaded
 
 
-def views(output_dir: str | os.PathLike[str], rank: int, world: int) -> dict[int, dict]:
-    """:func:`rank_view` of every ``checkpoint-N`` in ``output_dir``, by step."""
-    return {step_of(p) or 0: rank_view(p, rank, world) for p in checkpoints(output_dir)}
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """What every rank resumes from, decided from every rank's views (:func:`agree`).
-
-    ``step``: the newest checkpoint every rank can load (``None``: none); ``lacks``: by
-    step, what each rank that cannot load it lacks (empty list: every rank can); ``error``:
-    set when a checkpoint newer than ``step`` was saved whole but some rank cannot load it
-    from its own disk, so ``output_dir`` is not shared: resuming from ``step`` (or from the
-    start) would silently throw that progress away. The message names the node, what it
-    lacks, and the fix.
-    """
-
-    step: int | None
-    lacks: dict[int, list[str]] = field(default_factory=dict)
-    error: str | None = None
-
-    def judge(self, path: str | os.PathLike[str]) -> list[str]:
-        """What ``checkpoint-N`` at ``path`` lacks, judged for the whole run (a stand-in for :func:`missing`)."""
-        step = step_of(Path(path))
-        return self.lacks.get(step, [GONE]) if step is not None else [GONE]
-
-
-def _who(gathered: dict) -> str:
-    return f"rank {gathered['rank']} (node {gathered['node']})"
-
-
-def agree(gathered: list[dict]) -> Agreement:
-    """Combine every rank's views into one decision, the same on every rank.
-
-    ``gathered``: one entry per rank, ``{"rank": R, "node": NAME, "output_dir": PATH,
-    "views": {N: rank_view}}``. A checkpoint can be resumed from when every rank can load
-    it. It was *saved whole* when some rank holds the main process's files, whole, and,
-    unless the record says ``save_only_model``, every rank of the recorded world holds its
-    own RNG file, whole. A checkpoint saved whole, newer than the newest every rank can
-    load, means a rank's ``output_dir`` lacks what another node wrote: the error.
-    """
-    steps = sorted({step for g in gathered for step in g["views"]})
-    lacks: dict[int, list[str]] = {}
-    for step in steps:
-        problems = []
-        for g in gathered:
-            view = g["views"].get(step)
-            if view is None:
-                problems.append(f"{_who(g)}: the folder (not in its output_dir)")
-            else:
-                problems += [f"{_who(g)}: {lack}" for lack in view["lacks"]]
-        lacks[step] = problems
-    resumable = [step for step in steps if not lacks[step]]
-    newest = resumable[-1] if resumable else None
-    for step in reversed(steps):
-        if newest is not None and step <= newest:
-            break
-        if _saved_whole(step, gathered):
-            return Agreement(newest, lacks, _not_shared(step, gathered))
-    return Agreement(newest, lacks)
-
-
-def _saved_whole(step: int, gathered: list[dict]) -> bool:
-    holders = [g["views"][step] for g in gathered if step in g["views"] and g["views"][step]["main"]]
-    run = next((v["record"] for v in holders if v["record"]), None)
-    if run is None:
-        return False  # no record: what the other ranks wrote cannot be told
-    if run.get("save_only_model"):
-        return True
-    world = int(run["world_size"])
-    own = {g["rank"]: g["views"].get(step, {}).get("own") for g in gathered}
-    return len(gathered) == world and all(own.get(r) == OWN_WHOLE for r in range(world))
-
-
-def _not_shared(step: int, gathered: list[dict]) -> str:
-    holding = [g for g in gathered if step in g["views"] and g["views"][step]["main"]]
-    holders = sorted({str(g["node"]) for g in holding})
-    written = set(holding[0]["views"][step]["files"])
-    lacking = []
-    for g in gathered:
-        view = g["views"].get(step)
-        if view is None:
-            lacking.append(f"node {g['node']} (rank {g['rank']}) has no checkpoint-{step} in its output_dir {g['output_dir']}")
-        elif view["lacks"]:
-            others = {f"rng_state_{r}.pth" for r in range(len(gathered)) if r != g["rank"]}
-            names = sorted(written - set(view["files"]) - others) or [lack.split(" (")[0] for lack in view["lacks"]]
-            lacking.append(f"node {g['node']} (rank {g['rank']}) lacks {', '.join(names)} in {g['output_dir']}/checkpoint-{step}")
-    return (
-        f"output_dir is not shared between the nodes: checkpoint-{step} was saved whole (its trainer_state.json, "
-        f"weights and optimizer on node {', '.join(holders)}, every rank's RNG state on its own node), but "
-        + "; ".join(lacking)
-        + ". Every rank resumes from its own output_dir. Put output_dir on storage every node mounts, or set "
-        "save_on_each_node: true (with the axolotl_savefix plugin) so that each node writes a whole checkpoint. "
-        "Nothing was moved or deleted."
+def _weights_name(name: str, is_dir: bool) -> bool:
+    if is_dir:
+        return name.startswith(("pytorch_model_fsdp_", "model_fsdp_", "global_step"))
+    return name.endswith((".safetensors", ".index.json")) or (
+        name.endswith(".bin") and name.startswith(("pytorch_model", "adapter_model", "model"))
     )
+
+
+def _optimizer_name(name: str, is_dir: bool) -> bool:
+    return name.startswith("optimizer") or (is_dir and name.startswith("global_step"))
+
+
+def marker_main_lacks(folder: Path, marker: dict, now: dict[str, int]) -> list[str]:
+    """Rule 0 for the main process's files (every file but the RNG states) on this disk; ``now``: :func:`listing`."""
+    problems: list[str] = []
+    step = step_of(folder)
+    if step is not None and marker.get("global_step") != step:
+        problems.append(f"{MARKER} (global_step {marker.get('global_step')}, not {step})")
+    files: dict[str, int] = marker["files"]
+    for name, size in sorted(files.items()):
+        if name.startswith(RNG_PREFIX):
+            continue
+        if name not in now:
+            problems.append(f"{name} (deleted since the save: listed in {MARKER})")
+        elif now[name] != size:
+            problems.append(f"{name} ({now[name]} bytes, {size} when saved: truncated or changed since the save)")
+    top_files = {name for name in files if "/" not in name}
+    top_dirs = {name.split("/", 1)[0] for name in files if "/" in name}
+    if STATE not in top_files:
+        problems.append(f"{STATE} (never written on this disk)")
+    if not any(_weights_name(n, False) for n in top_files) and not any(_weights_name(n, True) for n in top_dirs):
+        if not any(name.endswith("/adapter_model.safetensors") or name.endswith("/adapter_model.bin") for name in files):
+            problems.append(NO_WEIGHTS)
+    if (
+        not marker.get("save_only_model")
+        and not any(_optimizer_name(n, False) for n in top_files | top_dirs)
+        and not any(_optimizer_name(n, True) for n in top_dirs)
+    ):
+        problems.append("the optimizer state (none there: deleted, or never written)")
+    for sharded in sorted(top_dirs):
+        if sharded.startswith(("pytorch_model_fsdp_", "optimizer_", "model_fsdp_")) and f"{sharded}/.metadata" not in files:
+            problems.append(f"{sharded}/.metadata (a sharded save that did not finish)")
+        elif sharded.startswith("global_step") and "latest" not in top_files:
+            problems.append(f"latest (DeepSpeed's {sharded} did not finish)")
+    return problems
+
+
+def marker_rng_lacks(marker: dict, rank: int, size_now: int | None) -> list[str]:
+    """Rule 0 for rank ``rank``'s RNG file: ``size_now`` its size on this disk (None: absent)."""
+    world = int(marker.get("world_size") or 1)
+    if marker.get("save_only_model") or rank >= world:
+        return []
+    name = rng_name(rank, world)
+    saved = marker["files"].get(name)
+    if size_now is None:
+        return [f"{name} (rank {rank} of {world})"]
+    if saved is not None and saved != size_now:
+        return [f"{name} ({size_now} bytes, {saved} when saved: truncated or changed since the save)"]
+    return []
+
+
+def marker_lacks(folder: Path, marker: dict, now: dict[str, int]) -> list[str]:
+    """Rule 0 on one disk: the main files and every rank's RNG file of the recorded world."""
+    world = int(marker.get("world_size") or 1)
+    rng = [p for r in range(world) for p in marker_rng_lacks(marker, r, now.get(rng_name(r, world)))]
+    return marker_main_lacks(folder, marker, now) + rng

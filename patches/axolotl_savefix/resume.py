@@ -21,7 +21,13 @@ Targets:
   world size (so every rank's RNG file can be asked for), ``save_only_model``, and the
   run's fingerprint (:mod:`axolotl_savefix.run_match`); and :class:`RunMatchCallback`,
   which stops a resume into a checkpoint that does not belong to the run (issue 22);
-  and :class:`RotateAtTrainEnd`, which finishes a rotation a kill interrupted (below).
+  and :class:`RotateAtTrainEnd`, which finishes a rotation a kill interrupted (below); and
+  :class:`CommitMarker`, which writes each checkpoint's commit marker once every rank's part is
+  written (rule 0 of :mod:`axolotl_savefix.checkpoints`).
+
+Several processes take the resume decision together (:mod:`axolotl_savefix.decision`): newest
+first, one walker per node (one per job on a shared ``output_dir``), a few integers per rank on
+the wire; the checkpoints older than the one taken are not judged, but by the cleanup rules.
 * ``axolotl.utils.config.validate_config``: carries ``savefix_resume_anyway`` past
   Axolotl's schema and warns when ``save_only_model`` meets auto-resume.
 
@@ -51,9 +57,7 @@ import json
 import logging
 import os
 import shutil
-import socket
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,7 @@ from . import checkpoints, disk, run_match
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
+from .agreement import NotSharedOutputDirError, ResumeAgreementError, agree_on_resume, node, writes_markers  # noqa: F401 - ResumeAgreementError: re-exported
 from .save_decision import CALLBACKS_TARGET
 
 RESUME_TARGET = ("axolotl.utils.train", "determine_last_checkpoint", ("cfg",))
@@ -155,7 +160,7 @@ def set_aside_incomplete(
     Only the main process of each node deletes or moves; every rank finds the same newest complete
     checkpoint. Deleted set-aside folders are logged here, one warning line each.
     ``judge``: what a folder lacks (default :func:`checkpoints.missing`, one disk; several
-    processes pass :meth:`checkpoints.Agreement.judge`, every rank's verdict), so a checkpoint
+    processes pass :meth:`axolotl_savefix.decision.Verdict.judge`, the job's verdict), so a checkpoint
     another node holds part of is never taken for garbage.
     """
     scanned = [(p, judge(p)) for p in checkpoints.checkpoints(output_dir)]  # each folder read once
@@ -190,72 +195,37 @@ def _fate(folder: Path, target: Path | str | None) -> str:
     return f"moved to {name} (kept for inspection: only the newest such folder is kept)"
 
 
-AGREE_SECONDS = 600.0  # how long a rank waits for the others' views (SAVEFIX_AGREE_SECONDS overrides)
+class CommitMarker(TrainerCallback):
+    """After each save, once every rank's part is written: the node's main process writes the commit marker (rule 0).
 
-
-class NotSharedOutputDirError(RuntimeError):
-    """A checkpoint was saved whole, but some node cannot load it from its own ``output_dir``."""
-
-
-class ResumeAgreementError(RuntimeError):
-    """The ranks could not exchange their views of ``output_dir`` in time."""
-
-
-def _node() -> str:
-    # torchrun's node rank (GROUP_RANK; NODE_RANK for other launchers), else the host name
-    return os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or socket.gethostname()
-
-
-def _gather(view: dict, world: int) -> list[dict]:
-    """Every rank's ``view``, through a gloo group of its own whose collectives time out after AGREE_SECONDS.
-
-    Axolotl calls ``determine_last_checkpoint`` after it built the trainer, so the
-    default process group exists by then (accelerate's ``PartialState`` made it); where
-    it does not, ``PartialState()`` makes it from the launcher's environment.
+    ``on_save`` runs on every rank after Transformers' ``_save_checkpoint`` returned there; a barrier
+    (one per save, none per step) waits for every rank, then each node's main process writes
+    ``savefix_commit.json`` into ``checkpoint-{global_step}`` (:func:`checkpoints.write_marker`). On an
+    ``output_dir`` the resume decision found shared with rank 0, rank 0 alone writes it.
     """
-    import torch.distributed as dist
 
-    if not dist.is_initialized():
-        from accelerate import PartialState
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - TrainerCallback's hook
+        world = int(args.world_size)
+        if world > 1:
+            import torch.distributed as dist
 
-        PartialState()
-    seconds = float(os.environ.get("SAVEFIX_AGREE_SECONDS") or AGREE_SECONDS)
-    try:
-        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=seconds))
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, view, group=group)
-        dist.destroy_process_group(group)
-    except Exception as error:  # a rank that died or never came: gloo's error, or its timeout
-        raise ResumeAgreementError(
-            f"the {world} ranks could not agree on the checkpoint to resume from within {seconds:.0f} s "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Check that every node "
-            "runs the same command; set SAVEFIX_AGREE_SECONDS to wait longer."
-        ) from error
-    return gathered
-
-
-def agree_on_resume(output_dir: str) -> checkpoints.Agreement | None:
-    """The resume decision, taken by every rank together (``None`` for one process: its own disk decides).
-
-    Each rank judges the checkpoints in its own ``output_dir`` (:func:`checkpoints.views`),
-    every rank's views are gathered, and :func:`checkpoints.agree` picks the newest
-    checkpoint every rank can load, the same on every rank. Raises
-    :class:`ResumeAgreementError` when the views cannot be gathered within
-    ``SAVEFIX_AGREE_SECONDS`` (default 600 seconds).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return None
-    rank = int(os.environ.get("RANK", "0") or 0)
-    mine = {"rank": rank, "node": _node(), "output_dir": str(output_dir), "views": checkpoints.views(output_dir, rank, world)}
-    agreement = checkpoints.agree(_gather(mine, world))
-    if agreement.lacks and not agreement.error:
-        log_once(
-            "agreed",
-            f"resume decision taken by all {world} ranks: "
-            + (f"checkpoint-{agreement.step}" if agreement.step is not None else "no checkpoint every rank can load"),
-        )
-    return agreement
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+        decided = writes_markers()
+        writes = decided if decided is not None else int(args.local_process_index) == 0
+        folder = Path(args.output_dir) / f"{checkpoints.PREFIX}{state.global_step}"
+        if writes and folder.is_dir():
+            writer = f"{node()}-{os.getpid()}"
+            try:
+                checkpoints.write_marker(folder, int(state.global_step), world, bool(args.save_only_model), writer)
+            except OSError as error:  # a full disk, say: the checkpoint stays, judged by rules 1 to 4
+                (folder / f".{checkpoints.MARKER}.{writer}.tmp").unlink(missing_ok=True)  # its own only
+                log_once(
+                    f"marker:{folder}",
+                    f"{folder.name}: commit marker not written ({error.strerror or error}); a resume judges it file by file",
+                    logging.WARNING,
+                )
+        return control
 
 
 def check_explicit(path: str, output_dir: str | None) -> None:
@@ -326,7 +296,7 @@ def apply_builder() -> None:
         callbacks = get_callbacks(self, *args, **kwargs)
         record = SaveFixCheckpointRecord()
         record.fingerprint = run_match.fingerprint(self.cfg, dataset_hash=_dataset_hash(self), world_size=_world_size())
-        callbacks += [record, RunMatchCallback(self.cfg, record.fingerprint), RotateAtTrainEnd()]
+        callbacks += [record, RunMatchCallback(self.cfg, record.fingerprint), RotateAtTrainEnd(), CommitMarker()]
         return callbacks
 
     patch_item(owner, name, get_callbacks_with_record)

@@ -20,6 +20,11 @@ Parts (``nox -s bench -- PART ... [--pairs N] [--out FILE.json]``; none named: a
 * ``decision``: the per-step cost of the save decision;
 * ``preemption``: the per-step cost of the preemption agreement (one process; 2-process DDP, gloo);
 * ``checkpoint``: what one save costs, and what the completeness check and a publish would add.
+* ``scale``: the resume decision at W = 8, 64, 1,024, 16,384 ranks, 8 per node, C = 20 checkpoints
+  (issue 29): a synthetic ``output_dir`` (tests/scale_fixture.py, on /dev/shm) and the real decision
+  code (decision.protocol) for every one of the W ranks, in one process, reduced by a fake process
+  group that counts each rank's bytes; each rank's ``open`` calls (an audit hook) and seconds. One JSON
+  line per row; the "before" rows are the issue's measurement, recorded (the old code is gone).
 
 Prints tables; writes JSON (default .nox/bench.json)."""
 
@@ -586,7 +591,100 @@ def print_inprocess(t: dict) -> None:
         )
 
 
-PARTS = ("preemption", "decision", "checkpoint", "accounting", "loop", "inprocess")
+PARTS = ("preemption", "decision", "checkpoint", "accounting", "loop", "inprocess", "scale")  # none named: all but scale
+
+
+SCALE_WORLDS = (8, 64, 1024, 16384)
+SCALE_BEFORE = [  # issue 29's table, measured on the old code (views of every file, all_gather_object): recorded
+    {"world": 64, "checkpoints": 20, "per_node": 8, "opens_per_rank_max": 5420, "bytes_gathered_per_rank_max": 1.9e6,
+     "decision_s_per_rank_max": 1.0, "code": "before (issue 29, recorded)"},
+    {"world": 1024, "checkpoints": 20, "per_node": 8, "opens_per_rank_max": 82220, "bytes_gathered_per_rank_max": 443e6,
+     "decision_s_per_rank_max": 9.1, "code": "before (issue 29, recorded)"},
+]  # fmt: skip
+
+
+def scale_row(world: int, count: int = 20, per_node: int = 8, layout: str = "shared", cut: bool = False) -> dict[str, Any]:
+    """One row of the scale benchmark (module docstring): the figures, not a verdict."""
+    import scale_fixture
+
+    from axolotl_savefix import decision
+
+    root = Path(tempfile.mkdtemp(prefix="savefix-scale-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    try:
+        started = time.perf_counter()
+        disks = scale_fixture.build(root, world, count, per_node, layout=layout, cut=(world - 1) if cut else None)
+        built_s = time.perf_counter() - started
+        ranks = [decision.Rank(r, world, disks[r // per_node], walker=r % per_node == 0, node=r // per_node) for r in range(world)]
+        opens, listings, seconds = [0] * world, [0] * world, [0.0] * world
+        current = [-1]
+
+        def audit(event: str, args: tuple) -> None:
+            if current[0] >= 0:
+                if event == "open":
+                    opens[current[0]] += 1
+                elif event in ("os.scandir", "os.listdir"):
+                    listings[current[0]] += 1
+
+        sys.addaudithook(audit)  # stays for the process (audit hooks cannot be removed): off between rows
+        running = [decision.protocol(me) for me in ranks]
+        vectors: list[Any] = []
+        for r, g in enumerate(running):
+            current[0], t = r, time.perf_counter()
+            vectors.append(next(g))
+            seconds[r] += time.perf_counter() - t
+        current[0] = -1
+        received, rounds, verdicts = 0, 0, [None] * world
+        while True:
+            reduced = [max(column) for column in zip(*vectors, strict=True)]
+            received += 2 * 8 * len(reduced)  # a ring all-reduce: each rank sends and receives about 2x the vector
+            rounds += 1
+            done, nxt = 0, []
+            for r, g in enumerate(running):
+                current[0], t = r, time.perf_counter()
+                try:
+                    nxt.append(g.send(list(reduced)))
+                except StopIteration as stop:
+                    verdicts[r] = stop.value
+                    done += 1
+                seconds[r] += time.perf_counter() - t
+            current[0] = -1
+            if done:
+                assert done == world, "ranks stopped at different rounds"
+                break
+            vectors = nxt
+        walked = [r for r, v in enumerate(verdicts) if v.walked]
+        others = [r for r in range(world) if r not in walked]
+        steps = {v.step for v in verdicts}
+        assert len(steps) == 1, steps
+        return {
+            "world": world, "checkpoints": count, "per_node": per_node, "layout": layout, "cut_newest": cut,
+            "walkers": len(walked),
+            "opens_per_rank_max": max((opens[r] for r in others), default=0),
+            "opens_per_walker_max": max(opens[r] for r in walked),
+            "listings_per_walker_max": max(listings[r] for r in walked),
+            "listings_per_rank_max": max((listings[r] for r in others), default=0),
+            "opens_job_wide": sum(opens),
+            "bytes_gathered_per_rank_max": received, "rounds": rounds,
+            "decision_s_per_rank_max": round(max(seconds), 4),
+            "decision_s_walker_max": round(max(seconds[r] for r in walked), 4),
+            "agreed_step": steps.pop(), "build_s": round(built_s, 1), "code": "after",
+        }  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def scale(worlds: tuple[int, ...] = SCALE_WORLDS, local_up_to: int = 1024) -> list[dict[str, Any]]:
+    """Every row: shared at each W, node-local up to ``local_up_to`` ranks, and one with the newest checkpoint cut."""
+    rows = [dict(row) for row in SCALE_BEFORE]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    plan = [(w, "shared", False) for w in worlds] + [(w, "local", False) for w in worlds if w <= local_up_to]
+    plan += [(max(worlds), "shared", True)]
+    for world, layout, cut in plan:
+        row = scale_row(world, layout=layout, cut=cut)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -601,6 +699,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrent", action="store_true", help="loop: a pair's two runs at once, a core each")
     parser.add_argument("--torch-threads", type=int, default=None, help="in-process: torch.set_num_threads first")
     parser.add_argument("--out", type=Path, default=ROOT / ".nox" / "bench.json")
+    parser.add_argument("--worlds", default=",".join(map(str, SCALE_WORLDS)), help="scale: the W rows (default %(default)s)")
     opts = parser.parse_args(argv)
     parts = []
     for part in opts.parts:
@@ -610,8 +709,10 @@ def main(argv: list[str] | None = None) -> None:
             parts.append(part)
         else:
             parser.error(f"unknown part {part!r}: choose from {', '.join(PARTS)}")
-    parts = parts or list(PARTS)
+    parts = parts or [p for p in PARTS if p != "scale"]
     result: dict[str, Any] = {}
+    if "scale" in parts:
+        result["scale"] = scale(tuple(int(w) for w in opts.worlds.split(",")))
     if "preemption" in parts:
         p = result["preemption"] = preemption_agreement_us()
         print(f"{'preemption agreement, 1 process (us/step)':<46} {p['single_process_us_per_step']:>10.2f}")

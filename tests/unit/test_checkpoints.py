@@ -136,13 +136,13 @@ def test_newest_complete_and_quarantine(tmp_path):
 def test_a_folder_moved_away_while_checked_is_incomplete(tmp_path, monkeypatch):
     """Another rank sets it aside between the listing and the check: not a crash, not complete."""
     folder = make_checkpoint(tmp_path, 12)
-    real_iterdir = type(folder).iterdir
+    real_scandir = checkpoints.os.scandir
 
-    def iterdir_after_a_move(self):
-        if self == folder:
+    def scandir_after_a_move(path):
+        if path == folder:
             checkpoints.quarantine(folder)
-        return real_iterdir(self)
+        return real_scandir(path)
 
-    monkeypatch.setattr(type(folder), "iterdir", iterdir_after_a_move)
+    monkeypatch.setattr(checkpoints.os, "scandir", scandir_after_a_move)
     assert checkpoints.missing(folder) == [checkpoints.GONE]
     assert checkpoints.missing(tmp_path / "checkpoint-99") == [checkpoints.GONE]

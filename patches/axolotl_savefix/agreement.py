@@ -1,0 +1,99 @@
+"""The resume decision's collective: every rank runs :func:`decision.protocol` over one gloo group.
+
+A seam of one concern, and no Axolotl nor Transformers import (a 16-process test starts it in seconds):
+torch.distributed's ``all_reduce`` (MAX) of a few int64 per round is the only thing sent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from . import decision
+from ._log import log_once
+
+__all__ = ["NotSharedOutputDirError", "ResumeAgreementError", "agree_on_resume", "node", "writes_markers"]
+
+AGREE_SECONDS = 600.0  # how long a rank waits for the others (SAVEFIX_AGREE_SECONDS overrides)
+
+
+class NotSharedOutputDirError(RuntimeError):
+    """A checkpoint was saved whole, but some node cannot load it from its own ``output_dir``."""
+
+
+class ResumeAgreementError(RuntimeError):
+    """The ranks could not take the resume decision together in time."""
+
+
+def node() -> int:
+    """This node's index: torchrun's GROUP_RANK (NODE_RANK for other launchers); -1 when neither is set."""
+    value = os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or ""
+    return int(value) if value.isdigit() else -1
+
+
+def _all_reduce_max(group: Any) -> Callable[[list[int]], list[int]]:
+    """The decision's one collective: the element-wise maximum of every rank's int64 vector (gloo ``all_reduce``)."""
+    import torch
+    import torch.distributed as dist
+
+    def reduce(vector: list[int]) -> list[int]:
+        tensor = torch.tensor(vector, dtype=torch.int64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
+        return tensor.tolist()
+
+    return reduce
+
+
+# Whether this process writes commit markers (its node's walker that judged its own disk); None: not decided
+# (then every node's main process writes one).
+_writes_markers: bool | None = None
+
+
+def agree_on_resume(output_dir: str) -> decision.Verdict | None:
+    """The resume decision, taken by every rank together (``None`` for one process: its own disk decides).
+
+    :func:`decision.protocol` on a gloo group of its own whose collectives time out after
+    ``SAVEFIX_AGREE_SECONDS`` (default 600). Axolotl calls ``determine_last_checkpoint`` after it
+    built the trainer, so the default process group exists by then (accelerate's ``PartialState``
+    made it); where it does not, ``PartialState()`` makes it from the launcher's environment.
+    Raises :class:`ResumeAgreementError` when a rank does not come in time.
+    """
+    global _writes_markers
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()
+    rank = int(os.environ.get("RANK", "0") or 0)
+    me = decision.Rank(rank, world, Path(output_dir), walker=int(os.environ.get("LOCAL_RANK", "0") or 0) == 0, node=node())
+    seconds = float(os.environ.get("SAVEFIX_AGREE_SECONDS") or AGREE_SECONDS)
+    try:
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=seconds))
+        verdict = decision.run(me, _all_reduce_max(group))
+        dist.destroy_process_group(group)
+    except Exception as error:  # a rank that died or never came: gloo's error, or its timeout
+        raise ResumeAgreementError(
+            f"the {world} ranks could not agree on the checkpoint to resume from within {seconds:.0f} s "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Check that every node "
+            "runs the same command; set SAVEFIX_AGREE_SECONDS to wait longer."
+        ) from error
+    _writes_markers = verdict.walked
+    if verdict.lacks and not verdict.error:
+        log_once(
+            "agreed",
+            f"resume decision taken by all {world} ranks: "
+            + (f"checkpoint-{verdict.step}" if verdict.step is not None else "no checkpoint every rank can load"),
+        )
+    return verdict
+
+
+def writes_markers() -> bool | None:
+    """Whether this process writes commit markers: it judged its own disk in the decision; None before one."""
+    return _writes_markers
