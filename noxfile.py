@@ -145,7 +145,7 @@ def preemption(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def signals(session: nox.Session) -> None:
-    """Notices as clusters send them: 2 DataLoader workers, save_strategy steps/epoch/no, a long eval, a worker fault, PID 1, launchers."""
+    """Notices as clusters send them: 2 workers, save_strategy steps/epoch/no, a long eval, a worker fault, PID 1, launchers."""
     tests_impl(session, "tests/e2e/test_signals.py")
 
 
