@@ -63,7 +63,8 @@ class NoEvalOnResumeCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> Any:
         from .preemption import eval_pending
 
-        if state.global_step > 0 and eval_pending(Path(args.output_dir) / f"checkpoint-{state.global_step}"):
+        output_dir = getattr(args, "output_dir", None)
+        if state.global_step > 0 and output_dir and eval_pending(Path(output_dir) / f"checkpoint-{state.global_step}"):
             log_once(
                 f"eval-on-resume:{state.global_step}",
                 f"resumed at global_step {state.global_step}: evaluating it again (a preemption notice cut or "
