@@ -296,7 +296,11 @@ def apply_builder() -> None:
         callbacks = get_callbacks(self, *args, **kwargs)
         record = SaveFixCheckpointRecord()
         record.fingerprint = run_match.fingerprint(self.cfg, dataset_hash=_dataset_hash(self), world_size=_world_size())
-        callbacks += [record, RunMatchCallback(self.cfg, record.fingerprint), RotateAtTrainEnd(), CommitMarker()]
+        callbacks += [record, RunMatchCallback(self.cfg, record.fingerprint), RotateAtTrainEnd()]
+        # the marker first among this package's callbacks, whichever concern's wrapper ran first: the disk
+        # rule's measurement (save_limit.PlanCallback.on_save) then counts it as the folder's last file
+        ours = [n for n, c in enumerate(callbacks) if type(c).__module__.startswith(__package__ + ".")]
+        callbacks.insert(ours[0] if ours else len(callbacks), CommitMarker())
         return callbacks
 
     patch_item(owner, name, get_callbacks_with_record)
