@@ -22,12 +22,17 @@ Targets:
   run's fingerprint (:mod:`axolotl_savefix.run_match`); and :class:`RunMatchCallback`,
   which stops a resume into a checkpoint that does not belong to the run (issue 22);
   and :class:`RotateAtTrainEnd`, which finishes a rotation a kill interrupted (below); and
+  :class:`BestFollowsOutputDir`, which points a stale ``best_model_checkpoint`` (a moved
+  ``output_dir``, Transformers issue 48315) at the folder in ``output_dir``; and
   :class:`CommitMarker`, which writes each checkpoint's commit marker once every rank's part is
   written (rule 0 of :mod:`axolotl_savefix.checkpoints`).
 
 Several processes take the resume decision together (:mod:`axolotl_savefix.decision`): newest
 first, one walker per node (one per job on a shared ``output_dir``), a few integers per rank on
 the wire; the checkpoints older than the one taken are not judged, but by the cleanup rules.
+* ``TokensPerSecondCallback.on_train_begin`` (``include_tkps``; Axolotl issue 3940): on an
+  auto-resume it is given the folder the run resumed from, so the checkpoint's token counters
+  are restored instead of restarting at zero (:func:`apply_token_counters`).
 * ``axolotl.utils.config.validate_config``: carries ``savefix_resume_anyway`` past
   Axolotl's schema and warns when ``save_only_model`` meets auto-resume.
 
@@ -114,6 +119,36 @@ class RotateAtTrainEnd(TrainerCallback):
             save_total_limit=args.save_total_limit,
             best_model_checkpoint=state.best_model_checkpoint,
             use_mtime=True,  # as Trainer._save_checkpoint
+        )
+        return control
+
+
+class BestFollowsOutputDir(TrainerCallback):
+    """A resume from a moved or renamed ``output_dir``: ``best_model_checkpoint`` names the folder here, not the old path.
+
+    Transformers stores ``best_model_checkpoint`` as the path it saved to (``<output_dir>/checkpoint-N``)
+    in ``trainer_state.json`` and restores it on resume. After the run's folder is moved (another disk,
+    a scratch copy), that path names the old place (Transformers issue 48315): the rotation no longer
+    protects the best checkpoint here and deletes it, and with ``save_total_limit: 1`` the end of
+    training loads the best model from the old path (``FileNotFoundError``, or the old copy's weights
+    where it still exists) and deletes every checkpoint here that is not that path. At train begin,
+    after the resumed state is loaded, a best checkpoint outside ``output_dir`` whose folder name is in
+    ``output_dir`` is rewritten to it, with one line; otherwise nothing changes (stock's).
+    """
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - TrainerCallback's hook
+        best = getattr(state, "best_model_checkpoint", None)
+        if not best or not args.output_dir:
+            return control
+        old, here = Path(best), Path(args.output_dir)
+        moved = here / old.name
+        if os.path.realpath(old.parent) == os.path.realpath(here) or not moved.is_dir():
+            return control
+        state.best_model_checkpoint = str(moved)
+        log_once(
+            f"best-moved:{moved}",
+            f"best_model_checkpoint {best} is outside output_dir (moved or renamed since it was saved): "
+            f"taking {moved} instead, so the rotation keeps it and load_best_model_at_end loads it",
         )
         return control
 
@@ -296,7 +331,7 @@ def apply_builder() -> None:
         callbacks = get_callbacks(self, *args, **kwargs)
         record = SaveFixCheckpointRecord()
         record.fingerprint = run_match.fingerprint(self.cfg, dataset_hash=_dataset_hash(self), world_size=_world_size())
-        callbacks += [record, RunMatchCallback(self.cfg, record.fingerprint), RotateAtTrainEnd()]
+        callbacks += [record, RunMatchCallback(self.cfg, record.fingerprint), RotateAtTrainEnd(), BestFollowsOutputDir()]
         # the marker first among this package's callbacks, whichever concern's wrapper ran first: the disk
         # rule's measurement (save_limit.PlanCallback.on_save) then counts it as the folder's last file
         ours = [n for n, c in enumerate(callbacks) if type(c).__module__.startswith(__package__ + ".")]
@@ -305,6 +340,55 @@ def apply_builder() -> None:
 
     patch_item(owner, name, get_callbacks_with_record)
     apply_save_on_each_node()
+    apply_token_counters()
+
+
+TOKENS_MODULE = "axolotl.utils.callbacks.tokens_per_second"
+TOKENS_TARGET = (TOKENS_MODULE, "TokensPerSecondCallback.on_train_begin", ("args", "state"))
+TOKENS_STATE_FILE = "tokens_state.json"  # axolotl.core.trainers.constants.TOKENS_STATE_FILE, written into each checkpoint
+
+
+def resumed_checkpoint(args: Any, state: Any) -> str | None:
+    """The ``checkpoint-<global_step>`` of ``output_dir`` a run resumed from, seen at ``on_train_begin``; None on a fresh run.
+
+    Transformers has loaded the checkpoint's ``trainer_state.json`` before ``on_train_begin``, so
+    ``state.global_step`` is the resumed step (0 on a fresh run); an auto-resume takes its folder
+    from ``output_dir`` (Axolotl's ``determine_last_checkpoint``).
+    """
+    step = int(getattr(state, "global_step", 0) or 0)
+    folder = Path(str(args.output_dir)) / f"{checkpoints.PREFIX}{step}"
+    return str(folder) if step > 0 and folder.is_dir() else None
+
+
+def apply_token_counters() -> None:
+    """Axolotl issue 3940: ``include_tkps`` token counters restart at zero after an auto-resume.
+
+    ``TokensPerSecondCallback`` is built with ``cfg.resume_from_checkpoint`` before
+    ``determine_last_checkpoint`` sets it, so on an auto-resume it holds None and its
+    ``on_train_begin`` skips the restore of ``tokens_state.json``. The wrapper gives it the folder the
+    run resumed from (:func:`resumed_checkpoint`) for that call only; an explicit
+    ``resume_from_checkpoint`` (a string already) and a fresh run are stock's. Releases without the
+    callback have nothing to fix.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec(TOKENS_MODULE) is None:
+        return
+    owner, name, on_train_begin = require(*TOKENS_TARGET)
+
+    @wraps(on_train_begin)
+    def on_train_begin_restoring(self: Any, args: Any, state: Any, *rest: Any, **kwargs: Any) -> Any:
+        held = getattr(self, "resume_from_checkpoint", None)
+        resumed = None if isinstance(held, str) else resumed_checkpoint(args, state)
+        if resumed is None:
+            return on_train_begin(self, args, state, *rest, **kwargs)
+        self.resume_from_checkpoint = resumed
+        try:
+            return on_train_begin(self, args, state, *rest, **kwargs)
+        finally:
+            self.resume_from_checkpoint = held
+
+    patch_item(owner, name, on_train_begin_restoring)
 
 
 SAVE_TARGET = ("axolotl.core.trainers.base", "AxolotlTrainer._save", ("output_dir", "state_dict"))

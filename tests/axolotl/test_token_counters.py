@@ -1,0 +1,52 @@
+"""Axolotl issue 3940: an auto-resumed run's ``include_tkps`` counters (tokens/total, tokens/trainable).
+
+Axolotl builds ``TokensPerSecondCallback`` with ``cfg.resume_from_checkpoint`` before
+``determine_last_checkpoint`` sets it: on an auto-resume it holds None and the restore of the
+checkpoint's ``tokens_state.json`` is skipped. Here the callback meets the state Transformers hands it
+at ``on_train_begin`` of a run resumed at step 5, stock and patched.
+"""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+import axolotl_savefix
+from axolotl_savefix import resume
+
+tokens_per_second = pytest.importorskip(resume.TOKENS_MODULE, reason="this Axolotl has no TokensPerSecondCallback")
+
+
+def _on_train_begin(output_dir, step, held=None):
+    callback = tokens_per_second.TokensPerSecondCallback(resume_from_checkpoint=held)  # as the builder makes it
+    state = SimpleNamespace(global_step=step)
+    callback.on_train_begin(SimpleNamespace(output_dir=str(output_dir)), state, SimpleNamespace())
+    return {k: int(v) for k, v in getattr(state, "tokens", {}).items()}, callback
+
+
+@pytest.fixture
+def output_dir(tmp_path):
+    for step, total in ((5, 640), (10, 1280)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / resume.TOKENS_STATE_FILE).write_text(json.dumps({"total": total, "trainable": total // 2}))
+    return tmp_path
+
+
+def test_stock_auto_resume_restarts_the_counters_at_zero(output_dir):
+    restored, _ = _on_train_begin(output_dir, 5)
+    assert restored == {}  # the defect: nothing restored, the trainer starts counting from 0
+
+
+def test_patched_auto_resume_restores_the_resumed_checkpoints_counters(output_dir):
+    axolotl_savefix.apply()
+    import axolotl.core.builders.base  # noqa: F401 - the builder's part (and the callback's) is applied on its import
+
+    restored, callback = _on_train_begin(output_dir, 5)
+    assert restored == {"total": 640, "trainable": 320}  # checkpoint-5's, not checkpoint-10's
+    assert callback.resume_from_checkpoint is None  # only for that call: the callback holds what the builder gave
+    assert _on_train_begin(output_dir, 0)[0] == {}  # a fresh run: nothing to restore
+    explicit = output_dir / "checkpoint-10"
+    assert _on_train_begin(output_dir, 5, held=str(explicit))[0] == {"total": 1280, "trainable": 640}  # stock's path
+    axolotl_savefix.revert()
+    assert _on_train_begin(output_dir, 5)[0] == {}
