@@ -377,6 +377,37 @@ def upstream(session: nox.Session) -> None:
     upstream_check.run(session, axolotl_env)
 
 
+@nox.session(venv_backend="none")
+def build(session: nox.Session) -> None:
+    """The wheel and sdist into dist/ (uv build), then the wheel alone (no deps) in a fresh venv: `--version` and a plan.
+
+    Axolotl is not installed (minutes): `plan --steps-per-epoch` needs only PyYAML, which the wheel requires.
+    """
+    import glob
+    import shutil
+
+    uv = environments.uv(session)
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run(uv, "build", "--out-dir", str(dist), str(ROOT), external=True)
+    wheels = glob.glob(str(dist / "axolotl_savefix-*.whl"))
+    sdists = glob.glob(str(dist / "axolotl_savefix-*.tar.gz"))
+    if len(wheels) != 1 or len(sdists) != 1:
+        session.error(f"dist/ holds {len(wheels)} wheels and {len(sdists)} sdists: expected one of each")
+    venv = ROOT / ".nox" / "build-check"
+    session.run(uv, "venv", "--quiet", "--clear", "--python", environments.interpreter("3.11"), str(venv), external=True)
+    python = str(venv / "bin" / "python")
+    # the wheel with no deps, then its one requirement (PyYAML) from what the machine has
+    session.run(uv, "pip", "install", "--quiet", "--python", python, "--no-deps", wheels[0], external=True)
+    session.run(uv, "pip", "install", "--quiet", "--python", python, *environments.find_links(), "pyyaml", external=True)
+    command = str(venv / "bin" / "axolotl-savefix")
+    session.run(command, "--version", external=True)
+    config = venv / "tiny.yml"
+    config.write_text("base_model: tiny\nmicro_batch_size: 1\nnum_epochs: 2\nsaves_per_epoch: 2\noutput_dir: " + str(venv / "out") + "\n")
+    session.run(command, "plan", str(config), "--steps-per-epoch", "10", external=True)  # exit 0: saves 5 10 15 20, all kept
+    session.log(f"built and checked: {wheels[0]}, {sdists[0]}")
+
+
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff")
