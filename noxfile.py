@@ -403,7 +403,7 @@ def build(session: nox.Session) -> None:
     command = str(venv / "bin" / "axolotl-savefix")
     session.run(command, "--version", external=True)
     config = venv / "tiny.yml"
-    config.write_text("base_model: tiny\nmicro_batch_size: 1\nnum_epochs: 2\nsaves_per_epoch: 2\noutput_dir: " + str(venv / "out") + "\n")
+    config.write_text(f"base_model: tiny\nmicro_batch_size: 1\nnum_epochs: 2\nsaves_per_epoch: 2\noutput_dir: {venv / 'out'}\n")
     session.run(command, "plan", str(config), "--steps-per-epoch", "10", external=True)  # exit 0: saves 5 10 15 20, all kept
     session.log(f"built and checked: {wheels[0]}, {sdists[0]}")
 
