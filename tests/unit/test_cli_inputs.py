@@ -123,3 +123,14 @@ def test_debug_shows_the_traceback(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
     assert "InputError" in proc.stderr and str(path) in proc.stderr
+
+
+def test_version_is_one_line_on_stdout():
+    proc = subprocess.run(
+        [sys.executable, "-m", "axolotl_savefix", "--version"], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stderr == ""
+    line = proc.stdout.strip()
+    assert line.startswith("axolotl-savefix ") and len(proc.stdout.splitlines()) == 1
+    inner = line[line.index("(") + 1 : -1]  # "axolotl 0.19.0" or "axolotl not installed"
+    assert inner.startswith("axolotl ") and "(" not in inner
