@@ -126,7 +126,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def cli(session: nox.Session) -> None:
-    """Runs through `axolotl train` in its own process: the plugin line, LoRA stock vs patched (about 3 minutes)."""
+    """Runs through `axolotl train` in its own process: the plugin line, LoRA stock vs patched; `plan` in its own process."""
     tests_impl(session, "tests", "-m", "cli")
 
 

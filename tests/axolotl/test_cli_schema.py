@@ -1,8 +1,8 @@
 """``axolotl-savefix plan`` where Axolotl is imported, in a process of its own (issue 32).
 
 A config Axolotl's schema refuses, stock Axolotl's behaviour on the same mistakes beside ours,
-and a network that accepts and never answers. Each case starts Axolotl in a child (about 20 s
-apiece here): they belong to the ``cli`` session.
+and a network that accepts and never answers. Each case starts Axolotl in a child (31 to 43 s
+apiece on a 2-core machine, 130 s for the file with the fixture's build): the ``cli`` session.
 """
 
 from __future__ import annotations
