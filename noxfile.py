@@ -126,7 +126,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def cli(session: nox.Session) -> None:
-    """Runs through `axolotl train` in its own process: the plugin line, LoRA stock vs patched (about 3 minutes)."""
+    """Runs through `axolotl train` in its own process: the plugin line, LoRA stock vs patched; `plan` in its own process."""
     tests_impl(session, "tests", "-m", "cli")
 
 
@@ -375,6 +375,37 @@ def upstream(session: nox.Session) -> None:
     step 3 only when M is the last). Writes .nox/upstream-series.json (per patch: lines, tests added, hooks, tests passed, seconds).
     """
     upstream_check.run(session, axolotl_env)
+
+
+@nox.session(venv_backend="none")
+def build(session: nox.Session) -> None:
+    """The wheel and sdist into dist/ (uv build), then the wheel alone (no deps) in a fresh venv: `--version` and a plan.
+
+    Axolotl is not installed (minutes): `plan --steps-per-epoch` needs only PyYAML, which the wheel requires.
+    """
+    import glob
+    import shutil
+
+    uv = environments.uv(session)
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run(uv, "build", "--out-dir", str(dist), str(ROOT), external=True)
+    wheels = glob.glob(str(dist / "axolotl_savefix-*.whl"))
+    sdists = glob.glob(str(dist / "axolotl_savefix-*.tar.gz"))
+    if len(wheels) != 1 or len(sdists) != 1:
+        session.error(f"dist/ holds {len(wheels)} wheels and {len(sdists)} sdists: expected one of each")
+    venv = ROOT / ".nox" / "build-check"
+    session.run(uv, "venv", "--quiet", "--clear", "--python", environments.interpreter("3.11"), str(venv), external=True)
+    python = str(venv / "bin" / "python")
+    # the wheel with no deps, then its one requirement (PyYAML) from what the machine has
+    session.run(uv, "pip", "install", "--quiet", "--python", python, "--no-deps", wheels[0], external=True)
+    session.run(uv, "pip", "install", "--quiet", "--python", python, *environments.find_links(), "pyyaml", external=True)
+    command = str(venv / "bin" / "axolotl-savefix")
+    session.run(command, "--version", external=True)
+    config = venv / "tiny.yml"
+    config.write_text(f"base_model: tiny\nmicro_batch_size: 1\nnum_epochs: 2\nsaves_per_epoch: 2\noutput_dir: {venv / 'out'}\n")
+    session.run(command, "plan", str(config), "--steps-per-epoch", "10", external=True)  # exit 0: saves 5 10 15 20, all kept
+    session.log(f"built and checked: {wheels[0]}, {sdists[0]}")
 
 
 @nox.session(python="3.11")

@@ -408,7 +408,8 @@ def _exit_within(seconds: float, code: int) -> None:
 class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
         found = axolotl_version()
-        print(f"axolotl-savefix {savefix_version()} (axolotl {found})")
+        axolotl = "axolotl not installed" if found.startswith("(") else f"axolotl {found}"
+        print(f"axolotl-savefix {savefix_version()} ({axolotl})")
         parser.exit()
 
 

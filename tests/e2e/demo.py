@@ -19,6 +19,18 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 
 import cases  # noqa: E402
 import harness  # noqa: E402
+import reference  # noqa: E402
+from demo_summary import run_summary  # noqa: E402
+
+
+def summary(variant: str, observed: harness.Observed, case: dict) -> str:
+    """The run's one line, from its checkpoints and the config (steps per epoch read back from its log)."""
+    grad_accum = case["grad_accum"]
+    batches = observed.batches_per_epoch(grad_accum)
+    walk = reference.walk(batches, grad_accum, observed.max_steps)
+    epoch_ends = [step for step, _, consumed, _ in walk if consumed == batches]
+    asked = len(reference.patched_saves(batches, grad_accum, case["saves_per_epoch"], observed.max_steps))
+    return run_summary(variant, observed.saved, observed.kept, epoch_ends, asked, case["save_total_limit"])
 
 
 def main() -> None:
@@ -40,6 +52,7 @@ def main() -> None:
     print(f"{'run':<8} {'saved at steps':<40} {'kept on disk'}")
     for variant, observed in rows:
         print(f"{variant:<8} {' '.join(map(str, observed.saved)):<40} {' '.join(map(str, observed.kept))}")
+        print(f"         {summary(variant, observed, case)}")
     print(f"\nlogs and checkpoints: {root}")
 
 
@@ -59,7 +72,7 @@ def filtered() -> int:
     hidden, after_hidden = 0, False
     assert child.stdout is not None
     for line in child.stdout:
-        if NOISE.search(line) and not line.startswith(("run ", "stock ", "patched ")):
+        if NOISE.search(line) and not line.startswith(("run ", "stock ", "patched ", "         ")):
             hidden, after_hidden = hidden + 1, True
             continue
         if after_hidden and not line.strip():  # the blank line a hidden warning ends with
