@@ -120,14 +120,21 @@ def tests(session: nox.Session) -> None:
         session,
         "tests",
         "-m",
-        "not preemption and not engines and not cli and not disk and not nodes and not deepspeed and not signals and not slurm",
+        "not preemption and not engines and not cli and not disk and not nodes and not deepspeed and not signals and not slurm"
+        " and not inputs",
     )
 
 
 @nox.session(venv_backend="none")
 def cli(session: nox.Session) -> None:
-    """Runs through `axolotl train` in its own process: the plugin line, LoRA stock vs patched; `plan` in its own process."""
+    """Runs through `axolotl train` in its own process: the plugin line, LoRA stock vs patched (`plan`'s inputs: `inputs`)."""
     tests_impl(session, "tests", "-m", "cli")
+
+
+@nox.session(venv_backend="none")
+def inputs(session: nox.Session) -> None:
+    """`axolotl-savefix plan` through Axolotl: a schema refusal, stock beside, a silent network (about 2 minutes)."""
+    tests_impl(session, "tests", "-m", "inputs")
 
 
 @nox.session(venv_backend="none")

@@ -19,7 +19,7 @@ import fixture
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.axolotl, pytest.mark.cli]
+pytestmark = [pytest.mark.axolotl, pytest.mark.inputs]  # about 2 min: a session of its own (`nox -s inputs`)
 
 PATCHES = Path(__file__).resolve().parents[2] / "patches"
 
