@@ -71,26 +71,20 @@ def test_yaml_syntax_error_names_its_line_and_column(tmp_path):
     assert mark.line + 1 == 4  # the flow sequence opened on line 3 runs into line 4's mapping key
 
 
-def test_empty_file(tmp_path):
-    path = tmp_path / "empty.yml"
-    path.write_text("")
+@pytest.mark.parametrize(
+    ("name", "content", "fragments"),
+    [
+        ("empty.yml", b"", ["empty"]),
+        ("list.yml", b"- base_model: x\n- num_epochs: 2\n", ["a list", "mapping"]),
+        ("latin1.yml", "base_model: caf\u00e9\n".encode("latin-1"), ["UTF-8", "byte 15"]),  # the é, the 16th byte
+    ],
+)
+def test_a_file_that_is_not_a_yaml_mapping(tmp_path, name, content, fragments):
+    path = tmp_path / name
+    path.write_bytes(content)
     line = assert_one_line_error(plan(path), path)
-    assert "empty" in line
-
-
-def test_a_yaml_list(tmp_path):
-    path = tmp_path / "list.yml"
-    path.write_text("- base_model: x\n- num_epochs: 2\n")
-    line = assert_one_line_error(plan(path), path)
-    assert "a list" in line and "mapping" in line
-
-
-def test_not_utf8(tmp_path):
-    path = tmp_path / "latin1.yml"
-    path.write_bytes("base_model: caf\u00e9\n".encode("latin-1"))
-    line = assert_one_line_error(plan(path), path)
-    assert "UTF-8" in line
-    assert "byte 15" in line  # the é, the 16th byte
+    for fragment in fragments:
+        assert fragment in line
 
 
 def test_closed_stdout(tmp_path):
