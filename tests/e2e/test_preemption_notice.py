@@ -122,10 +122,14 @@ def check_resumed(config, second_log: str, stop: int, world: int = 1, limit: int
 def check_preempted(config, code: int, first_log: str, stop: int, *, world: int = 1, status: int = SIGTERM):
     out = harness.output_dir(config)
     assert code == status, first_log[-3000:]
+    # what the run said first: a failure below then shows the run's own account of the stop (its log's tail)
+    assert f"every rank stops after step {stop}" in first_log, first_log[-3000:]
     folder = out / f"checkpoint-{stop}"
+    kept = sorted(p.name for p in out.iterdir())
+    assert folder.is_dir(), (kept, first_log[-3000:])
+    assert (folder / "trainer_state.json").is_file(), (sorted(p.name for p in folder.iterdir()), first_log[-3000:])
     assert_complete(folder, stop, world)
     assert not (out / "model.safetensors").exists()  # no weights-only "final" model in output_dir
-    assert f"every rank stops after step {stop}" in first_log
     assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))[-1] == stop
     return folder
 
