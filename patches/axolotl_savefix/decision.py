@@ -2,7 +2,7 @@
 
 No Axolotl, no torch: files only, and a collective passed in. Each rank runs :func:`protocol`, a
 generator: it yields a vector of integers, gets back the element-wise maximum of every rank's vector
-(one all-reduce, :mod:`axolotl_savefix.resume` ``_all_reduce_max``; :func:`lockstep` in one process),
+(one all-reduce, :mod:`axolotl_savefix.agreement` ``_all_reduce_max``; :func:`lockstep` in one process),
 and returns a :class:`Verdict`, the same step on every rank. Rounds:
 
 0. Rank 0 writes a fresh token into its ``output_dir``; every walker (each node's main process,
@@ -172,9 +172,13 @@ def main_part(folder: Path) -> Main:
     if marker is not None:
         now = checkpoints.listing(folder)
         lacks = checkpoints.marker_main_lacks(folder, marker, now)
-        for name, size in sorted(marker["files"].items()):  # the RNG files on this disk: sizes only
-            if name.startswith(checkpoints.RNG_PREFIX) and name in now and now[name] != size:
-                lacks.append(f"{name} ({now[name]} bytes, {size} when saved: truncated or changed since the save)")
+        changed = [  # the RNG files on this disk: sizes only (W of them on a shared disk: sort the few that differ)
+            (name, size)
+            for name, size in marker["files"].items()
+            if name.startswith(checkpoints.RNG_PREFIX) and name in now and now[name] != size
+        ]
+        for name, size in sorted(changed):
+            lacks.append(f"{name} ({now[name]} bytes, {size} when saved: truncated or changed since the save)")
         names = frozenset(name.split("/", 1)[0] for name in now)
         return Main(lacks, int(marker.get("world_size") or 0), bool(marker.get("save_only_model")), names, True)
     lacks = [p for p in checkpoints._missing(folder, ranks=[], skip_rng=True) if p != NO_WEIGHTS]

@@ -23,7 +23,8 @@ Parts (``nox -s bench -- PART ... [--pairs N] [--out FILE.json]``; none named: a
 * ``scale``: the resume decision at W = 8, 64, 1,024, 16,384 ranks, 8 per node, C = 20 checkpoints
   (issue 29): a synthetic ``output_dir`` (tests/scale_fixture.py, on /dev/shm) and the real decision
   code (decision.protocol) for every one of the W ranks, in one process, reduced by a fake process
-  group that counts each rank's bytes; each rank's ``open`` calls (an audit hook) and seconds. One JSON
+  group that counts each rank's bytes; each rank's ``open`` calls (an audit hook) and seconds (wall clock,
+  and the process's CPU time, which a loaded machine's neighbours do not inflate). One JSON
   line per row; the "before" rows are the issue's measurement, recorded (the old code is gone).
 
 Prints tables; writes JSON (default .nox/bench.json)."""
@@ -615,7 +616,7 @@ def scale_row(world: int, count: int = 20, per_node: int = 8, layout: str = "sha
         disks = scale_fixture.build(root, world, count, per_node, layout=layout, cut=(world - 1) if cut else None)
         built_s = time.perf_counter() - started
         ranks = [decision.Rank(r, world, disks[r // per_node], walker=r % per_node == 0, node=r // per_node) for r in range(world)]
-        opens, listings, seconds = [0] * world, [0] * world, [0.0] * world
+        opens, listings, seconds, cpu = [0] * world, [0] * world, [0.0] * world, [0.0] * world
         current = [-1]
 
         def audit(event: str, args: tuple) -> None:
@@ -629,9 +630,10 @@ def scale_row(world: int, count: int = 20, per_node: int = 8, layout: str = "sha
         running = [decision.protocol(me) for me in ranks]
         vectors: list[Any] = []
         for r, g in enumerate(running):
-            current[0], t = r, time.perf_counter()
+            current[0], t, c = r, time.perf_counter(), time.process_time()
             vectors.append(next(g))
             seconds[r] += time.perf_counter() - t
+            cpu[r] += time.process_time() - c
         current[0] = -1
         received, rounds, verdicts = 0, 0, [None] * world
         while True:
@@ -640,13 +642,14 @@ def scale_row(world: int, count: int = 20, per_node: int = 8, layout: str = "sha
             rounds += 1
             done, nxt = 0, []
             for r, g in enumerate(running):
-                current[0], t = r, time.perf_counter()
+                current[0], t, c = r, time.perf_counter(), time.process_time()
                 try:
                     nxt.append(g.send(list(reduced)))
                 except StopIteration as stop:
                     verdicts[r] = stop.value
                     done += 1
                 seconds[r] += time.perf_counter() - t
+                cpu[r] += time.process_time() - c
             current[0] = -1
             if done:
                 assert done == world, "ranks stopped at different rounds"
@@ -667,6 +670,7 @@ def scale_row(world: int, count: int = 20, per_node: int = 8, layout: str = "sha
             "bytes_gathered_per_rank_max": received, "rounds": rounds,
             "decision_s_per_rank_max": round(max(seconds), 4),
             "decision_s_walker_max": round(max(seconds[r] for r in walked), 4),
+            "decision_cpu_s_per_rank_max": round(max(cpu), 4),  # the process's CPU time (user + system) in that rank's part
             "agreed_step": steps.pop(), "build_s": round(built_s, 1), "code": "after",
         }  # fmt: skip
     finally:
