@@ -133,3 +133,44 @@ def own_time(stats: dict, package: str = "axolotl_savefix/") -> dict[str, Any]:
                 own[label] = own.get(label, 0.0) + cumtime
     by_function = dict(sorted(own.items(), key=lambda item: -item[1]))
     return {"own": sum(own.values()), "imports": imports, "by_function": by_function}
+
+
+PLAN_RUNS = ("cold", "prepared", "floor")  # `nox -s bench -- plan`: what each series times (tests/e2e/bench.py)
+PLAN_LABELS = {
+    "cold": "plan, no prepared data set",
+    "prepared": "plan, data set already prepared",
+    "floor": 'floor: python -c "import axolotl"',
+}
+
+
+def plan_figures(seconds: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """The ``plan`` part's summary: per series, ``median_s``, ``min_s``, ``repeats`` and ``runs`` (seconds);
+    then ``prepared_over_floor`` and ``cold_over_floor``: the series' medians over the floor's median.
+
+    ``seconds``: ``{"cold": [...], "prepared": [...], "floor": [...]}``, wall seconds per repeat.
+    Raises ValueError naming the series when one is missing, empty, or holds a time that is not above 0.
+    """
+    out: dict[str, Any] = {}
+    for name in PLAN_RUNS:
+        runs = list(seconds.get(name, ()))
+        if not runs:
+            raise ValueError(f"plan bench: no {name!r} times (got series {sorted(seconds)}); each of {PLAN_RUNS} needs one or more")
+        if any(not s > 0 for s in runs):
+            raise ValueError(f"plan bench: {name!r} holds a time not above 0 s: {runs}; a wall time is positive")
+        out[name] = {"median_s": statistics.median(runs), "min_s": min(runs), "repeats": len(runs), "runs": runs}
+    floor = out["floor"]["median_s"]
+    out["prepared_over_floor"] = out["prepared"]["median_s"] / floor
+    out["cold_over_floor"] = out["cold"]["median_s"] / floor
+    return out
+
+
+def plan_lines(figures: Mapping[str, Any]) -> list[str]:
+    """One human line per series of :func:`plan_figures`' result: median and min seconds, and the ratio to the floor."""
+    lines = []
+    for name in PLAN_RUNS:
+        row = figures[name]
+        ratio = "" if name == "floor" else f"; {figures[f'{name}_over_floor']:.2f}x the floor (medians)"
+        lines.append(
+            f"{PLAN_LABELS[name]:<36} median {row['median_s']:6.1f} s, min {row['min_s']:6.1f} s ({row['repeats']} runs){ratio}"
+        )
+    return lines
