@@ -342,7 +342,8 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """What the plugin costs, stock vs patched: phase by phase on a 600-step case, per-step decision and agreement.
 
-    `nox -s bench -- loop --pairs 6` (parts: loop, inprocess, decision, preemption, checkpoint; none: all).
+    `nox -s bench -- loop --pairs 6` (parts: loop, inprocess, decision, preemption, checkpoint, accounting; none: all
+    of those; `scale` and `plan` only when named: `nox -s bench -- plan --repeats 3`, `plan` on the demo config).
     JSON to .nox/bench.json (`--out`). See tests/e2e/bench.py.
     """
     run_script(session, "bench.py", *session.posargs)

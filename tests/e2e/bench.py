@@ -27,8 +27,8 @@ Parts (``nox -s bench -- PART ... [--pairs N] [--out FILE.json]``; none named: a
   line per row; the "before" rows are the issue's measurement, recorded (the old code is gone).
 * ``plan``: the wall time of ``axolotl-savefix plan`` on the demo's config (issue 32), cold (no
   prepared data set) and with the data set already prepared, against ``python -c "import axolotl"``
-  in the same venv (the floor): ``--repeats`` runs of each, median and min seconds and the ratios of
-  the medians to the floor (:func:`plan_times`, tests/bench_summary.py's ``plan_figures``).
+  in the same venv (the floor) and an import of the Axolotl modules ``plan`` needs: ``--repeats`` runs
+  of each, median and min seconds and the ratios of the medians to both (:func:`plan_times`, tests/bench_summary.py's ``plan_figures``).
 
 Prints tables; writes JSON (default .nox/bench.json)."""
 
@@ -693,6 +693,8 @@ def scale(worlds: tuple[int, ...] = SCALE_WORLDS, local_up_to: int = 1024) -> li
 
 
 PLAN_ENV = {"AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+# what `plan` imports of Axolotl with the data set prepared (cli.plan_from_data, cli._datasets): the second floor
+PLAN_MODULES = ("axolotl.cli.config", "axolotl.utils.data")
 
 
 def _timed(command: list[str], what: str) -> float:
@@ -707,14 +709,16 @@ def _timed(command: list[str], what: str) -> float:
 
 
 def plan_times(repeats: int = REPEATS) -> dict[str, Any]:
-    """``axolotl-savefix plan`` on the demo's config against one ``import axolotl`` (the floor), wall seconds.
+    """``axolotl-savefix plan`` on the demo's config against ``import axolotl`` (the floor) and the modules it imports, s.
 
     The config is the demo's patched one (tests/e2e/demo.py: ``harness.write_config`` of the
     ``reported`` case, plugin line in; its plan exits 0), written into a temp folder. Each of
-    ``repeats`` rounds runs, in this order: the floor (``python -c "import axolotl"``, this venv);
+    ``repeats`` rounds runs, in this order: the floor (``python -c "import axolotl"``, this venv: the
+    package's ``__init__`` only, which imports almost nothing); the modules ``plan`` imports
+    (:data:`PLAN_MODULES`, with torch: the floor a plan that only counts a prepared set still pays);
     ``plan`` cold (its ``dataset_prepared_path`` removed first; Hugging Face's own datasets cache is
-    left as it is); ``plan`` prepared (the set the cold run just wrote). One floor run before the
-    rounds warms the file cache and is not counted. Every process gets :data:`PLAN_ENV`.
+    left as it is); ``plan`` prepared (the set the cold run just wrote). One import of the modules
+    before the rounds warms the file cache and is not counted. Every process gets :data:`PLAN_ENV`.
     Returns :func:`bench_summary.plan_figures` plus the config, the load average and the core count.
     Raises RuntimeError when a run fails or the cold run leaves no prepared data set.
     """
@@ -723,10 +727,12 @@ def plan_times(repeats: int = REPEATS) -> dict[str, Any]:
     prepared = Path(yaml.safe_load(config.read_text())["dataset_prepared_path"])
     plan = [str(Path(sys.executable).parent / "axolotl-savefix"), "plan", str(config)]
     floor = [sys.executable, "-c", "import axolotl"]
-    _timed(floor, "the warm-up import")
-    seconds: dict[str, list[float]] = {"cold": [], "prepared": [], "floor": []}
+    modules = [sys.executable, "-c", f"import {', '.join(PLAN_MODULES)}"]
+    _timed(modules, "the warm-up import")
+    seconds: dict[str, list[float]] = {"cold": [], "prepared": [], "floor": [], "modules": []}
     for i in range(repeats):
         seconds["floor"].append(_timed(floor, "import axolotl"))
+        seconds["modules"].append(_timed(modules, f"import {', '.join(PLAN_MODULES)}"))
         shutil.rmtree(prepared, ignore_errors=True)
         seconds["cold"].append(_timed(plan, "plan (cold)"))
         if not prepared.is_dir() or not any(prepared.iterdir()):
