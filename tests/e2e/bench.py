@@ -28,7 +28,8 @@ Parts (``nox -s bench -- PART ... [--pairs N] [--out FILE.json]``; none named: a
 * ``plan``: the wall time of ``axolotl-savefix plan`` on the demo's config (issue 32), cold (no
   prepared data set) and with the data set already prepared, against ``python -c "import axolotl"``
   in the same venv (the floor) and an import of the Axolotl modules ``plan`` needs: ``--repeats`` runs
-  of each, median and min seconds and the ratios of the medians to both (:func:`plan_times`, tests/bench_summary.py's ``plan_figures``).
+  of each, median and min seconds and the ratios of the medians to both (:func:`plan_times`,
+  tests/bench_summary.py's ``plan_figures``).
 
 Prints tables; writes JSON (default .nox/bench.json)."""
 
