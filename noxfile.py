@@ -8,7 +8,6 @@ install it once. ``unit`` needs no Axolotl and runs in its own small venv.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -452,8 +451,8 @@ def install_check(session: nox.Session, uv: str) -> None:
     )  # fmt: skip
     freeze = [uv, "pip", "freeze", "--python", python]
     before = set(session.run(*freeze, silent=True, external=True).splitlines())
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(venv)}
-    session.run("pip", "install", "--quiet", ".", env=env, external=True)  # README.md, "Enable the fix", as typed
+    # README.md, "Enable the fix", as typed in the activated venv; nox looks a bare "pip" up on its own PATH, so the full path
+    session.run(str(bin_dir / "pip"), "install", "--quiet", ".", env={"VIRTUAL_ENV": str(venv)}, external=True)
     after = set(session.run(*freeze, silent=True, external=True).splitlines())
     added, removed = sorted(after - before), sorted(before - after)
     if removed or [line.split("==")[0].split(" @ ")[0] for line in added] != ["axolotl-savefix"]:
