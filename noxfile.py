@@ -432,13 +432,18 @@ def install_check(session: nox.Session, uv: str) -> None:
        ``axolotl-savefix`` and change nothing Axolotl brought (``uv pip freeze`` before and after).
     3. ``axolotl-savefix --version`` names this package's version and Axolotl 0.19.0;
        ``axolotl-savefix plan`` on the demo's patched config (tests/e2e/demo.py's) exits 0.
-    Logs its seconds. Fails the session naming the step otherwise.
+    Logs its seconds, step by step. Fails the session naming the step otherwise.
     """
     import re
     import time
 
     python_version, torch = AXOLOTL[DEFAULT_AXOLOTL]
     started = time.monotonic()
+    steps: dict[str, float] = {}
+
+    def lap(step: str) -> None:  # the seconds since the previous lap, as the step's
+        steps[step] = time.monotonic() - started - sum(steps.values())
+
     venv = ROOT / ".nox" / "install-check"
     bin_dir = venv / "bin"
     python = str(bin_dir / "python")
@@ -449,10 +454,12 @@ def install_check(session: nox.Session, uv: str) -> None:
         uv, "pip", "install", "--quiet", "--python", python, *environments.find_links(),
         "-c", str(constraints), *torch, f"axolotl=={DEFAULT_AXOLOTL}", external=True,
     )  # fmt: skip
+    lap("venv and axolotl")
     freeze = [uv, "pip", "freeze", "--python", python]
     before = set(session.run(*freeze, silent=True, external=True).splitlines())
     # README.md, "Enable the fix", as typed in the activated venv; nox looks a bare "pip" up on its own PATH, so the full path
     session.run(str(bin_dir / "pip"), "install", "--quiet", ".", env={"VIRTUAL_ENV": str(venv)}, external=True)
+    lap("pip install .")
     after = set(session.run(*freeze, silent=True, external=True).splitlines())
     added, removed = sorted(after - before), sorted(before - after)
     if removed or [line.split("==")[0].split(" @ ")[0] for line in added] != ["axolotl-savefix"]:
@@ -463,6 +470,8 @@ def install_check(session: nox.Session, uv: str) -> None:
     wanted = f"axolotl-savefix {ours} (axolotl {DEFAULT_AXOLOTL})"
     if shown != wanted:
         session.error(f"install check: `axolotl-savefix --version` printed {shown!r}; expected {wanted!r}")
+    session.log(f"install check: {shown}")
+    lap("--version")
     write = (
         "import sys; from pathlib import Path; sys.path[:0] = sys.argv[2:]; import cases, harness; "
         "print(harness.write_config(cases.case('reported'), Path(sys.argv[1]) / 'patched', plugin=True))"
@@ -472,8 +481,11 @@ def install_check(session: nox.Session, uv: str) -> None:
         python, "-c", write, str(venv / "demo"), str(tests / "e2e"), str(tests), silent=True, env=OFFLINE_RUN, external=True
     )
     config = written.strip().splitlines()[-1]
+    lap("the demo config")
     session.run(command, "plan", config, env=OFFLINE_RUN, external=True)  # exit 0: the patched plan keeps all 8
-    session.log(f"install check: README's `pip install .` beside axolotl {DEFAULT_AXOLOTL}: {time.monotonic() - started:.0f} s")
+    lap("plan")
+    each = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in steps.items())
+    session.log(f"install check: README's `pip install .` beside axolotl {DEFAULT_AXOLOTL}: {sum(steps.values()):.0f} s ({each})")
 
 
 @nox.session(python="3.11")
