@@ -133,3 +133,49 @@ def own_time(stats: dict, package: str = "axolotl_savefix/") -> dict[str, Any]:
                 own[label] = own.get(label, 0.0) + cumtime
     by_function = dict(sorted(own.items(), key=lambda item: -item[1]))
     return {"own": sum(own.values()), "imports": imports, "by_function": by_function}
+
+
+PLAN_RUNS = ("cold", "prepared", "floor")  # `nox -s bench -- plan`: the series it needs (tests/e2e/bench.py)
+PLAN_FLOORS = ("floor", "modules")  # what the two plan series are divided by; "modules" is optional
+PLAN_LABELS = {
+    "cold": "plan, no prepared data set",
+    "prepared": "plan, data set already prepared",
+    "floor": 'floor: python -c "import axolotl"',
+    "modules": "the Axolotl modules plan imports",
+}
+
+
+def plan_figures(seconds: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """The ``plan`` part's summary: per series, ``median_s``, ``min_s``, ``repeats`` and ``runs`` (seconds);
+    then ``prepared_over_floor`` and ``cold_over_floor`` (and with a ``modules`` series,
+    ``prepared_over_modules`` and ``cold_over_modules``): the series' medians over that floor's median.
+
+    ``seconds``: ``{"cold": [...], "prepared": [...], "floor": [...]}`` and optionally ``"modules"``,
+    wall seconds per repeat. Raises ValueError naming the series when a needed one is missing, or one
+    given is empty or holds a time that is not above 0.
+    """
+    out: dict[str, Any] = {}
+    for name in (*PLAN_RUNS, *(n for n in PLAN_FLOORS if n not in PLAN_RUNS and n in seconds)):
+        runs = list(seconds.get(name, ()))
+        if not runs:
+            raise ValueError(f"plan bench: no {name!r} times (got series {sorted(seconds)}); each of {PLAN_RUNS} needs one or more")
+        if any(not s > 0 for s in runs):
+            raise ValueError(f"plan bench: {name!r} holds a time not above 0 s: {runs}; a wall time is positive")
+        out[name] = {"median_s": statistics.median(runs), "min_s": min(runs), "repeats": len(runs), "runs": runs}
+    for floor in (f for f in PLAN_FLOORS if f in out):
+        for name in ("prepared", "cold"):
+            out[f"{name}_over_{floor}"] = out[name]["median_s"] / out[floor]["median_s"]
+    return out
+
+
+def plan_lines(figures: Mapping[str, Any]) -> list[str]:
+    """One human line per series of :func:`plan_figures`' result: median and min seconds, and the ratios to the floors."""
+    lines = []
+    for name in (n for n in (*PLAN_RUNS, "modules") if n in figures):
+        row = figures[name]
+        ratios = [f"{figures[f'{name}_over_{f}']:.2f}x {f}" for f in PLAN_FLOORS if f"{name}_over_{f}" in figures]
+        lines.append(
+            f"{PLAN_LABELS[name]:<36} median {row['median_s']:6.1f} s, min {row['min_s']:6.1f} s ({row['repeats']} runs)"
+            + (f"; {', '.join(ratios)} (medians)" if ratios else "")
+        )
+    return lines

@@ -1,6 +1,6 @@
 """Benchmark: what the plugin costs a run.
 
-Parts (``nox -s bench -- PART ... [--pairs N] [--out FILE.json]``; none named: all of them):
+Parts (``nox -s bench -- PART ... [--pairs N] [--out FILE.json]``; none named: all but ``scale`` and ``plan``):
 
 * ``loop``: the loop-dominated case (:data:`LOOP_CASE`: 600 optimizer steps, 4 saves per epoch,
   2 epochs) through ``axolotl train`` as a user runs it, stock and patched, in ABBA-ordered pairs
@@ -26,6 +26,11 @@ Parts (``nox -s bench -- PART ... [--pairs N] [--out FILE.json]``; none named: a
   group that counts each rank's bytes; each rank's ``open`` calls (an audit hook) and seconds (wall clock,
   and the process's CPU time, which a loaded machine's neighbours do not inflate). One JSON
   line per row; the "before" rows are the issue's measurement, recorded (the old code is gone).
+* ``plan``: the wall time of ``axolotl-savefix plan`` on the demo's config (issue 32), cold (no
+  prepared data set) and with the data set already prepared, against ``python -c "import axolotl"``
+  in the same venv (the floor) and an import of the Axolotl modules ``plan`` needs: ``--repeats`` runs
+  of each, median and min seconds and the ratios of the medians to both (:func:`plan_times`,
+  tests/bench_summary.py's ``plan_figures``).
 
 Prints tables; writes JSON (default .nox/bench.json)."""
 
@@ -592,7 +597,8 @@ def print_inprocess(t: dict) -> None:
         )
 
 
-PARTS = ("preemption", "decision", "checkpoint", "accounting", "loop", "inprocess", "scale")  # none named: all but scale
+PARTS = ("preemption", "decision", "checkpoint", "accounting", "loop", "inprocess", "scale", "plan")
+OPT_IN = ("scale", "plan")  # none named: all but these
 
 
 SCALE_WORLDS = (8, 64, 1024, 16384)
@@ -691,13 +697,72 @@ def scale(worlds: tuple[int, ...] = SCALE_WORLDS, local_up_to: int = 1024) -> li
     return rows
 
 
+PLAN_ENV = {"AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+# what `plan` imports of Axolotl with the data set prepared (cli.plan_from_data, cli._datasets): the second floor
+PLAN_MODULES = ("axolotl.cli.config", "axolotl.utils.data")
+
+
+def _timed(command: list[str], what: str) -> float:
+    """Wall seconds of ``command`` (with :data:`PLAN_ENV`); RuntimeError with its exit status and last lines if it fails."""
+    start = time.perf_counter()
+    done = subprocess.run(command, env={**os.environ, **PLAN_ENV}, capture_output=True, text=True, timeout=900)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+        raise RuntimeError(f"plan bench: {what} exited {done.returncode}: {' | '.join(tail)}")
+    return took
+
+
+def plan_times(repeats: int = REPEATS) -> dict[str, Any]:
+    """``axolotl-savefix plan`` on the demo's config against ``import axolotl`` (the floor) and the modules it imports, s.
+
+    The config is the demo's patched one (tests/e2e/demo.py: ``harness.write_config`` of the
+    ``reported`` case, plugin line in; its plan exits 0), written into a temp folder. Each of
+    ``repeats`` rounds runs, in this order: the floor (``python -c "import axolotl"``, this venv: the
+    package's ``__init__`` only, which imports almost nothing); the modules ``plan`` imports
+    (:data:`PLAN_MODULES`, with torch: the floor a plan that only counts a prepared set still pays);
+    ``plan`` cold (its ``dataset_prepared_path`` removed first; Hugging Face's own datasets cache is
+    left as it is); ``plan`` prepared (the set the cold run just wrote). One import of the modules
+    before the rounds warms the file cache and is not counted. Every process gets :data:`PLAN_ENV`.
+    Returns :func:`bench_summary.plan_figures` plus the config, the load average and the core count.
+    Raises RuntimeError when a run fails or the cold run leaves no prepared data set.
+    """
+    root = Path(tempfile.mkdtemp(prefix="savefix-bench-plan-"))
+    config = harness.write_config(cases.case("reported"), root / "patched", plugin=True)
+    prepared = Path(yaml.safe_load(config.read_text())["dataset_prepared_path"])
+    plan = [str(Path(sys.executable).parent / "axolotl-savefix"), "plan", str(config)]
+    floor = [sys.executable, "-c", "import axolotl"]
+    modules = [sys.executable, "-c", f"import {', '.join(PLAN_MODULES)}"]
+    _timed(modules, "the warm-up import")
+    seconds: dict[str, list[float]] = {"cold": [], "prepared": [], "floor": [], "modules": []}
+    for i in range(repeats):
+        seconds["floor"].append(_timed(floor, "import axolotl"))
+        seconds["modules"].append(_timed(modules, f"import {', '.join(PLAN_MODULES)}"))
+        shutil.rmtree(prepared, ignore_errors=True)
+        seconds["cold"].append(_timed(plan, "plan (cold)"))
+        if not prepared.is_dir() or not any(prepared.iterdir()):
+            raise RuntimeError(f"plan bench: the cold plan left no prepared data set in {prepared}: nothing to time warm")
+        seconds["prepared"].append(_timed(plan, "plan (prepared)"))
+        print(f"[bench] plan round {i + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()), flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+    return {
+        **bench_summary.plan_figures(seconds),
+        "config": "tests/e2e/demo.py's patched config (case 'reported')",
+        "load_average_1min_after": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all); a name ending .json: --out")
     parser.add_argument("--pairs", type=int, default=PAIRS, help="counted pairs of the loop case (default %(default)s)")
-    parser.add_argument("--repeats", type=int, default=REPEATS, help="counted in-process pairs (default %(default)s)")
+    parser.add_argument(
+        "--repeats", type=int, default=REPEATS, help="counted in-process pairs; plan: runs per series (default %(default)s)"
+    )
     parser.add_argument("--case", default=LOOP_CASE["name"], help="loop: the case (default %(default)s, or a cases.py name)")
     parser.add_argument("--core", type=int, default=None, help="loop: pin every run to this core (sequential)")
     parser.add_argument("--concurrent", action="store_true", help="loop: a pair's two runs at once, a core each")
@@ -713,8 +778,12 @@ def main(argv: list[str] | None = None) -> None:
             parts.append(part)
         else:
             parser.error(f"unknown part {part!r}: choose from {', '.join(PARTS)}")
-    parts = parts or [p for p in PARTS if p != "scale"]
+    parts = parts or [p for p in PARTS if p not in OPT_IN]
     result: dict[str, Any] = {}
+    if "plan" in parts:
+        result["plan"] = plan_times(opts.repeats)
+        for line in bench_summary.plan_lines(result["plan"]):
+            print(line, flush=True)
     if "scale" in parts:
         result["scale"] = scale(tuple(int(w) for w in opts.worlds.split(",")))
     if "preemption" in parts:
