@@ -1,4 +1,4 @@
-"""Write docs/compatibility.md's release table from docs/compat-sweep.json (`nox -s compat` runs it).
+"""Write docs/compatibility.md's release tables from docs/compat-sweep.json (`nox -s compat` runs it).
 
 The table is made, not typed: tests/unit/test_releases.py fails when the two disagree.
 Standard library only; `python ci/compat_doc.py --check` exits 1 instead of writing.
@@ -41,7 +41,7 @@ NOT_IN_SWEEP = "not run in this sweep"  # an entry written before the sweep ran 
 
 
 def outcome_mark(outcome: str) -> str:
-    """One recorded outcome (ci/compat_sweep.py's ``case_outcomes``) as a table cell's text, pipes escaped.
+    """One recorded outcome (ci/compat_cases.py's ``case_outcomes``) as a table cell's text, pipes escaped.
 
     ``passed``: ✅; ``failed``: ❌; ``skipped: <reason>`` and ``not run`` as they are.
     """
