@@ -18,6 +18,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "ci"))  # ci/*.py: plain modules (standard library + nox) that the sessions call
+import compat_cases  # noqa: E402
 import compat_sweep  # noqa: E402
 import environments  # noqa: E402
 import upstream_check  # noqa: E402
@@ -266,8 +267,7 @@ def e2e_gpu(session: nox.Session) -> None:
 # subset of real runs, and one stock run that shows the bug there; then the example corpus.
 COMPAT_TESTS = [
     "tests/axolotl",
-    "tests/e2e/test_matrix.py::test_exact_checkpoints[reported-stock]",
-    "tests/e2e/test_matrix.py::test_exact_checkpoints[reported-patched]",
+    *compat_cases.node_ids(),  # one real run per patch promise (ci/compat_cases.py), stock beside where it differs
     "tests/e2e/test_matrix.py::test_exact_checkpoints[six_per_epoch-patched]",
     "tests/e2e/test_matrix.py::test_exact_checkpoints[accum_remainder-patched]",
     "tests/e2e/test_evals.py::test_exact_eval_steps[evals_accum-patched]",
@@ -302,7 +302,7 @@ def examples(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 @nox.parametrize("axolotl", list(AXOLOTL))
 def compat(session: nox.Session, axolotl: str) -> None:
-    """One proven release: the patched subset, one stock case, the example corpus; results to docs/compat-sweep.json.
+    """One proven release: the patched subset, a real run per patch (ci/compat_cases.py), the corpus; to docs/compat-sweep.json.
 
     `nox -s compat` runs every release in AXOLOTL; `-s "compat(axolotl='0.13.2')"` one. 0.20+ need python3.12
     (PYENV_VERSION=3.11.7:3.12.1). docs/compatibility.md's table is rewritten from the JSON.

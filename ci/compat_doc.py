@@ -1,4 +1,4 @@
-"""Write docs/compatibility.md's release table from docs/compat-sweep.json (`nox -s compat` runs it).
+"""Write docs/compatibility.md's release tables from docs/compat-sweep.json (`nox -s compat` runs it).
 
 The table is made, not typed: tests/unit/test_releases.py fails when the two disagree.
 Standard library only; `python ci/compat_doc.py --check` exits 1 instead of writing.
@@ -10,7 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # loaded by path (tests/unit/test_releases.py) as well as run as a script
+    sys.path.insert(0, str(HERE))
+from compat_cases import CASES  # noqa: E402
+
+ROOT = HERE.parent
 SWEEP = ROOT / "docs" / "compat-sweep.json"
 DOC = ROOT / "docs" / "compatibility.md"
 BEGIN = "<!-- compat-sweep: made by ci/compat_doc.py from docs/compat-sweep.json; do not edit -->"
@@ -30,6 +35,50 @@ def _list(steps: list[int]) -> str:
 def _source(version: str, entry: dict) -> str:
     source = entry.get("corpus_from", version)
     return "" if source == version else f" ({source}'s examples: {version}'s sdist has none)"
+
+
+NOT_IN_SWEEP = "not run in this sweep"  # an entry written before the sweep ran the cases
+
+
+def outcome_mark(outcome: str) -> str:
+    """One recorded outcome (ci/compat_cases.py's ``case_outcomes``) as a table cell's text, pipes escaped.
+
+    ``passed``: ✅; ``failed``: ❌; ``skipped: <reason>`` and ``not run`` as they are.
+    """
+    text = {"passed": "✅", "failed": "❌"}.get(outcome, outcome)
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def case_cell(case: dict[str, str] | None) -> str:
+    """One release's outcome of one case: the patched test's mark, then ``stock: <mark>`` where the case has one.
+
+    ``case``: ``{"patched": outcome, "stock": outcome}`` (stock optional); None: the entry has no
+    outcome for this case (an older sweep), shown as "not run in this sweep".
+    """
+    if case is None:
+        return NOT_IN_SWEEP
+    cell = outcome_mark(case.get("patched", "not run"))
+    if "stock" in case:
+        cell += f" · stock: {outcome_mark(case['stock'])}"
+    return cell
+
+
+def render_cases(sweep: dict) -> list[str]:
+    """The second table: one row per release, one column per case (ci/compat_cases.py, then any older names)."""
+    names = list(CASES)
+    for entry in sweep.values():
+        names += [name for name in entry.get("cases", {}) if name not in names]
+    lines = [
+        "One real run per patch, per release (patched test; stock test beside, which passes while stock shows the defect):",
+        "",
+        "| Axolotl | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for version, entry in sweep.items():
+        cases = entry.get("cases")
+        cells = [case_cell(cases.get(name) if cases is not None else None) for name in names]
+        lines.append(f"| {version} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def render(sweep: dict) -> str:
@@ -63,6 +112,7 @@ def render(sweep: dict) -> str:
         groups.setdefault(" · ".join(steps) or "not run", []).append(version)
     for steps, versions in groups.items():
         lines.append(f"- {', '.join(versions)}: {steps}")
+    lines += ["", *render_cases(sweep)]
     failed = {v: e["failed"] for v, e in sweep.items() if e["failed"]}
     if failed:
         lines += ["", "Failed:", ""] + [f"- {v}: {', '.join(f)}" for v, f in failed.items()]

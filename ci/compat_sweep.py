@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import nox
+from compat_cases import case_outcomes
 from environments import ROOT, TARGETS, junit_outcomes
 
 SWEEP = ROOT / "docs" / "compat-sweep.json"  # what `compat` found, per release; docs/compatibility.md is made from it
@@ -77,6 +78,7 @@ def record(
         "corpus_tests": [sum(v == "passed" for v in corpus_outcomes.values()), len(corpus_outcomes)],
         "failed": failed,
         "runs": runs,
+        "cases": case_outcomes(junit),
         "corpus_from": corpus_source,
         "corpus": {k: summary[k] if isinstance(summary.get(k), int) else len(summary.get(k) or []) for k in CORPUS_KEYS},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},

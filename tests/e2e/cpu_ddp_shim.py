@@ -33,9 +33,17 @@ def _restore_cpu_index(obj, location):
     return obj if location.startswith("cpu:") else None
 
 
+def _no_p2p() -> bool:
+    return False
+
+
 class CpuDdpShim(BasePlugin):
     def register(self, cfg):  # noqa: ARG002
         ModelLoader._set_device_map_config = _cpu_device_map
+        if not torch.cuda.is_available():
+            import axolotl.utils.environment as environment
+
+            environment.check_cuda_p2p_support = _no_p2p  # read at call time by check_cuda_p2p_ib_support
         registry = torch.serialization._package_registry
         if all(entry[2] is not _restore_cpu_index for entry in registry):
             # a priority of its own: register_package sorts (priority, tagger, deserializer) tuples
