@@ -13,11 +13,14 @@ The cuts: the first epoch's last save (the resume starts epoch 2 with nothing to
 the middle of epoch 2 (the resume skips batches of epoch 2: the sampler must be at epoch 1's order).
 """
 
+from importlib import metadata
+
 import cases
 import harness
 import pytest
 import reference
 import yaml
+from packaging.version import Version
 
 pytestmark = [pytest.mark.e2e, pytest.mark.preemption]
 
@@ -104,10 +107,19 @@ def test_resume_in_epoch_2_trains_on_the_uninterrupted_runs_samples(e2e_root, st
 
 
 def test_stock_resume_in_epoch_2_measured(e2e_root, straight):
-    """Stock beside: the same kill in the middle of epoch 2 (its save at 40) and resume, plugin off."""
+    """Stock beside: the same kill in the middle of epoch 2 (its save at 40) and resume, plugin off.
+
+    Transformers before 5.0 replays epoch 0's order there (issue 40690): recorded as the defect, so the
+    test fails if stock changes; from 5.0 stock matches.
+    """
+    from axolotl_savefix.resume import EPOCH_ORDER_FIXED
+
     cut = 40
     assert cut in reference.stock_saves(L, 1, CASE["saves_per_epoch"], CASE["num_epochs"], M) and cut > L
     resumed = _killed_and_resumed(e2e_root, "fidelity-stock-40", cut, plugin=False)
     differences = relative_differences(resumed, straight(False), cut)
     print(f"[fidelity] stock, cut {cut}: {_report(differences)}")
-    assert max(differences.values()) < TOLERANCE, _report(differences)
+    if Version(metadata.version("transformers")) < Version(EPOCH_ORDER_FIXED):
+        assert max(differences.values()) > 100 * TOLERANCE, _report(differences)  # the wrong samples
+    else:
+        assert max(differences.values()) < TOLERANCE, _report(differences)
