@@ -33,6 +33,8 @@ the wire; the checkpoints older than the one taken are not judged, but by the cl
 * ``TokensPerSecondCallback.on_train_begin`` (``include_tkps``; Axolotl issue 3940): on an
   auto-resume it is given the folder the run resumed from, so the checkpoint's token counters
   are restored instead of restarting at zero (:func:`apply_token_counters`).
+* ``transformers.trainer.skip_first_batches`` (Transformers before 5.0 only; Transformers issue 40690):
+  a resume in the middle of epoch 2 or later trains on epoch 0's sample order (:func:`apply_epoch_order`).
 * ``axolotl.utils.config.validate_config``: carries ``savefix_resume_anyway`` past
   Axolotl's schema and warns when ``save_only_model`` meets auto-resume.
 
@@ -320,6 +322,7 @@ def apply() -> None:
 
     patch_item(module, name, determine_last_checkpoint, rebind_copies=True)
     apply_run_match()
+    apply_epoch_order()
 
 
 def apply_builder() -> None:
@@ -389,6 +392,40 @@ def apply_token_counters() -> None:
             self.resume_from_checkpoint = held
 
     patch_item(owner, name, on_train_begin_restoring)
+
+
+EPOCH_ORDER_TARGET = ("transformers.trainer", "skip_first_batches", ("dataloader", "num_batches"))
+EPOCH_ORDER_FIXED = "5.0.0.dev0"  # Transformers PR 40691: set_epoch after skip_first_batches (5.0.0's trainer.py)
+
+
+def apply_epoch_order() -> None:
+    """Transformers issue 40690: a mid-epoch resume in epoch >= 1 replays epoch 0's sample order.
+
+    Before 5.0, ``Trainer._inner_training_loop`` calls ``set_epoch(epoch)`` on the train dataloader and
+    then, on the resumed epoch, replaces it with ``skip_first_batches(dataloader, n)``: Accelerate's new
+    ``DataLoaderShard`` starts at ``iteration`` 0 and its ``__iter__`` calls ``set_epoch(0)`` on the
+    sampler it shares, so the resumed epoch skips ``n`` batches of epoch 0's shuffled order and trains on
+    the rest of it (measured on Axolotl 0.13.2, Transformers 4.57.6: tests/e2e/test_resume_fidelity.py).
+    The wrapper gives the skipping dataloader the epoch the original holds (``iteration``), as
+    Transformers 5.0 does by calling ``set_epoch`` after the skip. Transformers 5.0 and later: nothing
+    is patched. A dataloader without ``iteration`` or ``set_epoch`` (not Accelerate's) is left as is.
+    """
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__) >= Version(EPOCH_ORDER_FIXED):
+        return
+    owner, name, skip_first_batches = require(*EPOCH_ORDER_TARGET)
+
+    @wraps(skip_first_batches)
+    def skip_first_batches_in_epoch(dataloader: Any, num_batches: int = 0, *args: Any, **kwargs: Any) -> Any:
+        skipped = skip_first_batches(dataloader, num_batches, *args, **kwargs)
+        epoch = getattr(dataloader, "iteration", None)
+        if isinstance(epoch, int) and epoch > 0 and hasattr(skipped, "set_epoch"):
+            skipped.set_epoch(epoch)
+        return skipped
+
+    patch_item(owner, name, skip_first_batches_in_epoch)
 
 
 SAVE_TARGET = ("axolotl.core.trainers.base", "AxolotlTrainer._save", ("output_dir", "state_dict"))

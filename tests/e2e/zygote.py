@@ -147,9 +147,16 @@ class Zygote:
             stderr=open(os.path.join(self.dir, "server.log"), "w"),  # noqa: SIM115 - the server's life
             text=True,
         )
-        ready = self.proc.stdout.readline() if self.proc.stdout else ""
-        if ready.strip() != "ready":
-            raise RuntimeError(f"the harness' fork server did not start: {Path(self.dir, 'server.log').read_text()[-2000:]}")
+        printed = []  # what an import printed to stdout before the server was ready (Axolotl 0.21.0's do)
+        for line in self.proc.stdout or ():
+            if line.strip() == "ready":
+                break
+            printed.append(line)
+        else:
+            raise RuntimeError(
+                f"the harness' fork server did not start: {''.join(printed)[-1000:]}"
+                f"{Path(self.dir, 'server.log').read_text()[-2000:]}"
+            )
         atexit.register(self.close)
 
     def close(self) -> None:
