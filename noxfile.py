@@ -122,7 +122,7 @@ def tests(session: nox.Session) -> None:
         "tests",
         "-m",
         "not preemption and not engines and not cli and not disk and not nodes and not deepspeed and not signals and not slurm"
-        " and not inputs",
+        " and not inputs and not fidelity",
     )
 
 
@@ -149,6 +149,15 @@ def preemption(session: nox.Session) -> None:
         "tests/e2e/test_resume_match.py",
         "tests/axolotl/test_preemption_patch.py::test_a_second_signal_or_the_grace_deadline_exits_at_once_with_the_preempted_status",
     )
+
+
+@nox.session(venv_backend="none")
+def fidelity(session: nox.Session) -> None:
+    """A resume in epoch 2 (at the first epoch's last save, and mid-epoch 2), loss for loss against a run never stopped.
+
+    `nox -s fidelity` on 0.19.0; every release through `nox -s compat` (its case "resume in epoch 2").
+    """
+    tests_impl(session, "tests/e2e/test_resume_fidelity.py")
 
 
 @nox.session(venv_backend="none")

@@ -35,6 +35,10 @@ CASES: dict[str, dict[str, str]] = {
         "patched": f"{E2E}/test_resume_match.py::test_auto_resume_past_this_runs_end_stops_and_a_longer_run_continues",
         "stock": f"{E2E}/test_resume_match.py::test_stock_auto_resume_past_the_end_trains_nothing_and_says_nothing",
     },
+    "resume in epoch 2: per-step loss of an uninterrupted run": {
+        "patched": f"{E2E}/test_resume_fidelity.py::test_resume_in_epoch_2_trains_on_the_uninterrupted_runs_samples[45]",
+        "stock": f"{E2E}/test_resume_fidelity.py::test_stock_resume_in_epoch_2_measured",
+    },
     "2-process DDP resume: both ranks agree": {
         "patched": f"{E2E}/test_preemption_notice.py::test_sigterm_to_one_rank_stops_every_rank_at_the_same_step[ddp]",
     },

@@ -36,31 +36,41 @@ def _epoch(dataloader, epoch) -> list[int]:
     return _order(dataloader)
 
 
+def _resumed_5(dataloader, epoch) -> list[int]:
+    skipped = transformers.trainer.skip_first_batches(dataloader, SKIP)  # Transformers >= 5.0: the skip first ...
+    skipped.set_epoch(epoch)  # ... then set_epoch, on the dataloader that trains
+    return _order(skipped)
+
+
 def _resumed(dataloader, epoch) -> list[int]:
     dataloader.set_epoch(epoch)  # Transformers < 5.0: set_epoch first ...
     return _order(transformers.trainer.skip_first_batches(dataloader, SKIP))  # ... then the skip
 
 
-@pytest.mark.skipif(not BEFORE_FIX, reason=f"Transformers {transformers.__version__} calls set_epoch after the skip")
-def test_stock_resume_in_epoch_1_replays_epoch_0s_order(dataloader):
-    """The defect, recorded: the resumed epoch 1 trains on epoch 0's batches after the skipped ones."""
-    epochs = [_epoch(dataloader, e) for e in (0, 1)]
-    assert epochs[0] != epochs[1]  # shuffled per epoch: order matters
-    assert _resumed(dataloader, 1) == epochs[0][SKIP * BATCH :]
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_stock_resume_order_before_and_after_transformers_5(dataloader, epoch):
+    """Stock: before 5.0 the resumed epoch trains on epoch 0's batches after the skipped ones (the defect,
+    recorded); from 5.0 on, on its own epoch's (Transformers calls ``set_epoch`` after the skip)."""
+    epochs = [_epoch(dataloader, e) for e in range(epoch + 1)]
+    assert epochs[0] != epochs[epoch]  # shuffled per epoch: order matters
+    if BEFORE_FIX:
+        assert _resumed(dataloader, epoch) == epochs[0][SKIP * BATCH :]
+    else:
+        assert _resumed_5(dataloader, epoch) == epochs[epoch][SKIP * BATCH :]
 
 
-@pytest.mark.skipif(not BEFORE_FIX, reason=f"Transformers {transformers.__version__} calls set_epoch after the skip")
 @pytest.mark.parametrize("epoch", [0, 1, 2])
 def test_patched_resume_trains_on_the_resumed_epochs_order(dataloader, epoch):
+    """With the patch, the resumed epoch's order on every release; before 5.0 the wrapper does it, from 5.0
+    on nothing is patched (the very same function stays)."""
     expected = _epoch(dataloader, epoch)[SKIP * BATCH :]
-    resume.apply_epoch_order()
-    assert transformers.trainer.skip_first_batches.__savefix_original__ is not None
-    assert _resumed(dataloader, epoch) == expected
-    assert _epoch(dataloader, epoch + 1) != _epoch(dataloader, epoch)  # the epochs after it still change order
-
-
-@pytest.mark.skipif(BEFORE_FIX, reason=f"Transformers {transformers.__version__} needs the patch")
-def test_fixed_transformers_is_left_alone():
     original = transformers.trainer.skip_first_batches
     resume.apply_epoch_order()
-    assert transformers.trainer.skip_first_batches is original
+    if BEFORE_FIX:
+        assert transformers.trainer.skip_first_batches is not original
+        assert transformers.trainer.skip_first_batches.__savefix_original__ is not None
+        assert _resumed(dataloader, epoch) == expected
+    else:
+        assert transformers.trainer.skip_first_batches is original
+        assert _resumed_5(dataloader, epoch) == expected  # 5.x's own call order
+    assert _epoch(dataloader, epoch + 1) != _epoch(dataloader, epoch)  # the epochs after it still change order

@@ -22,7 +22,7 @@ import reference
 import yaml
 from packaging.version import Version
 
-pytestmark = [pytest.mark.e2e, pytest.mark.preemption]
+pytestmark = [pytest.mark.e2e, pytest.mark.fidelity]
 
 HERE = harness.Path(__file__).parent
 ENV = {"PYTHONPATH": str(HERE)}  # kill_shim.py

@@ -39,7 +39,8 @@ def test_every_case_names_existing_module_level_tests_with_their_parameters():
             assert re.search(rf"^def {re.escape(base)}\(", source, re.M), test
             shared = (ROOT / "tests" / "e2e" / "cases.py").read_text()  # the named e2e cases of test_matrix
             for part in param.rstrip("]").split("-") if param else []:  # a parametrize value (or ids= name)
-                assert f'"{part}"' in source + shared, (test, part)
+                text = source + shared  # a string value quoted, a number as a literal of the parametrize list
+                assert f'"{part}"' in text or (part.isdigit() and re.search(rf"[\[ ,]{part}[\], ]", text)), (test, part)
 
 
 def test_junit_key_is_pytests_classname_and_name():
