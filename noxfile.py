@@ -269,7 +269,8 @@ def e2e_gpu(session: nox.Session) -> None:
     configs = environments.deepspeed_configs(session)  # from Axolotl's sdist; None offline (those cases skip)
     if configs:
         env["SAVEFIX_DEEPSPEED_CONFIGS"] = str(configs)
-    tests_impl(session, "tests/e2e", "tests/e2e/gpu_engines.py", env=env)
+    # fidelity compares losses to 1e-4 between two runs: a CPU claim (bf16 kernels on CUDA are not bit-reproducible)
+    tests_impl(session, "tests/e2e", "tests/e2e/gpu_engines.py", "-m", "not fidelity", env=env)
 
 
 # Per proven release (`nox -s compat`): the seams with no training (tests/axolotl), the patched

@@ -69,7 +69,9 @@ def render_cases(sweep: dict) -> list[str]:
     for entry in sweep.values():
         names += [name for name in entry.get("cases", {}) if name not in names]
     lines = [
-        "One real run per patch, per release (patched test; stock test beside, which passes while stock shows the defect):",
+        "One real run per patch, per release (patched test; stock test beside, which passes while stock behaves as "
+        "recorded: the defect the patch removes; for \"resume in epoch 2\", the defect before Transformers 5.0 and a "
+        "match from 5.0, where stock has no defect there):",
         "",
         "| Axolotl | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),

@@ -120,6 +120,8 @@ def test_stock_resume_in_epoch_2_measured(e2e_root, straight):
     differences = relative_differences(resumed, straight(False), cut)
     print(f"[fidelity] stock, cut {cut}: {_report(differences)}")
     if Version(metadata.version("transformers")) < Version(EPOCH_ORDER_FIXED):
-        assert max(differences.values()) > 100 * TOLERANCE, _report(differences)  # the wrong samples
+        # the wrong samples: a step trained on another batch has another loss, so most resumed steps differ
+        wrong = sum(d >= TOLERANCE for d in differences.values())
+        assert wrong > len(differences) // 2, _report(differences)
     else:
         assert max(differences.values()) < TOLERANCE, _report(differences)
