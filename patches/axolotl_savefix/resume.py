@@ -416,6 +416,8 @@ def apply_epoch_order() -> None:
     if Version(transformers.__version__) >= Version(EPOCH_ORDER_FIXED):
         return
     owner, name, skip_first_batches = require(*EPOCH_ORDER_TARGET)
+    if getattr(skip_first_batches, "__savefix_original__", None) is not None:
+        return  # already ours: applied once
 
     @wraps(skip_first_batches)
     def skip_first_batches_in_epoch(dataloader: Any, num_batches: int = 0, *args: Any, **kwargs: Any) -> Any:

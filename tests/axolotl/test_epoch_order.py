@@ -6,6 +6,8 @@ Here the calls Transformers' resume makes on the resumed epoch, in its order bef
 the rest of that epoch's order. tests/e2e/test_resume_fidelity.py measures the same on real runs.
 """
 
+import inspect
+
 import pytest
 import torch
 import transformers
@@ -74,3 +76,25 @@ def test_patched_resume_trains_on_the_resumed_epochs_order(dataloader, epoch):
         assert transformers.trainer.skip_first_batches is original
         assert _resumed_5(dataloader, epoch) == expected  # 5.x's own call order
     assert _epoch(dataloader, epoch + 1) != _epoch(dataloader, epoch)  # the epochs after it still change order
+
+
+def test_transformers_call_order_is_the_one_the_version_rule_assumes():
+    """``EPOCH_ORDER_FIXED`` tied to the installed Transformers' code: ``set_epoch`` before the skip iff before 5.0."""
+    trainer = transformers.Trainer
+    source = "".join(inspect.getsource(getattr(trainer, n)) for n in ("_inner_training_loop", "_run_epoch") if hasattr(trainer, n))
+    skip, set_epoch = source.find("skip_first_batches("), source.find(".set_epoch(")
+    assert skip >= 0 and set_epoch >= 0, "Transformers' resume no longer calls skip_first_batches and set_epoch here"
+    assert (set_epoch < skip) == BEFORE_FIX
+
+
+def test_applied_twice_wraps_once_and_revert_restores_the_very_function():
+    import axolotl_savefix
+
+    original = transformers.trainer.skip_first_batches
+    resume.apply_epoch_order()
+    once = transformers.trainer.skip_first_batches
+    resume.apply_epoch_order()
+    assert transformers.trainer.skip_first_batches is once
+    assert (once is not original) == BEFORE_FIX
+    axolotl_savefix.revert()
+    assert transformers.trainer.skip_first_batches is original
