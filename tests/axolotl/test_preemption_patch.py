@@ -13,13 +13,18 @@ import axolotl_savefix
 from axolotl_savefix import SaveFixConfigError, preemption
 
 
+def _rotation():
+    """Transformers' rotation: the module function from 5.3, ``Trainer._rotate_checkpoints`` before."""
+    return getattr(hf_trainer, "rotate_checkpoints", None) or hf_trainer.Trainer.__dict__["_rotate_checkpoints"]
+
+
 def test_apply_patches_the_signal_handler_execute_training_and_rotation_and_revert_restores_them():
-    before = (axolotl_train.setup_signal_handler, axolotl_train.execute_training, hf_trainer.rotate_checkpoints)
+    before = (axolotl_train.setup_signal_handler, axolotl_train.execute_training, _rotation())
     axolotl_savefix.apply()
-    after = (axolotl_train.setup_signal_handler, axolotl_train.execute_training, hf_trainer.rotate_checkpoints)
+    after = (axolotl_train.setup_signal_handler, axolotl_train.execute_training, _rotation())
     assert all(a is not b for a, b in zip(after, before, strict=True))
     axolotl_savefix.revert()
-    restored = (axolotl_train.setup_signal_handler, axolotl_train.execute_training, hf_trainer.rotate_checkpoints)
+    restored = (axolotl_train.setup_signal_handler, axolotl_train.execute_training, _rotation())
     assert all(a is b for a, b in zip(restored, before, strict=True))
 
 
@@ -87,7 +92,7 @@ def test_before_transformers_5_3_rotation_is_the_trainer_method_and_never_counts
     def _rotate_checkpoints(self, use_mtime=False, output_dir=None):  # the shape of 4.57.6's method
         seen.append((self.args.save_total_limit, use_mtime, output_dir))
 
-    monkeypatch.delattr(hf_trainer, "rotate_checkpoints")
+    monkeypatch.delattr(hf_trainer, "rotate_checkpoints", raising=False)  # absent before 5.3 already
     monkeypatch.setattr(hf_trainer.Trainer, "_rotate_checkpoints", _rotate_checkpoints, raising=False)
     for step, marked in ((8, False), (15, True)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -211,7 +216,20 @@ def test_enable_jit_checkpoint_is_taken_over_by_the_preemption_notice(tmp_path):
         def forward(self, x=None, labels=None):
             return {"loss": self.w(x).sum()}
 
+    import dataclasses
+
     before = signal.getsignal(signal.SIGTERM)
+    if "enable_jit_checkpoint" not in {f.name for f in dataclasses.fields(TrainingArguments)}:
+        # this Transformers (before 5.x) has no JIT checkpoint: nothing to take over, the SIGTERM handler is ours alone
+        trainer = Trainer(model=Tiny(), args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
+        try:
+            preemption.install([signal.SIGTERM], None)
+            assert preemption.take_over_jit_checkpoint(trainer) is False
+            assert signal.getsignal(signal.SIGTERM) == preemption._handler
+        finally:
+            preemption.uninstall()
+            signal.signal(signal.SIGTERM, before)
+        return
     args = TrainingArguments(output_dir=str(tmp_path), enable_jit_checkpoint=True, report_to=[], use_cpu=True)
     trainer = Trainer(model=Tiny(), args=args)
     try:

@@ -6,6 +6,7 @@ checkpoint's ``tokens_state.json`` is skipped. Here the callback meets the state
 at ``on_train_begin`` of a run resumed at step 5, stock and patched.
 """
 
+import inspect
 import json
 from types import SimpleNamespace
 
@@ -18,7 +19,10 @@ tokens_per_second = pytest.importorskip(resume.TOKENS_MODULE, reason="this Axolo
 
 
 def _on_train_begin(output_dir, step, held=None):
-    callback = tokens_per_second.TokensPerSecondCallback(resume_from_checkpoint=held)  # as the builder makes it
+    cls = tokens_per_second.TokensPerSecondCallback
+    # as the builder makes it; up to Axolotl 0.1x it also takes the config's tensor and context parallel sizes (unset)
+    sizes = {k: None for k in ("tensor_parallel_size", "context_parallel_size") if k in inspect.signature(cls).parameters}
+    callback = cls(**sizes, resume_from_checkpoint=held)
     state = SimpleNamespace(global_step=step)
     callback.on_train_begin(SimpleNamespace(output_dir=str(output_dir)), state, SimpleNamespace())
     return {k: int(v) for k, v in getattr(state, "tokens", {}).items()}, callback
