@@ -136,11 +136,18 @@ class BestFollowsOutputDir(TrainerCallback):
     where it still exists) and deletes every checkpoint here that is not that path. At train begin,
     after the resumed state is loaded, a best checkpoint outside ``output_dir`` whose folder name is in
     ``output_dir`` is rewritten to it, with one line; otherwise nothing changes (stock's).
+
+    Transformers 5.20 drops a recorded best checkpoint that is not a folder when it loads the resumed
+    state ("Ignoring it for this run"): no crash, but ``load_best_model_at_end`` then loads nothing and
+    the best checkpoint here is no longer protected. There the record is read again from the resumed
+    checkpoint's ``trainer_state.json`` (``output_dir/checkpoint-<global_step>``) and the same rule applies.
     """
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - TrainerCallback's hook
-        best = getattr(state, "best_model_checkpoint", None)
-        if not best or not args.output_dir:
+        if not args.output_dir:
+            return control
+        best = getattr(state, "best_model_checkpoint", None) or self._recorded_best(args.output_dir, state)
+        if not best:
             return control
         old, here = Path(best), Path(args.output_dir)
         moved = here / old.name
@@ -153,6 +160,19 @@ class BestFollowsOutputDir(TrainerCallback):
             f"taking {moved} instead, so the rotation keeps it and load_best_model_at_end loads it",
         )
         return control
+
+    @staticmethod
+    def _recorded_best(output_dir: str, state: Any) -> str | None:
+        """``best_model_checkpoint`` as the resumed checkpoint's ``trainer_state.json`` records it (None: none, or unreadable)."""
+        step = getattr(state, "global_step", 0)
+        if not step:
+            return None
+        try:
+            recorded = json.loads((Path(output_dir) / f"{checkpoints.PREFIX}{step}" / checkpoints.STATE).read_text())
+        except (OSError, ValueError):
+            return None
+        best = recorded.get("best_model_checkpoint") if isinstance(recorded, dict) else None
+        return best if isinstance(best, str) and best else None
 
 
 assert SaveFixCheckpointRecord.__name__ == checkpoints.RECORD  # the name Transformers stores its state under

@@ -7,15 +7,20 @@ on another disk. The resumed ``trainer_state.json`` names the best checkpoint by
 and no save follows that would set it again (Transformers 5.x sets it anew at each save).
 """
 
+import inspect
 import json
 import shutil
 
 import fixture
 import pytest
+import transformers.trainer
 from test_callback_trainer import Rows
 from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainingArguments
 
 from axolotl_savefix import checkpoints, resume
+
+# Transformers 5.20 drops a recorded best checkpoint that is not a folder when it loads the resumed state
+DROPS_MISSING_BEST = "recorded in the resumed state does not" in inspect.getsource(transformers.trainer)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +64,11 @@ def _resume(model_dir, moved, name, callbacks):
 
 
 def test_stock_resume_after_a_move_fails_at_the_end_of_training(model_dir, moved):
-    _, _, train = _resume(model_dir, moved, "stock", [])
+    trainer, _, train = _resume(model_dir, moved, "stock", [])
+    if DROPS_MISSING_BEST:  # no crash: the best checkpoint is forgotten (load_best_model_at_end loads nothing)
+        train()
+        assert trainer.state.best_model_checkpoint is None
+        return
     with pytest.raises(FileNotFoundError, match="first"):  # the old best path, at the end of training
         train()
 
