@@ -8,9 +8,6 @@ Axolotl and asserts the defect the patch removes (it passes while stock still sh
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-from pathlib import Path
-
 E2E = "tests/e2e"
 
 CASES: dict[str, dict[str, str]] = {
@@ -62,26 +59,14 @@ def junit_key(node_id: str) -> str:
     return f"{path[: -len('.py')].replace('/', '.')}::{name}"
 
 
-def case_outcomes(junit: Path) -> dict[str, dict[str, str]]:
-    """Each case of ``CASES`` as ``{name: {"patched": outcome, "stock": outcome}}`` from a junit report.
+def case_outcomes(outcomes: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each case of ``CASES`` as ``{name: {"patched": outcome, "stock": outcome}}``.
 
-    An outcome is ``passed``, ``failed`` (a failure or an error), ``skipped: <pytest's reason>`` or
-    ``not run`` (the test is not in the report: deselected, or the session stopped first). ``stock``
-    only for the cases that have a stock test. A missing report: every test ``not run``.
+    ``outcomes``: a junit report as ci/junit_report.py's ``junit_outcomes`` reads it (``passed``, ``failed``,
+    ``skipped: <reason>``; ``{}`` for no report). A test not in it is ``not run`` (deselected, or the
+    session stopped first). ``stock`` only for the cases that have a stock test.
     """
-    found: dict[str, str] = {}
-    if junit.exists():
-        for test in ET.parse(junit).iter("testcase"):
-            outcome = "passed"
-            for child in test:
-                if child.tag in ("failure", "error"):
-                    outcome = "failed"
-                    break
-                if child.tag == "skipped":
-                    reason = " ".join((child.get("message") or "no reason given").split())
-                    outcome = f"skipped: {reason.removeprefix('Skipped: ')}"
-                    break
-            found[f"{test.get('classname')}::{test.get('name')}"] = outcome
-    return {
-        name: {variant: found.get(junit_key(test), "not run") for variant, test in tests.items()} for name, tests in CASES.items()
-    }
+    def outcome(test: str) -> str:
+        return outcomes.get(junit_key(test), "not run")
+
+    return {name: {variant: outcome(test) for variant, test in tests.items()} for name, tests in CASES.items()}

@@ -78,7 +78,7 @@ def record(
         "corpus_tests": [sum(v == "passed" for v in corpus_outcomes.values()), len(corpus_outcomes)],
         "failed": failed,
         "runs": runs,
-        "cases": case_outcomes(junit),
+        "cases": case_outcomes(outcomes),
         "corpus_from": corpus_source,
         "corpus": {k: summary[k] if isinstance(summary.get(k), int) else len(summary.get(k) or []) for k in CORPUS_KEYS},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},

@@ -16,10 +16,10 @@ import shutil
 import sys
 import time
 import urllib.request
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import nox
+from junit_report import junit_outcomes  # noqa: F401 - the sessions' one junit reader (ci/junit_report.py)
 
 ROOT = Path(__file__).parent.parent
 # uv builds the Axolotl environments: each release pulls a multi-GB torch, and uv's cache
@@ -239,13 +239,3 @@ def deepspeed_configs(session: nox.Session) -> Path | None:
         except Exception as exc:  # noqa: BLE001 - offline: the DeepSpeed cases then skip, saying why
             session.warn(f"no Axolotl sdist for deepspeed_configs/: {exc}")
     return configs if configs.is_dir() else None
-
-
-def junit_outcomes(path: Path) -> dict[str, str]:
-    """A pytest junit report as ``{"<classname>::<name>": "passed" | "failure" | "error" | "skipped"}``."""
-    outcomes = {}
-    for case in ET.parse(path).iter("testcase"):
-        name = f"{case.get('classname')}::{case.get('name')}"
-        bad = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
-        outcomes[name] = bad[0] if bad else "passed"
-    return outcomes
