@@ -697,15 +697,14 @@ def scale(worlds: tuple[int, ...] = SCALE_WORLDS, local_up_to: int = 1024) -> li
     return rows
 
 
-PLAN_ENV = {"AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
 # what `plan` imports of Axolotl with the data set prepared (cli.plan_from_data, cli._datasets): the second floor
 PLAN_MODULES = ("axolotl.cli.config", "axolotl.utils.data")
 
 
 def _timed(command: list[str], what: str) -> float:
-    """Wall seconds of ``command`` (with :data:`PLAN_ENV`); RuntimeError with its exit status and last lines if it fails."""
+    """Wall seconds of ``command`` (offline: ``harness.OFFLINE``); RuntimeError with its exit status and last lines if it fails."""
     start = time.perf_counter()
-    done = subprocess.run(command, env={**os.environ, **PLAN_ENV}, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, env={**os.environ, **harness.OFFLINE}, capture_output=True, text=True, timeout=900)
     took = time.perf_counter() - start
     if done.returncode != 0:
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
@@ -723,7 +722,7 @@ def plan_times(repeats: int = REPEATS) -> dict[str, Any]:
     (:data:`PLAN_MODULES`, with torch: the floor a plan that only counts a prepared set still pays);
     ``plan`` cold (its ``dataset_prepared_path`` removed first; Hugging Face's own datasets cache is
     left as it is); ``plan`` prepared (the set the cold run just wrote). One import of the modules
-    before the rounds warms the file cache and is not counted. Every process gets :data:`PLAN_ENV`.
+    before the rounds warms the file cache and is not counted. Every process runs offline (``harness.OFFLINE``).
     Returns :func:`bench_summary.plan_figures` plus the config, the load average and the core count.
     Raises RuntimeError when a run fails or the cold run leaves no prepared data set.
     """
