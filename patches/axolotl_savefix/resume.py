@@ -140,13 +140,13 @@ class BestFollowsOutputDir(TrainerCallback):
     Transformers 5.20 drops a recorded best checkpoint that is not a folder when it loads the resumed
     state ("Ignoring it for this run"): no crash, but ``load_best_model_at_end`` then loads nothing and
     the best checkpoint here is no longer protected. There the record is read again from the resumed
-    checkpoint's ``trainer_state.json`` (``output_dir/checkpoint-<global_step>``) and the same rule applies.
+    checkpoint's ``trainer_state.json`` (:func:`resumed_checkpoint`) and the same rule applies.
     """
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - TrainerCallback's hook
         if not args.output_dir:
             return control
-        best = getattr(state, "best_model_checkpoint", None) or self._recorded_best(args.output_dir, state)
+        best = getattr(state, "best_model_checkpoint", None) or self._recorded_best(args, state)
         if not best:
             return control
         old, here = Path(best), Path(args.output_dir)
@@ -162,13 +162,13 @@ class BestFollowsOutputDir(TrainerCallback):
         return control
 
     @staticmethod
-    def _recorded_best(output_dir: str, state: Any) -> str | None:
+    def _recorded_best(args: Any, state: Any) -> str | None:
         """``best_model_checkpoint`` as the resumed checkpoint's ``trainer_state.json`` records it (None: none, or unreadable)."""
-        step = getattr(state, "global_step", 0)
-        if not step:
+        resumed = resumed_checkpoint(args, state)
+        if resumed is None:
             return None
         try:
-            recorded = json.loads((Path(output_dir) / f"{checkpoints.PREFIX}{step}" / checkpoints.STATE).read_text())
+            recorded = json.loads((Path(resumed) / checkpoints.STATE).read_text())
         except (OSError, ValueError):
             return None
         best = recorded.get("best_model_checkpoint") if isinstance(recorded, dict) else None
