@@ -21,6 +21,7 @@ import pytest
 import reference
 import yaml
 from packaging.version import Version
+from test_preemption_notice import losses
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fidelity]
 
@@ -42,18 +43,11 @@ def _config(root, name, *, plugin):
     return config
 
 
-def _losses(observed) -> dict[int, float]:
-    """Training loss per optimizer step from ``trainer_state.json``'s log history (``logging_steps: 1``)."""
-    return {e["step"]: e["loss"] for e in observed.log_history if "loss" in e and "eval_loss" not in e}
-
-
 def _uninterrupted(root, name, *, plugin) -> dict[int, float]:
-    config = _config(root, name, plugin=plugin)
-    code, log = harness.run_cli_raw(config, env=ENV, log_name="train.log")
-    assert code == 0, log[-4000:]
-    losses = _losses(harness.observe(harness.output_dir(config), log))
-    assert sorted(losses) == list(range(1, M + 1)), sorted(losses)
-    return losses
+    """Training loss per optimizer step (``logging_steps: 1``) of a run never stopped."""
+    straight = losses(harness.run_cli(_config(root, name, plugin=plugin), env=ENV).log_history)
+    assert sorted(straight) == list(range(1, M + 1)), sorted(straight)
+    return straight
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +71,9 @@ def _killed_and_resumed(root, name, cut, *, plugin) -> dict[int, float]:
     code, log = harness.run_cli_raw(config, env=ENV, log_name="second.log")
     assert code == 0, log[-4000:]
     assert f"resume from checkpoint at {out / f'checkpoint-{cut}'}" in log
-    losses = _losses(harness.observe(out, log))
-    assert sorted(losses) == list(range(1, M + 1)), sorted(losses)
-    return losses
+    resumed = losses(harness.observe(out, log).log_history)
+    assert sorted(resumed) == list(range(1, M + 1)), sorted(resumed)
+    return resumed
 
 
 def relative_differences(resumed: dict[int, float], straight: dict[int, float], after: int) -> dict[int, float]:
