@@ -31,8 +31,13 @@ class PatchTargetError(RuntimeError):
 
 
 def axolotl_version() -> str:
+    return package_version("axolotl")
+
+
+def package_version(distribution: str) -> str:
+    """The installed version of ``distribution`` (``"transformers"`` -> ``"5.16.1"``), or ``"(not installed)"``."""
     try:
-        return metadata.version("axolotl")
+        return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return "(not installed)"
 
@@ -105,10 +110,13 @@ def require(module_name: str, path: str, params: tuple[str, ...] = ()) -> tuple[
     ``params`` are parameter names the target must accept.
     """
     where = f"{module_name}.{path}"
+    package = module_name.partition(".")[0]
+    # a target in Transformers (or accelerate, torch) moves with that package's release, not Axolotl's
+    beside = "" if package == "axolotl" else f" with {package} {package_version(package)}"
 
     def fail(problem: str) -> PatchTargetError:
         return PatchTargetError(
-            f"axolotl-savefix {savefix_version()} cannot patch axolotl {axolotl_version()}: "
+            f"axolotl-savefix {savefix_version()} cannot patch axolotl {axolotl_version()}{beside}: "
             f"{where} {problem}. axolotl-savefix supports axolotl {SUPPORTED}. "
             "Install a supported axolotl, or remove axolotl_savefix.SaveFixPlugin from "
             "`plugins` (and any axolotl_savefix.apply() call) to train without the fix."

@@ -77,6 +77,18 @@ def test_moved_target_fails_naming_the_version_and_patches_nothing(monkeypatch):
     assert all(a is b for a, b in zip(_snapshot(), before, strict=True))
 
 
+def test_moved_transformers_target_names_the_transformers_release(monkeypatch):
+    from transformers import Trainer
+
+    monkeypatch.delattr(Trainer, "_save_checkpoint")  # disk_full's seam: moves with Transformers, not Axolotl
+    with pytest.raises(PatchTargetError) as err:
+        axolotl_savefix.apply()
+    message = str(err.value)
+    assert f"axolotl {_targets.axolotl_version()} with transformers {_targets.package_version('transformers')}:" in message
+    assert "transformers.trainer.Trainer._save_checkpoint is missing" in message
+    assert not axolotl_savefix.is_applied()
+
+
 def test_changed_signature_fails_clearly(monkeypatch):
     monkeypatch.setattr(utils_config, "normalize_config", lambda config: None)
     with pytest.raises(PatchTargetError, match="no longer takes cfg"):
