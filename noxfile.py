@@ -122,8 +122,14 @@ def tests(session: nox.Session) -> None:
         "tests",
         "-m",
         "not preemption and not engines and not cli and not disk and not nodes and not deepspeed and not signals and not slurm"
-        " and not inputs and not fidelity",
+        " and not inputs and not fidelity and not matrix",
     )
+
+
+@nox.session(venv_backend="none")
+def matrix(session: nox.Session) -> None:
+    """The case table (tests/e2e/cases.py) beyond the reported cases, stock vs patched, and the plan against those runs."""
+    tests_impl(session, "tests/e2e", "-m", "matrix")
 
 
 @nox.session(venv_backend="none")

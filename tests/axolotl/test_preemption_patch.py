@@ -179,6 +179,8 @@ def test_a_dataloader_worker_ignores_the_notice_signals_once_the_parent_armed_th
         loader = torch.utils.data.DataLoader(Dispositions(), num_workers=1, multiprocessing_context="fork")
         return next(iter(loader))[0].tolist()
 
+    # a known start: a shell's background job (`cmd &`, nohup) inherits SIGINT ignored, which would hide the result
+    inherited = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler))}
     axolotl_savefix.apply()
     try:
         assert in_worker() == [False, False]  # not armed yet: torch's own worker handlers
@@ -187,7 +189,11 @@ def test_a_dataloader_worker_ignores_the_notice_signals_once_the_parent_armed_th
     finally:
         preemption.uninstall()
         axolotl_savefix.revert()
-    assert in_worker() == [False, False]
+    try:
+        assert in_worker() == [False, False]
+    finally:
+        for sig, handler in inherited.items():
+            signal.signal(sig, handler)
 
 
 def test_the_exit_line_says_saved_only_for_a_complete_checkpoint(tmp_path):

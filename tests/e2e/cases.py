@@ -1,4 +1,8 @@
-"""The e2e case table: data only. Expected checkpoints come from tests/reference.py."""
+"""The e2e case table: data, and which session runs each case. Expected checkpoints come from tests/reference.py."""
+
+from __future__ import annotations
+
+from typing import Any
 
 BASE = {
     "samples": 60,
@@ -56,3 +60,17 @@ def case(name: str) -> dict:
     table = CASES if name in CASES else EVAL_CASES
     extra = {} if name in CASES else EVAL
     return {**BASE, **extra, **table[name], "name": name}
+
+
+# the default `tests` session runs the reported cases (the issues' own: saves and evals); the rest of
+# the table is the `matrix` session's, adapter cases the `cli` session's (they need a process of their own)
+IN_TESTS = ("reported", "evals_reported")
+
+
+def session_mark(name: str) -> Any:
+    """The pytest mark that sends case ``name`` to its session: ``cli``, ``matrix``, or none (``tests``)."""
+    import pytest
+
+    if case(name)["adapter"]:
+        return pytest.mark.cli
+    return () if name in IN_TESTS else pytest.mark.matrix

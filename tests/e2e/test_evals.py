@@ -26,7 +26,9 @@ def run(name, variant, root):
 
 
 @pytest.mark.parametrize("variant", ["stock", "patched"])
-@pytest.mark.parametrize("name", ["evals_reported", "evals_accum", "evals_once"])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=cases.session_mark(n)) for n in ("evals_reported", "evals_accum", "evals_once")]
+)
 def test_exact_eval_steps(name, variant, e2e_root):
     case, observed = run(name, variant, e2e_root)
     L, G, M = observed.batches_per_epoch(case["grad_accum"]), case["grad_accum"], observed.max_steps

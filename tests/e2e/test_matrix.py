@@ -27,8 +27,9 @@ def expected_for(case, variant, batches_per_epoch, max_steps):
 
 
 @pytest.mark.parametrize("variant", ["stock", "patched"])
-# adapter cases run `axolotl train` in their own process (below): the `cli` session's
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.cli) if cases.case(n)["adapter"] else n for n in cases.CASES])
+# adapter cases run `axolotl train` in their own process (below): the `cli` session's; the reported
+# case stays in `tests`, the rest of the table is the `matrix` session's
+@pytest.mark.parametrize("name", [pytest.param(n, marks=cases.session_mark(n)) for n in cases.CASES])
 def test_exact_checkpoints(name, variant, e2e_root):
     case = cases.case(name)
     # Axolotl's LoRA kernels patch the attention classes for the rest of the process (as in a

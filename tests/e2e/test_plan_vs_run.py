@@ -37,13 +37,16 @@ def _run(config, patched):
 @pytest.mark.parametrize(
     ("name", "variant"),
     [
-        ("reported", "stock"),
-        ("reported", "patched"),
-        ("accum_remainder", "patched"),
-        ("sample_packing", "patched"),
-        ("evals_accum", "stock"),
-        ("evals_accum", "patched"),
-        ("saves_zero", "patched"),
+        pytest.param(name, variant, marks=cases.session_mark(name))
+        for name, variant in (
+            ("reported", "stock"),
+            ("reported", "patched"),
+            ("accum_remainder", "patched"),
+            ("sample_packing", "patched"),
+            ("evals_accum", "stock"),
+            ("evals_accum", "patched"),
+            ("saves_zero", "patched"),
+        )
     ],
 )
 def test_plan_equals_the_run(name, variant, e2e_root):

@@ -93,6 +93,25 @@ def _child(request: dict) -> None:
             os._exit(code)
 
 
+def _reattach_submodules() -> None:
+    """Bind each loaded submodule to its package as it is in ``sys.modules`` now.
+
+    Transformers 5.0 (Axolotl 0.14.0) replaces ``sys.modules["transformers"]`` while
+    ``transformers.trainer`` imports, so ``transformers.modelcard``, imported before
+    that, hangs off the old module object and Axolotl's ``setup_model_card`` fails
+    with ``AttributeError`` in every forked run. In ``python -m axolotl.cli.train``
+    the import order differs and the attribute is there; this restores that.
+    """
+    for name, module in list(sys.modules.items()):
+        package, _, child = name.rpartition(".")
+        parent = sys.modules.get(package) if package else None
+        if parent is not None and module is not None and child not in vars(parent):
+            try:
+                setattr(parent, child, module)
+            except (AttributeError, TypeError):
+                continue
+
+
 def serve(path: str) -> None:
     """The server: import once, then fork a child per request."""
     import importlib
@@ -102,6 +121,7 @@ def serve(path: str) -> None:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a module this release lacks: the child imports what it needs
             print(f"[zygote] not preloaded: {name}: {exc}", file=sys.stderr, flush=True)
+    _reattach_submodules()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(1)
