@@ -36,6 +36,10 @@ CASES: dict[str, dict[str, str]] = {
         "patched": f"{E2E}/test_resume_fidelity.py::test_resume_in_epoch_2_trains_on_the_uninterrupted_runs_samples[45]",
         "stock": f"{E2E}/test_resume_fidelity.py::test_stock_resume_in_epoch_2_measured",
     },
+    "auto-resume: logged token counters of an uninterrupted run": {
+        "patched": f"{E2E}/test_resume_fidelity.py::test_resumed_token_counters_are_the_uninterrupted_runs[45]",
+        "stock": f"{E2E}/test_resume_fidelity.py::test_stock_auto_resume_token_counters_measured",
+    },
     "2-process DDP resume: both ranks agree": {
         "patched": f"{E2E}/test_preemption_notice.py::test_sigterm_to_one_rank_stops_every_rank_at_the_same_step[ddp]",
     },

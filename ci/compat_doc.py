@@ -71,7 +71,8 @@ def render_cases(sweep: dict) -> list[str]:
     lines = [
         "One real run per patch, per release (patched test; stock test beside, which passes while stock behaves as "
         "recorded: the defect the patch removes; for \"resume in epoch 2\", the defect before Transformers 5.0 and a "
-        "match from 5.0, where stock has no defect there):",
+        "match from 5.0, where stock has no defect there; for the token counters, counters restarted at the resume up "
+        "to 0.19.0 and a match from 0.20.0, which fixed Axolotl issue 3940):",
         "",
         "| Axolotl | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),

@@ -32,7 +32,11 @@ first, one walker per node (one per job on a shared ``output_dir``), a few integ
 the wire; the checkpoints older than the one taken are not judged, but by the cleanup rules.
 * ``TokensPerSecondCallback.on_train_begin`` (``include_tkps``; Axolotl issue 3940): on an
   auto-resume it is given the folder the run resumed from, so the checkpoint's token counters
-  are restored instead of restarting at zero (:func:`apply_token_counters`).
+  are restored instead of restarting at zero (:func:`apply_token_counters`); on Axolotl 0.13.2 to
+  0.15.0 it reads the file under the name the trainer writes it (:func:`apply_token_state_file`).
+* ``ReLoRACallback.on_train_begin`` (``relora: true``): on an auto-resume it is given the folder the run
+  resumed from, so the merged base weights are loaded (:func:`apply_relora_resume`), and after any
+  resume its logged ``num_lora_restarts`` starts at the restarts made so far (:func:`apply_relora_restarts`).
 * ``transformers.trainer.skip_first_batches`` (Transformers before 5.0 only; Transformers issue 40690):
   a resume in the middle of epoch 2 or later trains on epoch 0's sample order (:func:`apply_epoch_order`).
 * ``axolotl.utils.config.validate_config``: carries ``savefix_resume_anyway`` past
@@ -364,11 +368,13 @@ def apply_builder() -> None:
     patch_item(owner, name, get_callbacks_with_record)
     apply_save_on_each_node()
     apply_token_counters()
+    apply_relora_resume()
+    apply_relora_restarts()
 
 
 TOKENS_MODULE = "axolotl.utils.callbacks.tokens_per_second"
 TOKENS_TARGET = (TOKENS_MODULE, "TokensPerSecondCallback.on_train_begin", ("args", "state"))
-TOKENS_STATE_FILE = "tokens_state.json"  # axolotl.core.trainers.constants.TOKENS_STATE_FILE, written into each checkpoint
+TOKENS_STATE_FILE = "tokens_state.json"  # axolotl.core.trainers.constants.TOKENS_STATE_FILE (0.13.2-0.15.0: "tokens_state.")
 
 
 def resumed_checkpoint(args: Any, state: Any) -> str | None:
@@ -412,6 +418,106 @@ def apply_token_counters() -> None:
             self.resume_from_checkpoint = held
 
     patch_item(owner, name, on_train_begin_restoring)
+    apply_token_state_file()
+
+
+RELORA_MODULE = "axolotl.monkeypatch.relora"
+RELORA_TARGET = (RELORA_MODULE, "ReLoRACallback.on_train_begin")
+
+
+def apply_relora_resume() -> None:
+    """ReLoRA (``relora: true``) on an auto-resume: the merged base weights are not loaded.
+
+    ``ReLoRACallback`` is built with ``cfg.resume_from_checkpoint`` before ``determine_last_checkpoint``
+    sets it (as ``TokensPerSecondCallback``, Axolotl issue 3940): on an auto-resume it holds None, and its
+    ``on_train_begin`` skips loading the checkpoint's ``relora`` folder (the base model with every
+    earlier restart's LoRA merged into it). The run then trains the checkpoint's adapter on the
+    original base model: another model than the one it saved. The wrapper gives it the folder the run
+    resumed from (:func:`resumed_checkpoint`) for that call only; an explicit ``resume_from_checkpoint``
+    and a fresh run are stock's. Releases without ReLoRA have nothing to fix.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec(RELORA_MODULE) is None:
+        return
+    owner, name, on_train_begin = require(*RELORA_TARGET)
+
+    @wraps(on_train_begin)
+    def on_train_begin_resumed(self: Any, args: Any, state: Any, *rest: Any, **kwargs: Any) -> Any:
+        held = getattr(self, "resume_from_checkpoint", None)
+        resumed = None if held else resumed_checkpoint(args, state)
+        if resumed is None:
+            return on_train_begin(self, args, state, *rest, **kwargs)
+        self.resume_from_checkpoint = resumed
+        try:
+            return on_train_begin(self, args, state, *rest, **kwargs)
+        finally:
+            self.resume_from_checkpoint = held
+
+    patch_item(owner, name, on_train_begin_resumed)
+
+
+def relora_restarts(global_step: int, restart_steps: int) -> int:
+    """ReLoRA restarts an uninterrupted run has made when step ``global_step`` ends (its logged ``num_lora_restarts``).
+
+    ``ReLoRACallback.on_step_begin`` restarts at each ``global_step`` that is a positive multiple of
+    ``restart_steps`` (``jagged_restart_steps``), before that step's training: the restarts before
+    ``global_step`` ends are those at the multiples up to ``global_step - 1``. Raises ValueError for a
+    ``restart_steps`` below 1.
+    """
+    if restart_steps < 1:
+        raise ValueError(f"jagged_restart_steps must be 1 or more, not {restart_steps}")
+    return max(0, global_step - 1) // restart_steps
+
+
+def apply_relora_restarts() -> None:
+    """ReLoRA's logged ``num_lora_restarts`` restarts at 0 after any resume (explicit or auto).
+
+    ``ReLoRACallback`` counts its restarts in memory and logs the count at every log; no checkpoint
+    holds it. At train begin of a resumed run (``global_step`` above 0) a count still at 0 is set to
+    the restarts the run made up to the resumed step (:func:`relora_restarts`), which is what the run
+    would log there had it not stopped. The restarts are a function of the step (every
+    ``jagged_restart_steps``), so nothing needs saving. A callback without the count or the restart
+    interval is left as is.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec(RELORA_MODULE) is None:
+        return
+    owner, name, on_train_begin = require(*RELORA_TARGET)
+
+    @wraps(on_train_begin)
+    def on_train_begin_counting(self: Any, args: Any, state: Any, *rest: Any, **kwargs: Any) -> Any:
+        step = int(getattr(state, "global_step", 0) or 0)
+        every = getattr(self, "jagged_restart_steps", None) or getattr(self, "relora_steps", None)  # 0.17 renamed it
+        if step > 0 and getattr(self, "num_lora_restarts", None) == 0 and isinstance(every, int) and every > 0:
+            self.num_lora_restarts = relora_restarts(step, every)
+        return on_train_begin(self, args, state, *rest, **kwargs)
+
+    patch_item(owner, name, on_train_begin_counting)
+
+
+TRAINER_MODULE = "axolotl.core.trainers.base"  # AxolotlTrainer._save writes the token counters under its TOKENS_STATE_FILE
+
+
+def apply_token_state_file() -> None:
+    """Axolotl 0.13.2 to 0.15.0: the token counters are written under one name and read under another.
+
+    There ``AxolotlTrainer._save`` writes them into each checkpoint as ``tokens_state.`` (its module's
+    ``TOKENS_STATE_FILE``) and ``TokensPerSecondCallback.on_train_begin`` reads ``tokens_state.json``
+    (its own module's): the file is never found, and ``tokens/total`` and ``tokens/trainable`` restart
+    at zero after any resume, explicit or auto. The reader is given the writer's name, so checkpoints
+    those releases wrote (stock or patched) are read as written. From Axolotl 0.16 both import one
+    constant (``axolotl.core.trainers.constants``): nothing is patched. Idempotent (patched, the names
+    agree); :func:`axolotl_savefix.revert` gives the reader its own name back.
+    """
+    import importlib
+
+    reader = importlib.import_module(TOKENS_MODULE)
+    writer = importlib.import_module(TRAINER_MODULE)
+    read, written = getattr(reader, "TOKENS_STATE_FILE", None), getattr(writer, "TOKENS_STATE_FILE", None)
+    if isinstance(read, str) and isinstance(written, str) and read != written:
+        patch_item(reader, "TOKENS_STATE_FILE", written)
 
 
 EPOCH_ORDER_TARGET = ("transformers.trainer", "skip_first_batches", ("dataloader", "num_batches"))

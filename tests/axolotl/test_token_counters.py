@@ -54,3 +54,41 @@ def test_patched_auto_resume_restores_the_resumed_checkpoints_counters(output_di
     assert _on_train_begin(output_dir, 5, held=str(explicit))[0] == {"total": 1280, "trainable": 640}  # stock's path
     axolotl_savefix.revert()
     assert _on_train_begin(output_dir, 5)[0] == {}
+
+
+def _written_name():
+    """The name ``AxolotlTrainer._save`` writes the counters under (its module's ``TOKENS_STATE_FILE``)."""
+    import importlib
+
+    return importlib.import_module(resume.TRAINER_MODULE).TOKENS_STATE_FILE
+
+
+@pytest.fixture
+def written(tmp_path):
+    """checkpoint-5 with the counters in the file the trainer writes (``tokens_state.`` on Axolotl 0.13.2 to 0.15.0)."""
+    folder = tmp_path / "checkpoint-5"
+    folder.mkdir()
+    (folder / _written_name()).write_text(json.dumps({"total": 640, "trainable": 320}))
+    return tmp_path
+
+
+def test_stock_reads_the_counters_under_its_own_name(written):
+    """Stock beside: an explicit resume restores them only where the reader's name is the writer's (0.16 on)."""
+    restored, _ = _on_train_begin(written, 5, held=str(written / "checkpoint-5"))
+    if tokens_per_second.TOKENS_STATE_FILE == _written_name():
+        assert restored == {"total": 640, "trainable": 320}
+    else:  # 0.13.2 to 0.15.0: "tokens_state." written, "tokens_state.json" read: restarted at zero
+        assert restored == {}
+
+
+def test_patched_reads_the_counters_the_trainer_wrote_explicit_and_auto(written):
+    reader_name = tokens_per_second.TOKENS_STATE_FILE
+    axolotl_savefix.apply()
+    import axolotl.core.builders.base  # noqa: F401 - the builder's part (and the callback's) is applied on its import
+
+    assert tokens_per_second.TOKENS_STATE_FILE == _written_name()
+    assert _on_train_begin(written, 5, held=str(written / "checkpoint-5"))[0] == {"total": 640, "trainable": 320}
+    assert _on_train_begin(written, 5)[0] == {"total": 640, "trainable": 320}  # auto-resume (issue 3940 too)
+    resume.apply_token_state_file()  # again: nothing more to patch
+    axolotl_savefix.revert()
+    assert tokens_per_second.TOKENS_STATE_FILE == reader_name

@@ -11,8 +11,13 @@ changes the losses by far more than that.
 
 The cuts: the first epoch's last save (the resume starts epoch 2 with nothing to skip) and a save in
 the middle of epoch 2 (the resume skips batches of epoch 2: the sampler must be at epoch 1's order).
+
+The same runs log Axolotl's token counters (``include_tkps: true``: ``tokens/total`` and
+``tokens/trainable`` at every logged step, Axolotl issue 3940): the resumed run's must be the
+uninterrupted run's at every step, patched; stock's auto-resume restarts them at zero.
 """
 
+import inspect
 from importlib import metadata
 
 import cases
@@ -31,6 +36,8 @@ CASE = cases.case("reported")  # patched saves 8 15 23 30 38 45 53 60; stock 8 1
 L = CASE["samples"] // CASE["micro_batch"]  # 30 batches per epoch (grad_accum 1: one step each)
 M = reference.axolotl_max_steps(CASE["samples"], CASE["micro_batch"], CASE["grad_accum"], CASE["num_epochs"])
 TOLERANCE = 1e-4  # relative, per step
+TOKEN_COUNTERS = ("tokens/total", "tokens/trainable")  # AxolotlTrainer.log, with include_tkps
+_runs: dict[str, list[dict]] = {}  # each run's log_history by its folder: the loss and the token tests share the runs
 
 
 def _config(root, name, *, plugin):
@@ -38,32 +45,45 @@ def _config(root, name, *, plugin):
     cfg = yaml.safe_load(config.read_text())
     assert cfg["sample_packing"] is False and "curriculum_sampling" not in cfg  # a shuffled order: Transformers' RandomSampler
     cfg["auto_resume_from_checkpoints"] = True
+    cfg["include_tkps"] = True  # Axolotl's default, set so the token counters are logged whatever the default becomes
     cfg["plugins"] = ["kill_shim.KillShim", *(cfg.get("plugins") or [])]
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return config
 
 
-def _uninterrupted(root, name, *, plugin) -> dict[int, float]:
-    """Training loss per optimizer step (``logging_steps: 1``) of a run never stopped."""
-    straight = losses(harness.run_cli(_config(root, name, plugin=plugin), env=ENV).log_history)
-    assert sorted(straight) == list(range(1, M + 1)), sorted(straight)
-    return straight
+def _uninterrupted(root, name, *, plugin) -> list[dict]:
+    """The ``log_history`` of a run never stopped (run once per session)."""
+    key = str(root / name)
+    if key not in _runs:
+        history = harness.run_cli(_config(root, name, plugin=plugin), env=ENV).log_history
+        assert sorted(losses(history)) == list(range(1, M + 1)), sorted(losses(history))
+        _runs[key] = history
+    return _runs[key]
 
 
 @pytest.fixture(scope="module")
 def straight(e2e_root):
     """The uninterrupted runs' per-step losses, with the plugin and without (run once each, when first asked)."""
-    runs = {}
 
     def get(plugin: bool) -> dict[int, float]:
-        if plugin not in runs:
-            runs[plugin] = _uninterrupted(e2e_root, f"fidelity-straight-{'patched' if plugin else 'stock'}", plugin=plugin)
-        return runs[plugin]
+        return losses(_uninterrupted(e2e_root, _straight_name(plugin), plugin=plugin))
 
     return get
 
 
+def _straight_name(plugin: bool) -> str:
+    return f"fidelity-straight-{'patched' if plugin else 'stock'}"
+
+
 def _killed_and_resumed(root, name, cut, *, plugin) -> dict[int, float]:
+    """Per-step losses of the run killed right after its save at ``cut`` and resumed by the same command."""
+    return losses(_killed_and_resumed_history(root, name, cut, plugin=plugin))
+
+
+def _killed_and_resumed_history(root, name, cut, *, plugin) -> list[dict]:
+    key = str(root / name)
+    if key in _runs:
+        return _runs[key]
     config = _config(root, name, plugin=plugin)
     out = harness.output_dir(config)
     code, log = harness.run_cli_raw(config, env={**ENV, "SAVEFIX_KILL_AT": f"{cut}:after_state"}, log_name="first.log")
@@ -71,9 +91,10 @@ def _killed_and_resumed(root, name, cut, *, plugin) -> dict[int, float]:
     code, log = harness.run_cli_raw(config, env=ENV, log_name="second.log")
     assert code == 0, log[-4000:]
     assert f"resume from checkpoint at {out / f'checkpoint-{cut}'}" in log
-    resumed = losses(harness.observe(out, log).log_history)
-    assert sorted(resumed) == list(range(1, M + 1)), sorted(resumed)
-    return resumed
+    history = harness.observe(out, log).log_history
+    assert sorted(losses(history)) == list(range(1, M + 1)), sorted(losses(history))
+    _runs[key] = history
+    return history
 
 
 def relative_differences(resumed: dict[int, float], straight: dict[int, float], after: int) -> dict[int, float]:
@@ -119,3 +140,66 @@ def test_stock_resume_in_epoch_2_measured(e2e_root, straight):
         assert wrong > len(differences) // 2, _report(differences)
     else:
         assert max(differences.values()) < TOLERANCE, _report(differences)
+
+
+def token_counters(log_history) -> dict[int, dict[str, int]]:
+    """Axolotl's logged token counters (``TOKEN_COUNTERS``) at each training log step."""
+    return {e["step"]: {k: int(e[k]) for k in TOKEN_COUNTERS if k in e} for e in log_history if "loss" in e}
+
+
+def _straight_counters(root, *, plugin: bool) -> dict[int, dict[str, int]]:
+    counters = token_counters(_uninterrupted(root, _straight_name(plugin), plugin=plugin))
+    assert all(set(c) == set(TOKEN_COUNTERS) for c in counters.values()), counters  # logged at every step
+    assert all(counters[s][k] < counters[s + 1][k] for s in range(1, M) for k in TOKEN_COUNTERS)  # counted, step by step
+    return counters
+
+
+def stock_restores_counters_on_auto_resume() -> bool:
+    """Whether stock Axolotl restores the token counters on an auto-resume (derived from the installed release).
+
+    It does where ``TokensPerSecondCallback`` reads the config at train begin (its ``cfg`` parameter: the
+    fix of issue 3940, Axolotl 0.20) and reads the file under the name the trainer writes it
+    (0.16 on; 0.13.2 to 0.15.0 write ``tokens_state.`` and read ``tokens_state.json``).
+    """
+    import importlib
+
+    from axolotl_savefix.resume import TOKENS_MODULE, TRAINER_MODULE
+
+    reader = importlib.import_module(TOKENS_MODULE)
+    reads_config = "cfg" in inspect.signature(reader.TokensPerSecondCallback).parameters
+    return reads_config and reader.TOKENS_STATE_FILE == importlib.import_module(TRAINER_MODULE).TOKENS_STATE_FILE
+
+
+@pytest.mark.parametrize("cut", [30, 45])
+def test_resumed_token_counters_are_the_uninterrupted_runs(e2e_root, cut):
+    """Patched, the same runs as the loss test: ``tokens/total`` and ``tokens/trainable`` at every step equal."""
+    expected = _straight_counters(e2e_root, plugin=True)
+    resumed = token_counters(_killed_and_resumed_history(e2e_root, f"fidelity-{cut}", cut, plugin=True))
+    wrong = {s: (resumed.get(s), expected[s]) for s in expected if resumed.get(s) != expected[s]}
+    print(f"[fidelity] patched token counters, cut {cut}: {len(expected) - len(wrong)}/{len(expected)} steps equal")
+    assert not wrong, dict(list(wrong.items())[:5])
+
+
+def test_stock_auto_resume_token_counters_measured(e2e_root):
+    """Stock beside, the stock loss test's runs (cut at 40): the counters restart at zero after the auto-resume.
+
+    Derived, not copied: the resumed run counts only the steps it trained, so at step s it logs the
+    uninterrupted run's count at s less the count at the checkpoint (where the resumed epoch trains the
+    same samples: Transformers 5.0 on), and below what it logged at the checkpoint's step in any case.
+    Where stock restores them (:func:`stock_restores_counters_on_auto_resume`), they equal.
+    """
+    from axolotl_savefix.resume import EPOCH_ORDER_FIXED
+
+    cut = 40
+    expected = _straight_counters(e2e_root, plugin=False)
+    resumed = token_counters(_killed_and_resumed_history(e2e_root, "fidelity-stock-40", cut, plugin=False))
+    assert all(resumed[s] == expected[s] for s in range(1, cut + 1))  # the first run's own steps, from its checkpoint
+    after = [s for s in sorted(expected) if s > cut]
+    print(f"[fidelity] stock token counters, cut {cut}: step {cut} {resumed[cut]}, step {cut + 1} {resumed[cut + 1]}")
+    if stock_restores_counters_on_auto_resume():
+        assert all(resumed[s] == expected[s] for s in after)
+        return
+    assert all(resumed[cut + 1][k] < resumed[cut][k] for k in TOKEN_COUNTERS), (resumed[cut], resumed[cut + 1])
+    if Version(metadata.version("transformers")) >= Version(EPOCH_ORDER_FIXED):  # the same samples after the resume
+        restarted = {s: {k: expected[s][k] - expected[cut][k] for k in TOKEN_COUNTERS} for s in after}
+        assert all(resumed[s] == restarted[s] for s in after), [(s, resumed[s], restarted[s]) for s in after[:3]]

@@ -1,0 +1,82 @@
+"""ReLoRA (``relora: true``) resumed: the merged base weights on an auto-resume, and the logged ``num_lora_restarts``.
+
+Axolotl builds ``ReLoRACallback`` with ``cfg.resume_from_checkpoint`` before ``determine_last_checkpoint``
+sets it: on an auto-resume it holds None and skips loading the checkpoint's ``relora`` folder. And its
+``num_lora_restarts`` (logged at every log) lives in memory only: any resume starts it at 0. Here the
+callback meets the state Transformers hands it at ``on_train_begin`` of a run resumed at step 7 with a
+restart every 5 steps, stock and patched; ``load_weight_checkpoint`` is replaced by a recorder.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+
+import axolotl_savefix
+from axolotl_savefix import resume
+
+relora = pytest.importorskip(resume.RELORA_MODULE, reason="this Axolotl has no ReLoRA")
+
+EVERY = 5  # jagged_restart_steps
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    loaded: list[str] = []
+    monkeypatch.setattr(relora, "load_weight_checkpoint", lambda model, path: loaded.append(path))
+    return loaded
+
+
+@pytest.fixture
+def output_dir(tmp_path):
+    for step in (5, 7):
+        (tmp_path / f"checkpoint-{step}" / "relora").mkdir(parents=True)
+    return tmp_path
+
+
+def _on_train_begin(output_dir, step, held=None):
+    """The callback as the builder makes it (``ReLoRACallback(cfg)``), without the base model lookup."""
+    callback = relora.ReLoRACallback.__new__(relora.ReLoRACallback)
+    callback.resume_from_checkpoint = held
+    callback.num_lora_restarts = 0
+    for name in ("jagged_restart_steps", "relora_steps"):  # the interval's name up to 0.16 and from 0.17
+        setattr(callback, name, EVERY)
+    control = SimpleNamespace()
+    callback.on_train_begin(SimpleNamespace(output_dir=str(output_dir)), SimpleNamespace(global_step=step), control, model=object())
+    return callback
+
+
+def test_stock_auto_resume_loads_no_merged_weights_and_restarts_the_count(output_dir, loads):
+    callback = _on_train_begin(output_dir, 7)
+    assert loads == []  # the defect: the original base model under the checkpoint's adapter
+    assert callback.num_lora_restarts == 0  # the defect: the run made 1 restart (at step 5) before step 7
+
+
+def test_patched_auto_resume_loads_the_resumed_checkpoints_merged_weights(output_dir, loads):
+    axolotl_savefix.apply()
+    import axolotl.core.builders.base  # noqa: F401 - the builder's part (and the callback's) is applied on its import
+
+    callback = _on_train_begin(output_dir, 7)
+    assert loads == [str(output_dir / "checkpoint-7" / "relora")]  # checkpoint-7's, not checkpoint-5's
+    assert callback.resume_from_checkpoint is None  # only for that call
+    assert callback.num_lora_restarts == 1
+    loads.clear()
+    explicit = str(output_dir / "checkpoint-5")
+    assert _on_train_begin(output_dir, 5, held=explicit).num_lora_restarts == 0  # the restart at 5 comes before step 6
+    assert loads == [str(output_dir / "checkpoint-5" / "relora")]  # stock's path
+    loads.clear()
+    fresh = _on_train_begin(output_dir, 0)
+    assert loads == [] and fresh.num_lora_restarts == 0
+    axolotl_savefix.revert()
+    assert _on_train_begin(output_dir, 7).num_lora_restarts == 0 and loads == []
+
+
+@pytest.mark.parametrize(("step", "restarts"), [(0, 0), (1, 0), (5, 0), (6, 1), (10, 1), (11, 2)])
+def test_relora_restarts_counts_the_multiples_before_the_step(step, restarts):
+    # the uninterrupted callback: a restart at every on_step_begin whose global_step is a positive multiple
+    counted = sum(1 for g in range(step) if g > 0 and g % EVERY == 0)
+    assert resume.relora_restarts(step, EVERY) == counted == restarts
+
+
+def test_relora_restarts_refuses_a_zero_interval():
+    with pytest.raises(ValueError, match="jagged_restart_steps must be 1 or more, not 0"):
+        resume.relora_restarts(3, 0)
