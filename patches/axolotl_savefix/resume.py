@@ -397,11 +397,17 @@ def apply_token_counters() -> None:
     ``on_train_begin`` skips the restore of ``tokens_state.json``. The wrapper gives it the folder the
     run resumed from (:func:`resumed_checkpoint`) for that call only; an explicit
     ``resume_from_checkpoint`` (a string already) and a fresh run are stock's. Releases without the
-    callback have nothing to fix.
+    callback have nothing to fix, nor have those whose callback takes the config (Axolotl 0.20 on,
+    PR 3941: it reads ``cfg.resume_from_checkpoint`` at train begin): steps aside there.
     """
+    import importlib
     import importlib.util
+    import inspect
 
     if importlib.util.find_spec(TOKENS_MODULE) is None:
+        return
+    if "cfg" in inspect.signature(importlib.import_module(TOKENS_MODULE).TokensPerSecondCallback).parameters:
+        apply_token_state_file()
         return
     owner, name, on_train_begin = require(*TOKENS_TARGET)
 

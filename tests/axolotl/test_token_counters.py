@@ -18,10 +18,16 @@ from axolotl_savefix import resume
 tokens_per_second = pytest.importorskip(resume.TOKENS_MODULE, reason="this Axolotl has no TokensPerSecondCallback")
 
 
+FIXED_UPSTREAM = "cfg" in inspect.signature(tokens_per_second.TokensPerSecondCallback).parameters  # 0.20 on (PR 3941)
+
+
 def _on_train_begin(output_dir, step, held=None):
     cls = tokens_per_second.TokensPerSecondCallback
     # as the builder makes it; up to Axolotl 0.1x it also takes the config's tensor and context parallel sizes (unset)
     sizes = {k: None for k in ("tensor_parallel_size", "context_parallel_size") if k in inspect.signature(cls).parameters}
+    if FIXED_UPSTREAM:  # built with the config, whose resume_from_checkpoint auto-resume sets before train begin
+        resumed = held or (str(output_dir / f"checkpoint-{step}") if step else None)
+        sizes["cfg"] = SimpleNamespace(resume_from_checkpoint=resumed)
     callback = cls(**sizes, resume_from_checkpoint=held)
     state = SimpleNamespace(global_step=step)
     callback.on_train_begin(SimpleNamespace(output_dir=str(output_dir)), state, SimpleNamespace())
@@ -39,7 +45,23 @@ def output_dir(tmp_path):
 
 def test_stock_auto_resume_restarts_the_counters_at_zero(output_dir):
     restored, _ = _on_train_begin(output_dir, 5)
-    assert restored == {}  # the defect: nothing restored, the trainer starts counting from 0
+    if FIXED_UPSTREAM:  # Axolotl 0.20 on: the callback reads the config at train begin
+        assert restored == {"total": 640, "trainable": 320}
+    else:
+        assert restored == {}  # the defect: nothing restored, the trainer starts counting from 0
+
+
+def test_patched_steps_aside_where_the_callback_reads_the_config():
+    on_train_begin = tokens_per_second.TokensPerSecondCallback.on_train_begin
+    axolotl_savefix.apply()
+    import axolotl.core.builders.base  # noqa: F401 - the builder's part (and the callback's) is applied on its import
+
+    try:
+        patched = tokens_per_second.TokensPerSecondCallback.on_train_begin is not on_train_begin
+        assert patched is not FIXED_UPSTREAM
+    finally:
+        axolotl_savefix.revert()
+    assert tokens_per_second.TokensPerSecondCallback.on_train_begin is on_train_begin
 
 
 def test_patched_auto_resume_restores_the_resumed_checkpoints_counters(output_dir):
@@ -53,7 +75,7 @@ def test_patched_auto_resume_restores_the_resumed_checkpoints_counters(output_di
     explicit = output_dir / "checkpoint-10"
     assert _on_train_begin(output_dir, 5, held=str(explicit))[0] == {"total": 1280, "trainable": 640}  # stock's path
     axolotl_savefix.revert()
-    assert _on_train_begin(output_dir, 5)[0] == {}
+    assert _on_train_begin(output_dir, 5)[0] == ({"total": 640, "trainable": 320} if FIXED_UPSTREAM else {})  # stock's
 
 
 def _written_name():
