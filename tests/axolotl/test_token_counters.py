@@ -34,12 +34,20 @@ def _on_train_begin(output_dir, step, held=None):
     return {k: int(v) for k, v in getattr(state, "tokens", {}).items()}, callback
 
 
+def _written_name():
+    """The name ``AxolotlTrainer._save`` writes the counters under (its module's ``TOKENS_STATE_FILE``)."""
+    import importlib
+
+    return importlib.import_module(resume.TRAINER_MODULE).TOKENS_STATE_FILE
+
+
 @pytest.fixture
 def output_dir(tmp_path):
+    """checkpoint-5 and checkpoint-10, each with its counters in the file the trainer writes."""
     for step, total in ((5, 640), (10, 1280)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        (folder / resume.TOKENS_STATE_FILE).write_text(json.dumps({"total": total, "trainable": total // 2}))
+        (folder / _written_name()).write_text(json.dumps({"total": total, "trainable": total // 2}))
     return tmp_path
 
 
@@ -76,13 +84,6 @@ def test_patched_auto_resume_restores_the_resumed_checkpoints_counters(output_di
     assert _on_train_begin(output_dir, 5, held=str(explicit))[0] == {"total": 1280, "trainable": 640}  # stock's path
     axolotl_savefix.revert()
     assert _on_train_begin(output_dir, 5)[0] == ({"total": 640, "trainable": 320} if FIXED_UPSTREAM else {})  # stock's
-
-
-def _written_name():
-    """The name ``AxolotlTrainer._save`` writes the counters under (its module's ``TOKENS_STATE_FILE``)."""
-    import importlib
-
-    return importlib.import_module(resume.TRAINER_MODULE).TOKENS_STATE_FILE
 
 
 @pytest.fixture
