@@ -266,6 +266,21 @@ def make_plan(
     )
 
 
+def relora_restart_folders(max_steps: int, every: int | None, saved: list[int] | None) -> list[int]:
+    """The ``checkpoint-N`` folders (steps N) ReLoRA's restarts write besides the scheduled saves.
+
+    ``ReLoRACallback.on_step_begin`` (Axolotl's ``monkeypatch/relora.py``, ``relora: true``) writes
+    ``checkpoint-{global_step}/adapter`` at each ``global_step`` that is a positive multiple of
+    ``every`` (``jagged_restart_steps``); a step's begin sees ``global_step`` 0 to ``max_steps - 1``.
+    Transformers' rotation counts those folders as checkpoints, so a ``save_total_limit`` that keeps
+    every save must count them too. ``every`` unset or below 1: none.
+    """
+    if not every or every < 1:
+        return []
+    scheduled = set(saved or [])
+    return [step for step in range(every, max_steps, every) if step not in scheduled]
+
+
 def steps_text(steps: list[int] | None, *, head: int = 6, tail: int = 4) -> str:
     if steps is None:
         return "decided by the metric (save_strategy: best)"

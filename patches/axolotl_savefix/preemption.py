@@ -178,6 +178,7 @@ class _Notice:
     grace: float | None = None
     previous: dict[int, Any] = {}
     timer: threading.Timer | None = None
+    exit_hook = False  # end_quiet_workers registered with atexit
 
 
 _notice = _Notice()
@@ -211,11 +212,49 @@ def _handler(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal's handle
 
 
 def install(signals: list[signal.Signals], grace: float | None) -> None:
-    """Record ``signals`` from now on (replacing the handlers there were, kept for :func:`uninstall`)."""
+    """Record ``signals`` from now on (replacing the handlers there were, kept for :func:`uninstall`).
+
+    Also registers, once per process, :func:`end_quiet_workers` to run at interpreter exit.
+    """
     _notice.signum, _notice.grace, _notice.received_at = 0, grace, 0.0
     for sig in signals:
         previous = signal.signal(sig, _handler)
         _notice.previous.setdefault(int(sig), previous)
+    if not _notice.exit_hook:
+        import atexit
+        import multiprocessing.util  # noqa: F401 - its exit function first, so that ours runs before it (LIFO)
+
+        atexit.register(end_quiet_workers)
+        _notice.exit_hook = True
+
+
+def end_quiet_workers(timeout: float = 1.0) -> int:
+    """At interpreter exit: end the daemonic multiprocessing children (DataLoader workers); how many were killed.
+
+    multiprocessing's own exit function sends each daemonic child SIGTERM, then joins every
+    child without a timeout. A DataLoader worker forked while the notice was armed ignores
+    SIGTERM (:func:`quiet_worker`), so a run that fails with its iterator still alive (an
+    exception out of ``trainer.train``: a peer rank's death in a collective) would wait on
+    it for ever, where stock exits with the error. Here each daemonic child gets SIGTERM as
+    multiprocessing would send it, ``timeout`` seconds (at most) to end, then SIGKILL. torch's
+    SIGCHLD handler, which would raise "DataLoader worker ... is killed by signal" for a worker
+    ended by anything but SIGTERM, is set back to the default first: the process is exiting.
+    """
+    import multiprocessing
+
+    children = [p for p in multiprocessing.active_children() if p.daemon]
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+    alive = [child for child in children if child.is_alive()]
+    if alive and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in alive:
+        child.kill()
+        child.join(timeout)
+    return len(alive)
 
 
 def uninstall() -> None:

@@ -34,9 +34,9 @@ the wire; the checkpoints older than the one taken are not judged, but by the cl
   auto-resume it is given the folder the run resumed from, so the checkpoint's token counters
   are restored instead of restarting at zero (:func:`apply_token_counters`); on Axolotl 0.13.2 to
   0.15.0 it reads the file under the name the trainer writes it (:func:`apply_token_state_file`).
-* ``ReLoRACallback.on_train_begin`` (``relora: true``): on an auto-resume it is given the folder the run
-  resumed from, so the merged base weights are loaded (:func:`apply_relora_resume`), and after any
-  resume its logged ``num_lora_restarts`` starts at the restarts made so far (:func:`apply_relora_restarts`).
+* ``ReLoRACallback.on_train_begin`` (``relora: true``): after any resume its logged ``num_lora_restarts``
+  starts at the restarts made so far (:func:`apply_relora_restarts`). Its merged base weights are left
+  as stock handles them (see the user guide: Axolotl's own loader of ``checkpoint-N/relora`` fails).
 * ``transformers.trainer.skip_first_batches`` (Transformers before 5.0 only; Transformers issue 40690):
   a resume in the middle of epoch 2 or later trains on epoch 0's sample order (:func:`apply_epoch_order`).
 * ``axolotl.utils.config.validate_config``: carries ``savefix_resume_anyway`` past
@@ -368,7 +368,6 @@ def apply_builder() -> None:
     patch_item(owner, name, get_callbacks_with_record)
     apply_save_on_each_node()
     apply_token_counters()
-    apply_relora_resume()
     apply_relora_restarts()
 
 
@@ -429,38 +428,6 @@ def apply_token_counters() -> None:
 
 RELORA_MODULE = "axolotl.monkeypatch.relora"
 RELORA_TARGET = (RELORA_MODULE, "ReLoRACallback.on_train_begin")
-
-
-def apply_relora_resume() -> None:
-    """ReLoRA (``relora: true``) on an auto-resume: the merged base weights are not loaded.
-
-    ``ReLoRACallback`` is built with ``cfg.resume_from_checkpoint`` before ``determine_last_checkpoint``
-    sets it (as ``TokensPerSecondCallback``, Axolotl issue 3940): on an auto-resume it holds None, and its
-    ``on_train_begin`` skips loading the checkpoint's ``relora`` folder (the base model with every
-    earlier restart's LoRA merged into it). The run then trains the checkpoint's adapter on the
-    original base model: another model than the one it saved. The wrapper gives it the folder the run
-    resumed from (:func:`resumed_checkpoint`) for that call only; an explicit ``resume_from_checkpoint``
-    and a fresh run are stock's. Releases without ReLoRA have nothing to fix.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec(RELORA_MODULE) is None:
-        return
-    owner, name, on_train_begin = require(*RELORA_TARGET)
-
-    @wraps(on_train_begin)
-    def on_train_begin_resumed(self: Any, args: Any, state: Any, *rest: Any, **kwargs: Any) -> Any:
-        held = getattr(self, "resume_from_checkpoint", None)
-        resumed = None if held else resumed_checkpoint(args, state)
-        if resumed is None:
-            return on_train_begin(self, args, state, *rest, **kwargs)
-        self.resume_from_checkpoint = resumed
-        try:
-            return on_train_begin(self, args, state, *rest, **kwargs)
-        finally:
-            self.resume_from_checkpoint = held
-
-    patch_item(owner, name, on_train_begin_resumed)
 
 
 def relora_restarts(global_step: int, restart_steps: int) -> int:

@@ -95,6 +95,15 @@ class PlanCallback(TrainerCallback):
             final_bytes=self.final_bytes,
         )
 
+    def _rotation_limit(self, run_plan: plan.Plan) -> int | None:
+        """The plan's limit for Transformers' rotation, plus ReLoRA's restart folders, which it counts too."""
+        limit = run_plan.patched.limit
+        if not limit or not self.cfg.get("relora") or self.shape is None:
+            return limit
+        every = self.cfg.get("jagged_restart_steps") or self.cfg.get("relora_steps")  # the key's name up to 0.16, from 0.17
+        extra = plan.relora_restart_folders(self.shape[1], every if isinstance(every, int) else None, run_plan.patched.saved)
+        return limit + len(extra)
+
     def on_train_begin(
         self, args: Any, state: Any, control: Any, train_dataloader: Any = None, model: Any = None, **kwargs: Any
     ) -> Any:
@@ -110,7 +119,7 @@ class PlanCallback(TrainerCallback):
         measured = disk.dir_bytes(newest) if newest is not None else 0
         run_plan = self._plan(args, measured or estimate, measured=bool(measured))
         if self.cfg.get("save_total_limit") is None:
-            args.save_total_limit = run_plan.patched.limit
+            args.save_total_limit = self._rotation_limit(run_plan)
         for n, line in enumerate(plan.log_lines(run_plan)):
             log_once(f"plan{n}:{id(self)}", line)  # once per run
         warning = run_plan.disk_warning()
@@ -129,7 +138,7 @@ class PlanCallback(TrainerCallback):
             return control
         log_once(f"measured:{id(self)}", f"measured {folder.name}: {size} bytes allocated ({disk.human(size)}) for the disk rule")
         run_plan = self._plan(args, size, measured=True)
-        args.save_total_limit = run_plan.patched.limit
+        args.save_total_limit = self._rotation_limit(run_plan)
         saves = len(run_plan.patched.saved or [])
         if run_plan.limit_lowered_for_disk:
             floor_note = ""

@@ -196,6 +196,47 @@ def test_a_dataloader_worker_ignores_the_notice_signals_once_the_parent_armed_th
             signal.signal(sig, handler)
 
 
+FAILING_RUN = """
+import signal, sys, torch
+import axolotl_savefix
+from axolotl_savefix import preemption
+axolotl_savefix.apply()
+if sys.argv[1] == "armed":
+    preemption.install([signal.SIGTERM, signal.SIGINT], None)
+class Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 100
+    def __getitem__(self, i):
+        return i
+batches = iter(torch.utils.data.DataLoader(Items(), num_workers=2, multiprocessing_context="fork"))
+next(batches)
+raise RuntimeError("a peer rank died in a collective")  # the iterator and its workers still alive at exit
+"""
+
+
+@pytest.mark.parametrize("armed", [False, True], ids=["stock", "armed"])
+def test_a_run_that_fails_with_its_dataloader_workers_alive_exits_with_the_error(armed):
+    """Workers forked while armed ignore SIGTERM, which multiprocessing's exit sends them before joining for ever.
+
+    Found on two "nodes": one killed during a save, the other's rank failed in the save's barrier and
+    then waited at exit on its quiet workers, until the job's time limit. Stock exits with the error.
+    """
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", FAILING_RUN, "armed" if armed else "stock"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its workers: the session this test started
+        _, stderr = proc.communicate()
+        raise AssertionError(f"the failed run did not exit (a hang at interpreter exit):\n{stderr[-3000:]}") from None
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "RuntimeError: a peer rank died in a collective" in stderr
+    assert "killed by signal" not in stderr and "Exception ignored in atexit" not in stderr, stderr[-3000:]
+
+
 def test_the_exit_line_says_saved_only_for_a_complete_checkpoint(tmp_path):
     import json
 

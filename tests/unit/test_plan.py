@@ -134,3 +134,14 @@ def test_negative_limit_keeps_all_stock_and_patched():
 def test_one_epoch_is_singular():
     assert "; 1 epoch;" in render(make_plan(Settings(num_epochs=1, saves_per_epoch=2), 10, 10))
     assert "; 2 epochs;" in render(make_plan(Settings(num_epochs=2, saves_per_epoch=2), 10, 20))
+
+
+@given(max_steps=st.integers(1, 300), every=st.integers(1, 40), saved=st.sets(st.integers(1, 300)))
+def test_relora_restart_folders_are_the_restarts_on_step_begin_not_already_saved(max_steps, every, saved):
+    from axolotl_savefix.plan import relora_restart_folders
+
+    # ReLoRACallback.on_step_begin: a restart (and a checkpoint-N folder) when global_step > 0 and
+    # global_step % every == 0, for the global_step each step begins at: 0 .. max_steps - 1
+    restarts = [g for g in range(max_steps) if g > 0 and g % every == 0]
+    assert relora_restart_folders(max_steps, every, sorted(saved)) == [g for g in restarts if g not in saved]
+    assert relora_restart_folders(max_steps, None, sorted(saved)) == []
