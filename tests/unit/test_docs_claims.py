@@ -103,3 +103,22 @@ def test_every_session_the_readme_names_is_in_the_noxfile():
 def test_the_readme_does_not_deny_what_a_session_runs(session, denial):
     assert session in _sessions()
     assert not re.search(denial, README), f"the README says {denial!r}, but `nox -s {session}` runs it"
+
+
+def test_the_upstream_marker_reads_the_markers_the_package_writes(tmp_path):
+    """0005's description: "the same name and fields as axolotl-savefix's marker": checkpoints the package marked stay whole."""
+    from axolotl_savefix import checkpoints
+
+    diff = next((ROOT / "docs/upstream/series").glob("0005-*.diff")).read_text()
+    added = "\n".join(line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++"))
+    assert re.search(r'^COMMIT_MARKER = "' + re.escape(checkpoints.MARKER) + '"', added, re.M)
+    written = re.search(r"marker = \{(.*?)\n    \}", added, re.S)
+    assert written, "0005's write_commit_marker: no marker literal found"
+    keys = set(re.findall(r'^\s+"(\w+)":', written.group(1), re.M))
+    folder = tmp_path / "checkpoint-10"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 10)
+    ours = checkpoints.marker_content(folder, 10, 2, False)
+    assert keys and keys <= set(ours), (keys, set(ours))
+    read = set(re.findall(r'marker(?:\.get\(|\[)"(\w+)"', added))
+    assert read and read <= set(ours), (read, set(ours))
