@@ -181,15 +181,15 @@ def test_a_dataloader_worker_ignores_the_notice_signals_once_the_parent_armed_th
 
     # a known start: a shell's background job (`cmd &`, nohup) inherits SIGINT ignored, which would hide the result
     inherited = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler))}
-    axolotl_savefix.apply()
     try:
-        assert in_worker() == [False, False]  # not armed yet: torch's own worker handlers
-        preemption.install([signal.SIGTERM, signal.SIGINT], None)
-        assert in_worker() == [True, True]
-    finally:
-        preemption.uninstall()
-        axolotl_savefix.revert()
-    try:
+        axolotl_savefix.apply()
+        try:
+            assert in_worker() == [False, False]  # not armed yet: torch's own worker handlers
+            preemption.install([signal.SIGTERM, signal.SIGINT], None)
+            assert in_worker() == [True, True]
+        finally:
+            preemption.uninstall()
+            axolotl_savefix.revert()
         assert in_worker() == [False, False]
     finally:
         for sig, handler in inherited.items():

@@ -101,15 +101,19 @@ def _reattach_submodules() -> None:
     that, hangs off the old module object and Axolotl's ``setup_model_card`` fails
     with ``AttributeError`` in every forked run. In ``python -m axolotl.cli.train``
     the import order differs and the attribute is there; this restores that.
+
+    Only packages that are such lazy modules, and only names that are missing and that their
+    lazy map does not export as an object (``transformers.convert_slow_tokenizer`` resolves to a
+    function there): a package that deleted a submodule's name (``torch.optim``) keeps it deleted.
     """
     for name, module in list(sys.modules.items()):
         package, _, child = name.rpartition(".")
         parent = sys.modules.get(package) if package else None
-        if parent is not None and module is not None and child not in vars(parent):
-            try:
-                setattr(parent, child, module)
-            except (AttributeError, TypeError):
-                continue
+        if parent is None or module is None or type(parent).__name__ != "_LazyModule":
+            continue
+        exported = vars(parent).get("_class_to_module") or {}
+        if child not in vars(parent) and child not in exported:
+            setattr(parent, child, module)
 
 
 def serve(path: str) -> None:
