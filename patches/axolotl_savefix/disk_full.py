@@ -92,11 +92,42 @@ def message(output_dir: str, what: str, limit: int | None, estimate: int | None 
     return disk.full_message(output_dir, free, size or estimate, source, kept, kept_bytes, limit, what, block)
 
 
-def _remove(folder: str) -> bool:
+RANKS_WAIT_SECONDS = 10.0  # how long the main process waits for the other ranks' part of a failed save
+
+
+def _wait_for_ranks(folder: str, world_size: int, timeout: float | None = None) -> None:
+    """Wait (at most ``timeout`` seconds) until every rank's ``rng_state_R.pth`` is in ``folder``.
+
+    Under DDP, FSDP or DeepSpeed every rank writes its RNG state into the checkpoint last
+    (after its optimizer shard), creating the folder again if it is gone (Transformers'
+    ``_save_rng_state``). Deleted before a late rank wrote it, the folder comes back (seen: 2-process
+    DDP on a full tmpfs, the machine loaded: ``checkpoint-19`` there after the line that said it was
+    deleted). No collective here: a rank whose own write failed never writes it, and the wait then
+    ends at ``timeout`` (default :data:`RANKS_WAIT_SECONDS`); on node-local disks other nodes' files
+    never show either.
+    """
+    import time
+
+    names = [f"rng_state_{rank}.pth" for rank in range(world_size)]
+    deadline = time.monotonic() + (RANKS_WAIT_SECONDS if timeout is None else timeout)
+    while time.monotonic() < deadline:
+        if all(os.path.exists(os.path.join(folder, name)) for name in names):
+            return
+        time.sleep(0.1)
+
+
+def _remove(folder: str, world_size: int = 1, rng_states: bool = False) -> bool:
+    """Delete the half-written ``folder`` (the main process of this node only); whether it is gone.
+
+    With ``world_size`` above 1 and ``rng_states`` (the save writes them: not ``save_only_model``),
+    first :func:`_wait_for_ranks`, so that no rank writes into it after.
+    """
     import shutil
 
     if not _local_main() or not os.path.isdir(folder):
         return False
+    if world_size > 1 and rng_states:
+        _wait_for_ranks(folder, world_size)
     shutil.rmtree(folder, ignore_errors=True)
     return not os.path.exists(folder)
 
@@ -128,7 +159,8 @@ def _wrap(save: Any) -> Any:
             if not _full(error, run_dir):
                 raise
             folder = os.path.join(run_dir, f"{checkpoints.PREFIX}{self.state.global_step}")
-            removed = _remove(folder)
+            args = self.args
+            removed = _remove(folder, int(getattr(args, "world_size", 1) or 1), not getattr(args, "save_only_model", False))
             estimate = None
             try:
                 from .save_limit import model_checkpoint_bytes
