@@ -108,7 +108,7 @@ def _wait_for_ranks(folder: str, world_size: int, timeout: float | None = None) 
     """
     import time
 
-    names = [f"rng_state_{rank}.pth" for rank in range(world_size)]
+    names = [checkpoints.rng_name(rank, world_size) for rank in range(world_size)]
     deadline = time.monotonic() + (RANKS_WAIT_SECONDS if timeout is None else timeout)
     while time.monotonic() < deadline:
         if all(os.path.exists(os.path.join(folder, name)) for name in names):

@@ -266,19 +266,38 @@ def make_plan(
     )
 
 
+def relora_restart_steps(end: int, every: int) -> range:
+    """The ``global_step`` values below ``end`` at which ReLoRA restarts, every ``every`` steps.
+
+    ``ReLoRACallback.on_step_begin`` (Axolotl's ``monkeypatch/relora.py``, ``relora: true``) restarts,
+    and writes ``checkpoint-{global_step}/adapter``, at each ``global_step`` that is a positive
+    multiple of ``every`` (``jagged_restart_steps``), before that step's training.
+    """
+    return range(every, end, every)
+
+
+def relora_restarts(global_step: int, restart_steps: int) -> int:
+    """ReLoRA restarts an uninterrupted run has made when step ``global_step`` ends (its logged ``num_lora_restarts``).
+
+    The restarts before ``global_step`` ends are those at the multiples up to ``global_step - 1``
+    (:func:`relora_restart_steps`). Raises ValueError for a ``restart_steps`` below 1.
+    """
+    if restart_steps < 1:
+        raise ValueError(f"jagged_restart_steps must be 1 or more, not {restart_steps}")
+    return len(relora_restart_steps(global_step, restart_steps))
+
+
 def relora_restart_folders(max_steps: int, every: int | None, saved: list[int] | None) -> list[int]:
     """The ``checkpoint-N`` folders (steps N) ReLoRA's restarts write besides the scheduled saves.
 
-    ``ReLoRACallback.on_step_begin`` (Axolotl's ``monkeypatch/relora.py``, ``relora: true``) writes
-    ``checkpoint-{global_step}/adapter`` at each ``global_step`` that is a positive multiple of
-    ``every`` (``jagged_restart_steps``); a step's begin sees ``global_step`` 0 to ``max_steps - 1``.
+    A step's begin sees ``global_step`` 0 to ``max_steps - 1`` (:func:`relora_restart_steps`).
     Transformers' rotation counts those folders as checkpoints, so a ``save_total_limit`` that keeps
     every save must count them too. ``every`` unset or below 1: none.
     """
     if not every or every < 1:
         return []
     scheduled = set(saved or [])
-    return [step for step in range(every, max_steps, every) if step not in scheduled]
+    return [step for step in relora_restart_steps(max_steps, every) if step not in scheduled]
 
 
 def steps_text(steps: list[int] | None, *, head: int = 6, tail: int = 4) -> str:

@@ -81,6 +81,7 @@ from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
 from .agreement import NotSharedOutputDirError, ResumeAgreementError, agree_on_resume, node, writes_markers  # noqa: F401 - ResumeAgreementError: re-exported
+from .plan import relora_restarts
 from .save_decision import CALLBACKS_TARGET
 
 RESUME_TARGET = ("axolotl.utils.train", "determine_last_checkpoint", ("cfg",))
@@ -405,8 +406,8 @@ def apply_token_counters() -> None:
 
     if importlib.util.find_spec(TOKENS_MODULE) is None:
         return
+    apply_token_state_file()
     if "cfg" in inspect.signature(importlib.import_module(TOKENS_MODULE).TokensPerSecondCallback).parameters:
-        apply_token_state_file()
         return
     owner, name, on_train_begin = require(*TOKENS_TARGET)
 
@@ -423,24 +424,10 @@ def apply_token_counters() -> None:
             self.resume_from_checkpoint = held
 
     patch_item(owner, name, on_train_begin_restoring)
-    apply_token_state_file()
 
 
 RELORA_MODULE = "axolotl.monkeypatch.relora"
 RELORA_TARGET = (RELORA_MODULE, "ReLoRACallback.on_train_begin")
-
-
-def relora_restarts(global_step: int, restart_steps: int) -> int:
-    """ReLoRA restarts an uninterrupted run has made when step ``global_step`` ends (its logged ``num_lora_restarts``).
-
-    ``ReLoRACallback.on_step_begin`` restarts at each ``global_step`` that is a positive multiple of
-    ``restart_steps`` (``jagged_restart_steps``), before that step's training: the restarts before
-    ``global_step`` ends are those at the multiples up to ``global_step - 1``. Raises ValueError for a
-    ``restart_steps`` below 1.
-    """
-    if restart_steps < 1:
-        raise ValueError(f"jagged_restart_steps must be 1 or more, not {restart_steps}")
-    return max(0, global_step - 1) // restart_steps
 
 
 def apply_relora_restarts() -> None:
