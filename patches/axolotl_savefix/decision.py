@@ -104,6 +104,7 @@ class Main:
     save_only_model: bool
     names: frozenset[str]  # the folder's top-level names
     marked: bool  # judged from a commit marker
+    notes: tuple[str, ...] = ()  # bad input set aside (a marker or record that is not one)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class Verdict:
     rounds: int = 0
     walked: bool = False
     shared: bool = False
+    notes: tuple[str, ...] = ()  # what this rank's walk set aside as bad input (a marker or record that is not one)
 
     def judge(self, path: str | os.PathLike[str]) -> list[str]:
         """What ``checkpoint-N`` at ``path`` lacks for this job: the walk's finding, or (on a walker) :func:`older_lacks`."""
@@ -165,10 +167,12 @@ def _has_weights(folder: Path) -> bool:
 def main_part(folder: Path) -> Main:
     """The main process's files of ``checkpoint-N`` at ``folder`` on this disk: rule 0 with a marker, else rules 1 to 3.
 
-    Every RNG file is left to its own rank, except that rule 0 checks each listed file's size.
+    Every RNG file is left to its own rank, except that rule 0 checks each listed file's size. A
+    marker or record that is bad input is set aside with a note (:func:`checkpoints.load_marker`).
     Raises FileNotFoundError when ``folder`` is not there.
     """
-    marker = checkpoints.read_marker(folder)
+    marker, note = checkpoints.load_marker(folder)
+    notes = (note,) if note else ()
     if marker is not None:
         now = checkpoints.listing(folder)
         lacks = checkpoints.marker_main_lacks(folder, marker, now)
@@ -180,21 +184,17 @@ def main_part(folder: Path) -> Main:
         for name, size in sorted(changed):
             lacks.append(f"{name} ({now[name]} bytes, {size} when saved: truncated or changed since the save)")
         names = frozenset(name.split("/", 1)[0] for name in now)
-        return Main(lacks, int(marker.get("world_size") or 0), bool(marker.get("save_only_model")), names, True)
-    lacks = [p for p in checkpoints._missing(folder, ranks=[], skip_rng=True) if p != NO_WEIGHTS]
+        return Main(lacks, marker["world_size"], marker["save_only_model"], names, True, notes)
+    judged = checkpoints._judge_files(folder, notes, ranks=[], skip_rng=True)
+    lacks = [p for p in judged.lacks if p != NO_WEIGHTS]
     if not _has_weights(folder):
         lacks.append(f"{NO_WEIGHTS.split(' (')[0]} (never written on this disk)")
-    try:
-        import json
-
-        state = json.loads((folder / STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        state = {}
-    run = checkpoints.record(state) if isinstance(state, dict) else None
-    world = int(run["world_size"]) if run else 0
+    state, _ = checkpoints._read_state(folder)
+    run = checkpoints.record(state)
+    world = run["world_size"] if run else 0
     with os.scandir(folder) as scan:
         names = frozenset(entry.name for entry in scan)
-    return Main(lacks, world, bool(run and run.get("save_only_model")), names, False)
+    return Main(lacks, world, bool(run and run.get("save_only_model")), names, False, judged.notes)
 
 
 def own_part(folder: Path, rank: int, world: int) -> int:
@@ -278,6 +278,7 @@ def protocol(me: Rank) -> Generator[list[int], list[int], Verdict]:
     shared = me.rank == 0 or (me.walker and bool(nonce) and _read_token(out) == nonce)
     walking = me.rank == 0 or (me.walker and not shared)
     lacks: dict[int, list[str]] = {}
+    notes: list[str] = []
     taken: int | None = None
     error: str | None = None
     if step < 0:
@@ -299,6 +300,7 @@ def protocol(me: Rank) -> Generator[list[int], list[int], Verdict]:
                 vector[MAIN_FAIL] = _key(world, me.rank, FOLDER, me.node)
             else:
                 local = list(main.lacks)
+                notes += main.notes
                 if main.lacks:
                     vector[MAIN_FAIL] = _key(world, me.rank, _code(main.lacks[0]), me.node)
                 else:
@@ -349,7 +351,7 @@ def protocol(me: Rank) -> Generator[list[int], list[int], Verdict]:
             error = _not_shared(step, out, world, got, found)
             break
         step = got[NEXT] - 1
-    return Verdict(taken, lacks, error, rounds, walking, shared)
+    return Verdict(taken, lacks, error, rounds, walking, shared, tuple(notes))
 
 
 def _not_shared(step: int, out: Path, world: int, got: list[int], found: list[int]) -> str:

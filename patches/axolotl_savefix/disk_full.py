@@ -119,15 +119,20 @@ def _wait_for_ranks(folder: str, world_size: int, timeout: float | None = None) 
 def _remove(folder: str, world_size: int = 1, rng_states: bool = False) -> bool:
     """Delete the half-written ``folder`` (the main process of this node only); whether it is gone.
 
+    Only this run's own save, proven (:func:`checkpoints.own_cut`: its pending-save record says the
+    save created the folder, and it never committed); a folder that was there before is left as stock leaves it.
+
     With ``world_size`` above 1 and ``rng_states`` (the save writes them: not ``save_only_model``),
     first :func:`_wait_for_ranks`, so that no rank writes into it after.
     """
     import shutil
 
-    if not _local_main() or not os.path.isdir(folder):
-        return False
+    if not _local_main() or not os.path.isdir(folder) or not checkpoints.own_cut(Path(folder)):
+        return False  # not provably this run's own save (it was there before the run): left to the next resume
     if world_size > 1 and rng_states:
         _wait_for_ranks(folder, world_size)
+    if not checkpoints.own_cut(Path(folder)):
+        return False
     shutil.rmtree(folder, ignore_errors=True)
     return not os.path.exists(folder)
 

@@ -75,7 +75,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from transformers import TrainerCallback
 
-from . import checkpoints, plan
+from . import checkpoints, journal, plan
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
@@ -322,8 +322,23 @@ def marked(output_dir: str | os.PathLike[str]) -> list[Path]:
     return [folder for folder in checkpoints.checkpoints(output_dir) if (folder / MARKER).is_file()]
 
 
+def _fresh_notice(folder: Path) -> bool:
+    """Whether ``folder``'s preemption record says the notice save created the folder (it was not there when its run started)."""
+    try:
+        record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(record, dict) and record.get("fresh") is True and record.get("global_step") == checkpoints.step_of(folder)
+
+
 def remove_superseded(output_dir: str | os.PathLike[str]) -> list[Path]:
-    """Remove every preemption checkpoint older than the newest complete checkpoint; returns those removed."""
+    """Retire every preemption checkpoint older than the newest complete checkpoint; returns those deleted.
+
+    A preemption checkpoint is this package's own extra save: once a later checkpoint is complete it is
+    rotation's to remove. Deleted only when its record proves the notice save created the folder
+    (``fresh``); otherwise (the folder was there before the run) its record is removed, and the folder
+    is an ordinary checkpoint that ``save_total_limit`` counts, as stock would.
+    """
     preempted = marked(output_dir)
     if not preempted:
         return []
@@ -332,13 +347,22 @@ def remove_superseded(output_dir: str | os.PathLike[str]) -> list[Path]:
     removed = []
     for folder in preempted:
         step = checkpoints.step_of(folder)
-        if newest_step is not None and step is not None and step < newest_step:
+        if newest is None or newest_step is None or step is None or step >= newest_step:
+            continue
+        if _fresh_notice(folder):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
             log_once(
                 f"preempt-removed:{folder}",
-                f"removed {folder.name}, the preemption checkpoint: {newest.name} is complete"  # type: ignore[union-attr]
+                f"removed {folder.name}, the preemption checkpoint: {newest.name} is complete"
                 " (a preemption checkpoint is extra to the schedule and never counted by save_total_limit)",
+            )
+        else:
+            (folder / MARKER).unlink(missing_ok=True)  # its own record: the folder is an ordinary checkpoint again
+            log_once(
+                f"preempt-kept:{folder}",
+                f"kept {folder.name}, a preemption checkpoint saved into a folder that was there before the run: "
+                "it is now an ordinary checkpoint, counted by save_total_limit",
             )
     return removed
 
@@ -381,11 +405,13 @@ class PreemptionCallback(TrainerCallback):
         why = "the newest complete checkpoint, a scheduled one"
         notice = folder / MARKER
         if notice.is_file():
+            why = "a preemption checkpoint"
             try:
                 record = json.loads(notice.read_text())
-                why = f"a preemption checkpoint ({record.get('signal', 'a signal')} at step {record.get('global_step')})"
-            except (OSError, ValueError):
-                why = "a preemption checkpoint"
+            except (OSError, ValueError, RecursionError):
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("signal"), str) and type(record.get("global_step")) is int:
+                why = f"a preemption checkpoint ({record['signal'][:20]} at step {record['global_step']})"
         ahead = ""
         if train_dataloader is not None and len(train_dataloader) and state.max_steps > 0:
             run_plan = plan.make_plan(plan.Settings.from_config(self.cfg), len(train_dataloader), state.max_steps)
@@ -401,10 +427,11 @@ class PreemptionCallback(TrainerCallback):
         if not args.should_save:
             return
         folder = Path(args.output_dir) / f"{checkpoints.PREFIX}{state.global_step}"
+        fresh = journal.is_fresh(folder)  # the folder was not there when the run started: the notice save makes it
         folder.mkdir(parents=True, exist_ok=True)
         name = signal.Signals(signum).name
         if not scheduled:
-            record = {"global_step": state.global_step, "signal": name, "scheduled": False}
+            record = {"global_step": state.global_step, "signal": name, "scheduled": False, "fresh": fresh}
             (folder / MARKER).write_text(json.dumps(record))  # before the save: a cut save is still marked
         if eval_cut:
             (folder / PENDING_EVAL).write_text(json.dumps({"global_step": state.global_step, "signal": name}))

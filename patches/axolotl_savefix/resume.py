@@ -68,6 +68,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from . import args as savefix_args
-from . import checkpoints, disk, run_match
+from . import checkpoints, disk, journal, run_match
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
@@ -99,16 +100,34 @@ class SaveFixCheckpointRecord(TrainerCallback, ExportableState):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
         self.save_only_model = False
         self.fingerprint: dict = {}  # run_match.fingerprint, set by the builder seam
+        self._output_dir: str | None = None
+        self._state: Any = None  # the trainer's TrainerState: its global_step names the folder being saved
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self.world_size = int(args.world_size)
         self.save_only_model = bool(args.save_only_model)
+        self._output_dir, self._state = str(args.output_dir), state
+        journal.note_run_start(args.output_dir)  # after the resume's set-aside: what this run's saves did not create
         if self.fingerprint:
             self.fingerprint = {**self.fingerprint, "world_size": self.world_size, "max_steps": int(state.max_steps)}
         return control
 
+    def _wrote_optimizer(self) -> bool | None:
+        """Whether the save in progress wrote optimizer state: ``state()`` runs after its optimizer save returned."""
+        if self._output_dir is None or self._state is None:
+            return None
+        folder = Path(self._output_dir) / f"{checkpoints.PREFIX}{self._state.global_step}"
+        try:
+            with os.scandir(folder) as scan:
+                return checkpoints.has_optimizer(entry.name + ("/" if entry.is_dir() else "") for entry in scan)
+        except OSError:
+            return None
+
     def state(self) -> dict:
         attributes = {"world_size": self.world_size, "save_only_model": self.save_only_model, "fingerprint": self.fingerprint}
+        optimizer = False if self.save_only_model else self._wrote_optimizer()
+        if optimizer is not None:
+            attributes["optimizer"] = optimizer
         return {"args": {}, "attributes": attributes}
 
 
@@ -187,19 +206,16 @@ def _local_main() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0
 
 
-def _describe(problems: list[str]) -> str:
+def _describe(problems: list[str] | tuple[str, ...]) -> str:
     return "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
 
 
-def _delete(folder: Path) -> bool:
-    """Delete ``folder``; False when it was already gone (another node's main process deleted it first)."""
-    try:
-        shutil.rmtree(folder)
-    except FileNotFoundError:
-        if folder.exists():  # a concurrent delete from another node: finish what remains
-            shutil.rmtree(folder, ignore_errors=True)
+def _delete_own(folder: Path) -> bool:
+    """Delete ``folder`` when it is, checked again now, this package's own cut save (:func:`checkpoints.own_cut`)."""
+    if not checkpoints.own_cut(folder):
         return False
-    return True
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
 
 
 def _sizes(output_dir: str, folders: list[Path]) -> tuple[dict[Path, int], int | None]:
@@ -210,51 +226,75 @@ def _sizes(output_dir: str, folders: list[Path]) -> tuple[dict[Path, int], int |
 
 
 def set_aside_incomplete(
-    output_dir: str, judge: Callable[[Path], list[str]] = checkpoints.missing
+    output_dir: str, judge: Callable[[Path], list[str]] = checkpoints.missing, *, acts: bool | None = None
 ) -> tuple[Path | None, list[tuple[Path, list[str], Path | str | None]]]:
-    """The newest complete checkpoint; each incomplete one, what it lacks, and what became of it.
+    """The auto-resume's scan: the newest complete checkpoint; each newer incomplete one, what it lacks, what became of it.
 
-    The set-aside policy (:func:`checkpoints.cleanup`, docs/user-guide.md "Full disk"): an incomplete
-    ``checkpoint-N`` older than the newest complete one is deleted; the newest cut save is moved to
-    ``incomplete-checkpoint-N``; at most one set-aside folder is kept (the newest), none when the free
-    space of ``output_dir`` is short of one checkpoint. What became of each incomplete ``checkpoint-N``:
-    the ``Path`` it was moved to, a ``str`` (deleted, and why), or None (another process's part).
-    Only the main process of each node deletes or moves; every rank finds the same newest complete
-    checkpoint. Deleted set-aside folders are logged here, one warning line each.
-    ``judge``: what a folder lacks (default :func:`checkpoints.missing`, one disk; several
-    processes pass :meth:`axolotl_savefix.decision.Verdict.judge`, the job's verdict), so a checkpoint
-    another node holds part of is never taken for garbage.
+    Newest first, stopping at the first complete checkpoint: older folders are not read, and never
+    touched. The policy is :func:`checkpoints.cleanup` (docs/user-guide.md "Incomplete checkpoints"):
+    each incomplete ``checkpoint-N`` newer than the one the resume takes is renamed to
+    ``incomplete-checkpoint-N``; a folder is deleted only when it is provably this package's own cut
+    save (:func:`checkpoints.own_cut`, checked again right before); any other set-aside folder is left,
+    with one line saying where and how to reclaim it. What became of each incomplete ``checkpoint-N``:
+    the ``Path`` it was moved to, a ``str`` (deleted, and why), or None (not this process's to move).
+    ``judge``: what a folder lacks (default :func:`checkpoints.missing`, one disk; several processes pass
+    :meth:`axolotl_savefix.decision.Verdict.judge`, the job's verdict). ``acts``: whether this process
+    renames and deletes (default: the node's main process).
     """
-    scanned = [(p, judge(p)) for p in checkpoints.checkpoints(output_dir)]  # each folder read once
-    aside = checkpoints.set_aside_folders(output_dir)
-    newest = next((p for p, lacks in reversed(scanned) if not lacks), None)
-    incomplete = [(p, lacks) for p, lacks in scanned if lacks]
-    if not _local_main():
+    folders = checkpoints.checkpoints(output_dir)
+    walked: list[tuple[Path, list[str]]] = []
+    newest = None
+    for folder in reversed(folders):  # newest first; the one taken ends the walk
+        lacks = judge(folder)
+        walked.append((folder, lacks))
+        if not lacks:
+            newest = folder
+            break
+    walked.reverse()
+    incomplete = [(p, lacks) for p, lacks in walked if lacks]
+    if not (_local_main() if acts is None else acts):
         return newest, [(folder, lacks, None) for folder, lacks in incomplete]
-    sizes, free = _sizes(output_dir, [*([newest] if newest else []), *(p for p, _ in incomplete), *aside])
+    scanned = [(p, lacks, bool(lacks) and checkpoints.own_cut(p)) for p, lacks in walked]
+    aside = [(p, checkpoints.own_cut(p)) for p in checkpoints.set_aside_folders(output_dir)]
+    sizes, free = _sizes(output_dir, [*([newest] if newest else []), *(p for p, _ in incomplete), *(p for p, _ in aside)])
     plan = checkpoints.cleanup(scanned, aside, sizes=sizes, free_bytes=free)
-    deleted = dict(plan.delete)
+    fates: dict[Path, Path | str | None] = {}
     for folder, why in plan.delete:
-        _delete(folder)
-        if folder in aside:
-            log_once(f"deleted:{folder}", f"deleted {folder.name}: {why}", logging.WARNING)
-    moved: list[tuple[Path, list[str], Path | str | None]] = []
-    for folder, lacks in incomplete:
-        fate: Path | str | None = deleted.get(folder)
-        if folder == plan.set_aside:
-            try:
-                fate = checkpoints.quarantine(folder)
-            except FileNotFoundError:  # another node's main process (shared disk) moved it first
-                fate = None
-        moved.append((folder, lacks, fate))
-    return newest, moved
+        if _delete_own(folder):
+            fates[folder] = why
+            if folder.name.startswith(checkpoints.QUARANTINE_PREFIX):
+                log_once(f"deleted:{folder}", f"deleted {folder.name}: {why}", logging.WARNING)
+        elif folder in dict(incomplete):
+            plan = checkpoints.Cleanup(plan.newest, (*plan.set_aside, (folder, why)), plan.delete, plan.kept)
+    for folder, _ in plan.set_aside:
+        try:
+            fates[folder] = checkpoints.quarantine(folder)
+        except FileNotFoundError:  # another node's main process (shared disk) moved it first
+            fates[folder] = None
+    if plan.kept:
+        total = sum(sizes.get(p, 0) for p in plan.kept)
+        log_once(
+            f"kept-aside:{output_dir}",
+            f"{len(plan.kept)} set-aside folder(s) left in output_dir ({', '.join(p.name for p in plan.kept)}; {total} bytes): "
+            "not provably cut saves of this package, so it never deletes them; inspect them, then delete them "
+            f"(rm -r {Path(output_dir) / checkpoints.QUARANTINE_PREFIX}{checkpoints.PREFIX}...) to free the space",
+            logging.WARNING,
+        )
+    return newest, [(folder, lacks, fates.get(folder)) for folder, lacks in incomplete]
 
 
 def _fate(folder: Path, target: Path | str | None) -> str:
     if isinstance(target, str):
         return f"deleted ({target})"
     name = target.name if target else checkpoints.QUARANTINE_PREFIX + folder.name
-    return f"moved to {name} (kept for inspection: only the newest such folder is kept)"
+    own = "this package's own save, never committed" if target and checkpoints.own_cut(target) else "nothing in it removed"
+    return f"moved to {name} ({own}; delete it once inspected to free the space)"
+
+
+def writes_here(args: Any) -> bool:
+    """Whether this process writes the commit marker and the pending-save record of a save (its disk's walker)."""
+    decided = writes_markers()
+    return decided if decided is not None else int(args.local_process_index) == 0
 
 
 class CommitMarker(TrainerCallback):
@@ -273,10 +313,10 @@ class CommitMarker(TrainerCallback):
 
             if dist.is_available() and dist.is_initialized():
                 dist.barrier()
-        decided = writes_markers()
-        writes = decided if decided is not None else int(args.local_process_index) == 0
         folder = Path(args.output_dir) / f"{checkpoints.PREFIX}{state.global_step}"
-        if writes and folder.is_dir():
+        if getattr(args, "should_save", False) and not args.save_only_model:
+            _say_no_optimizer(folder)
+        if writes_here(args) and folder.is_dir():
             writer = f"{node()}-{os.getpid()}"
             try:
                 checkpoints.write_marker(folder, int(state.global_step), world, bool(args.save_only_model), writer)
@@ -290,9 +330,43 @@ class CommitMarker(TrainerCallback):
         return control
 
 
+def _say_no_optimizer(folder: Path) -> None:
+    """At the save: one line, once per run, when a save that is not model-only wrote no optimizer state."""
+    try:
+        with os.scandir(folder) as scan:
+            wrote = checkpoints.has_optimizer(entry.name + ("/" if entry.is_dir() else "") for entry in scan)
+    except OSError:
+        return
+    if not wrote:
+        log_once(
+            "no-optimizer",
+            f"{folder.name} was saved without optimizer or scheduler state (the trainer could not save this optimizer; "
+            "see its warning above), as every save of this run will be: each checkpoint is complete as saved, and a "
+            "resume from one starts a fresh optimizer with the learning-rate schedule put at its step",
+            logging.WARNING,
+        )
+
+
 def check_explicit(path: str, output_dir: str | None) -> None:
-    lacks = checkpoints.missing(path) if Path(path).is_dir() else []
+    """``resume_from_checkpoint: path``: stop when it is a save that did not finish, before anything loads.
+
+    A folder without ``trainer_state.json`` and without this package's pending-save record is what
+    Transformers takes as a warm start (the weights, step 0): it goes on as stock's, with one line.
+    """
+    folder = Path(path)
+    judged = checkpoints.judge(folder) if folder.is_dir() else checkpoints.Judgment()
+    for note in judged.notes:
+        log_once(f"bad-input:{note}", note, logging.WARNING)
+    lacks = list(judged.lacks)
     if not lacks:
+        return
+    if all(lack.startswith(f"{checkpoints.STATE} (never written") for lack in lacks) and checkpoints.read_pending(folder) is None:
+        log_once(
+            f"warm-start:{folder}",
+            f"resume_from_checkpoint: {path} has no {checkpoints.STATE}: Transformers loads its weights and starts at step 0 "
+            "(a warm start, as stock Axolotl does)",
+            logging.WARNING,
+        )
         return
     newest = checkpoints.newest_complete(output_dir) if output_dir else None
     fix = (
@@ -306,6 +380,28 @@ def check_explicit(path: str, output_dir: str | None) -> None:
     )
 
 
+def _judge_noting(folder: Path) -> list[str]:
+    """:func:`checkpoints.judge` on one disk; its notes (bad input set aside) logged once."""
+    judged = checkpoints.judge(folder)
+    for note in judged.notes:
+        log_once(f"bad-input:{note}", note, logging.WARNING)
+    return list(judged.lacks)
+
+
+def _warn_if_incomplete(folder: str) -> None:
+    """Axolotl's own pick where nothing is resumed (the merge of sharded weights): a line when it is incomplete."""
+    lacks = checkpoints.missing(folder) if Path(folder).is_dir() else []
+    if lacks:
+        newest = checkpoints.newest_complete(Path(folder).parent)
+        log_once(
+            f"merge-incomplete:{folder}",
+            f"{Path(folder).name}, the newest checkpoint-N, lacks {_describe(lacks)}: reading it may fail"
+            + (f"; {newest.name} is the newest complete one" if newest else "")
+            + " (nothing was moved or deleted)",
+            logging.WARNING,
+        )
+
+
 def apply() -> None:
     module, name, determine = require(*RESUME_TARGET)
 
@@ -315,16 +411,23 @@ def apply() -> None:
         if explicit:
             check_explicit(str(explicit), cfg.get("output_dir"))
             return determine(cfg, *args, **kwargs)
-        if not cfg.get("output_dir"):
-            return determine(cfg, *args, **kwargs)
         update = kwargs.get("update", args[0] if args else True)
-        agreement = agree_on_resume(cfg.output_dir) if update else None  # the resume decision: every rank's
-        if agreement is not None and agreement.error and cfg.get("auto_resume_from_checkpoints"):
+        if not cfg.get("output_dir") or not update or not cfg.get("auto_resume_from_checkpoints"):
+            # no auto-resume here (off, or the merge of sharded weights): nothing on disk changes
+            result = determine(cfg, *args, **kwargs)
+            if result is not None and not update:
+                _warn_if_incomplete(str(result))
+            return result
+        agreement = agree_on_resume(cfg.output_dir)  # the resume decision: every rank's
+        if agreement is not None and agreement.error:
             raise NotSharedOutputDirError(agreement.error)
-        judge = agreement.judge if agreement is not None else checkpoints.missing
-        newest, incomplete = set_aside_incomplete(cfg.output_dir, judge)
+        judge = agreement.judge if agreement is not None else _judge_noting
+        for note in agreement.notes if agreement is not None else ():
+            log_once(f"bad-input:{note}", note, logging.WARNING)
+        acts = agreement.walked if agreement is not None else None
+        newest, incomplete = set_aside_incomplete(cfg.output_dir, judge, acts=acts)
         result = determine(cfg, *args, **kwargs)
-        if agreement is not None and result is not None and cfg.get("auto_resume_from_checkpoints"):
+        if agreement is not None and result is not None:
             agreed = str(Path(cfg.output_dir) / f"{checkpoints.PREFIX}{agreement.step}") if agreement.step is not None else None
             if result != agreed:  # never ranks on different steps
                 result = cfg["resume_from_checkpoint"] = agreed
@@ -336,8 +439,6 @@ def apply() -> None:
                 cfg["resume_from_checkpoint"] = result
         for folder, lacks, target in incomplete:
             resumed = "resuming from " + (newest.name if newest else "nothing (no complete checkpoint)")
-            if not cfg.get("auto_resume_from_checkpoints"):
-                resumed = "not resuming (auto_resume_from_checkpoints is off)"
             log_once(
                 f"incomplete:{folder}",
                 f"{folder.name} is incomplete: it lacks {_describe(lacks)}; {_fate(folder, target)}; {resumed}",
@@ -348,6 +449,30 @@ def apply() -> None:
     patch_item(module, name, determine_last_checkpoint, rebind_copies=True)
     apply_run_match()
     apply_epoch_order()
+
+
+TRAINER_SAVE_TARGET = ("transformers.trainer", "Trainer._save_checkpoint", ("model", "trial"))
+AXOLOTL_SAVE_CHECKPOINT_TARGET = ("axolotl.core.trainers.base", "AxolotlTrainer._save_checkpoint", ("model", "trial"))
+_saving = threading.local()  # how deep this thread is in _save_checkpoint (Axolotl's override calls Transformers')
+
+
+def _beginning_with_pending(save: Any) -> Any:
+    """``_save_checkpoint`` that first writes the pending-save record (:func:`journal.begin_save`), in the outermost call only."""
+
+    @wraps(save)
+    def _save_checkpoint(self: Any, model: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
+        depth = getattr(_saving, "depth", 0)
+        _saving.depth = depth + 1
+        try:
+            if depth == 0 and writes_here(self.args):
+                step = int(self.state.global_step)
+                folder = Path(self._get_output_dir(trial=trial)) / f"{checkpoints.PREFIX}{step}"
+                journal.begin_save(folder, step, f"{node()}-{os.getpid()}")
+            return save(self, model, trial, *args, **kwargs)
+        finally:
+            _saving.depth = depth
+
+    return _save_checkpoint
 
 
 def apply_builder() -> None:
@@ -367,6 +492,9 @@ def apply_builder() -> None:
         return callbacks
 
     patch_item(owner, name, get_callbacks_with_record)
+    for target in (TRAINER_SAVE_TARGET, AXOLOTL_SAVE_CHECKPOINT_TARGET):
+        owner, name, save = require(*target)
+        patch_item(owner, name, _beginning_with_pending(save))
     apply_save_on_each_node()
     apply_token_counters()
     apply_relora_restarts()
@@ -628,7 +756,11 @@ class RunMatchCallback(TrainerCallback):
             saved = json.loads((folder / checkpoints.STATE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             saved = {}
-        recorded = (checkpoints.record(saved) or {}).get("fingerprint") or None
+        run, note = checkpoints.load_record(saved)
+        if note:
+            log_once(f"bad-input:{folder}/{note}", f"{folder.name}/{note}", logging.WARNING)
+        recorded = (run or {}).get("fingerprint") or None
+        model_only = bool(run.get("save_only_model")) if run else bool(self.cfg.get("save_only_model"))
         current = {**self.fingerprint, "world_size": int(args.world_size), "max_steps": int(state.max_steps)}
         verdict = run_match.decide(
             folder.name,
@@ -639,6 +771,7 @@ class RunMatchCallback(TrainerCallback):
             recorded=recorded,
             current=current,
             lacks=run_match.lacks_training_state((p.name, p.is_dir()) for p in folder.iterdir()),
+            model_only=model_only,
         )
         if verdict.error:
             raise run_match.RunMismatchError(verdict.error)

@@ -11,10 +11,12 @@ that goes wrong without a word (issue 22):
 * **Another run's data or batch geometry.** N counts optimizer steps of another
   data set or batch size: the data skipped on resume and the epoch position are
   wrong. The keys that decide it are :data:`FATAL`.
-* **No optimizer or scheduler state** (``save_only_model``, or an optimizer
-  Transformers could not save): Transformers resumes with a fresh optimizer and
-  the learning-rate schedule from step 0 (its rule in
-  ``Trainer._load_optimizer_and_scheduler``: both files, or neither is loaded).
+* **No optimizer or scheduler state, by choice** (``save_only_model``):
+  Transformers resumes with a fresh optimizer and the learning-rate schedule from
+  step 0 (its rule in ``Trainer._load_optimizer_and_scheduler``: both files, or
+  neither is loaded). A checkpoint whose save *could not* write the optimizer
+  (Axolotl's fallback, issue 37) is not stopped: no checkpoint of that run has
+  one, so the resume goes on as stock's, with one line, the scheduler put at the step.
 
 Changes that keep the past valid (:data:`FINE`: more epochs, another save/eval
 cadence or limit) resume with one line naming them. ``savefix_resume_anyway:
@@ -137,14 +139,18 @@ def decide(
     recorded: Mapping[str, Any] | None,
     current: Mapping[str, Any],
     lacks: list[str],
+    model_only: bool = True,
 ) -> Decision:
     """The verdict on resuming this run (its last step ``max_steps``) from ``checkpoint`` at ``global_step`` ``step``.
 
     ``auto``: chosen by auto-resume (an explicit ``resume_from_checkpoint`` is
     the user's choice: its mismatches are a warning, never a stop). ``recorded``:
     the checkpoint's fingerprint, ``None`` for a checkpoint written without one.
-    ``lacks``: :func:`lacks_training_state` of the folder. ``anyway``:
-    ``savefix_resume_anyway``, every stop becomes a warning.
+    ``lacks``: :func:`lacks_training_state` of the folder. ``model_only``: the checkpoint was saved with
+    ``save_only_model`` (its record says so, or, for a checkpoint without one, this run's config): a
+    missing optimizer then stops the resume (issue 22); otherwise its save could not write one (Axolotl's
+    optimizer fallback, issue 37) and the resume goes on as stock's, a fresh optimizer, with one line and
+    the scheduler put at the step. ``anyway``: ``savefix_resume_anyway``, every stop becomes a warning.
 
     Past the end: a checkpoint beyond ``max_steps`` stops an auto-resume; one exactly at
     ``max_steps`` only when its record names another length (another run): this run's own last
@@ -179,13 +185,19 @@ def decide(
     fine = differences(recorded or {}, current, FINE)
     if fine and not (auto and stops):
         out.notes.append(f"resuming from {checkpoint} (global_step {step}) with changed settings: {_pairs(fine)}")
-    if lacks and step < max_steps:
+    absent = " and no ".join(s.removeprefix("the ") for s in lacks)
+    if lacks and step < max_steps and model_only:
         stops.append(
-            f"{checkpoint} has no {' and no '.join(s.removeprefix('the ') for s in lacks)} (saved with save_only_model, "
-            "or the optimizer could not be saved): a resume would start a fresh optimizer (its moments lost) and the "
-            f"learning-rate schedule from step 0 instead of step {step}. Resume from a checkpoint that has both, "
-            f"set a new output_dir to start over, or set {ANYWAY_KEY}: true to resume with a fresh optimizer "
-            f"(the scheduler is then put at step {step})."
+            f"{checkpoint} has no {absent} (saved with save_only_model): a resume would start a fresh optimizer (its "
+            f"moments lost) and the learning-rate schedule from step 0 instead of step {step}. Resume from a checkpoint "
+            f"that has both, set a new output_dir to start over, or set {ANYWAY_KEY}: true to resume with a fresh "
+            f"optimizer (the scheduler is then put at step {step})."
+        )
+    elif lacks and step < max_steps:
+        out.notes.append(
+            f"resuming from {checkpoint} (global_step {step}) without {absent.replace(' and no ', ' or ')}: its save wrote "
+            "none (the optimizer could not be saved), so a fresh optimizer starts, as in stock Axolotl; the "
+            f"learning-rate schedule is put at step {step} (stock restarts it at step 0)"
         )
     if stops and not anyway:
         out.error = " ".join(stops)

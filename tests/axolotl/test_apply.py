@@ -241,18 +241,51 @@ def test_resume_takes_the_newest_complete_checkpoint_and_sets_the_cut_one_aside(
     assert (tmp_path / "incomplete-checkpoint-23").is_dir() and not (tmp_path / "checkpoint-23").exists()
 
 
-def test_an_explicit_incomplete_checkpoint_is_refused_naming_the_newest_complete(tmp_path):
+def test_an_explicit_cut_save_is_refused_naming_the_newest_complete(tmp_path):
+    """A save of this package's that never finished (its pending record), or a cut trainer_state.json: refused."""
+    from axolotl_savefix import checkpoints
     from axolotl_savefix.resume import IncompleteCheckpointError
 
     _checkpoint(tmp_path, 8)
     cut = _checkpoint(tmp_path, 23, complete=False)
+    checkpoints.write_pending(cut, 23, True, "test")
+    torn = _checkpoint(tmp_path, 30)
+    (torn / "trainer_state.json").write_text('{"global_st')
     axolotl_savefix.apply()
-    cfg = DictDefault(output_dir=str(tmp_path), resume_from_checkpoint=str(cut))
-    with pytest.raises(IncompleteCheckpointError) as err:
-        axolotl_train.determine_last_checkpoint(cfg)
-    message = str(err.value)
-    assert f"resume_from_checkpoint: {cut} is not a complete checkpoint" in message
-    assert "trainer_state.json" in message and str(tmp_path / "checkpoint-8") in message
+    for folder, lack in ((cut, "trainer_state.json (never written"), (torn, "trainer_state.json (cut while being written)")):
+        cfg = DictDefault(output_dir=str(tmp_path), resume_from_checkpoint=str(folder))
+        with pytest.raises(IncompleteCheckpointError) as err:
+            axolotl_train.determine_last_checkpoint(cfg)
+        message = str(err.value)
+        assert f"resume_from_checkpoint: {folder} is not a complete checkpoint" in message
+        assert lack in message and str(tmp_path / "checkpoint-8") in message
+
+
+def test_an_explicit_folder_without_trainer_state_is_a_warm_start_as_in_stock(tmp_path, caplog):
+    """Issue 37: Transformers takes a folder without trainer_state.json as weights to start from (step 0): not refused."""
+    weights = _checkpoint(tmp_path, 23, complete=False)
+    stock_cfg = DictDefault(output_dir=str(tmp_path), resume_from_checkpoint=str(weights))
+    assert utils_train.determine_last_checkpoint(stock_cfg) == str(weights)
+    axolotl_savefix.apply()
+    cfg = DictDefault(output_dir=str(tmp_path), resume_from_checkpoint=str(weights))
+    assert axolotl_train.determine_last_checkpoint(cfg) == str(weights)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-23"]  # nothing moved
+
+
+def test_auto_resume_off_changes_nothing_on_disk(tmp_path):
+    """Issue 37: without auto-resume nothing is resumed, so nothing is set aside or deleted (stock touches no folder)."""
+    from axolotl_savefix import checkpoints
+
+    _checkpoint(tmp_path, 8)
+    own = _checkpoint(tmp_path, 15, complete=False)
+    checkpoints.write_pending(own, 15, True, "test")
+    _checkpoint(tmp_path, 23, complete=False)
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    axolotl_savefix.apply()
+    for update in (True, False):  # a training start; the merge of sharded weights
+        cfg = DictDefault(output_dir=str(tmp_path), auto_resume_from_checkpoints=not update and None)
+        axolotl_train.determine_last_checkpoint(cfg, update=update)
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
 
 
 def test_the_builder_is_patched_when_axolotl_imports_it_not_before():

@@ -346,8 +346,10 @@ def test_a_kill_inside_the_rotations_delete_resumes_exactly(e2e_root):
     assert f"resume from checkpoint at {out / f'checkpoint-{at}'}" in second
     assert observed.saved == expected  # each scheduled save once: the first run's, then the rest
     assert observed.kept == expected[-limit:]
-    assert f"checkpoint-{victim} is incomplete" in second and f"deleted ({harness_reason('rotation')})" in second
-    assert not list(out.glob("incomplete-*"))  # deleted, never set aside
+    # issue 37: older than the checkpoint resumed from, the half-deleted folder is not touched at the start;
+    # Transformers' own rotation removes it at a later save, as in stock
+    assert f"checkpoint-{victim} is incomplete" not in second and "deleted" not in second
+    assert not (out / f"checkpoint-{victim}").exists() and not list(out.glob("incomplete-*"))
     for step in observed.kept:
         assert_complete(out / f"checkpoint-{step}", step)
 
@@ -377,12 +379,6 @@ def test_a_kill_after_the_last_save_before_its_rotation_ends_with_the_limit(e2e_
         assert_complete(out / f"checkpoint-{step}", step)
 
 
-def harness_reason(kind: str) -> str:
-    from axolotl_savefix import checkpoints
-
-    return {"rotation": checkpoints.ROTATION_GARBAGE, "short": checkpoints.SHORT_OF_SPACE}[kind]
-
-
 def test_set_aside_folders_are_bounded(e2e_root):
     """Saves cut three times in a row (kill_shim): at most one incomplete-* is left, the newest; the run ends exact."""
     expected = _expected()
@@ -401,28 +397,35 @@ def test_set_aside_folders_are_bounded(e2e_root):
     assert harness.observe(out, log).kept == expected
 
 
-def test_short_of_space_every_set_aside_folder_is_deleted(e2e_root, sizes):
-    """Rule 3, on a real full tmpfs: a cut save and an older set-aside folder, free space short of one checkpoint.
+def test_short_of_space_the_packages_own_cut_saves_are_deleted_and_nothing_else(e2e_root, sizes):
+    """Issue 19's bound on a real full tmpfs, on provable cut saves only (issue 37).
 
-    Folders built from a real checkpoint of the case; the resume scan is Axolotl's own
-    determine_last_checkpoint, patched, in a fresh process.
+    Folders built from a real checkpoint of the case: a set-aside folder and a cut save, each with the
+    pending-save record a save of this package starts with (``fresh``: the save made the folder), and
+    a set-aside folder without one (a stock run's, or a user's). Free space is short of one checkpoint.
+    The resume scan is Axolotl's own determine_last_checkpoint, patched, in a fresh process.
     """
+    from axolotl_savefix import checkpoints
+
     source = e2e_root / "disk-measure" / "out" / "checkpoint-8"
-    with tmpfs(e2e_root / "disk-short-mnt", 4 * sizes["pages"] + sizes["pages"] // 2) as mnt:
+    with tmpfs(e2e_root / "disk-short-mnt", 5 * sizes["pages"] + sizes["pages"] // 2) as mnt:
         out = mnt / "out"
         out.mkdir()
         shutil.copytree(source, out / "checkpoint-8")
-        shutil.copytree(source, out / "incomplete-checkpoint-4")
-        (out / "incomplete-checkpoint-4" / "trainer_state.json").unlink()
-        shutil.copytree(source, out / "checkpoint-15")
-        (out / "checkpoint-15" / "trainer_state.json").unlink()  # the cut save
+        made = (("incomplete-checkpoint-4", 4, True), ("incomplete-checkpoint-6", 6, False), ("checkpoint-15", 15, True))
+        for name, step, own in made:
+            shutil.copytree(source, out / name)
+            (out / name / "trainer_state.json").unlink()  # cut before its last file
+            (out / name / checkpoints.MARKER).unlink(missing_ok=True)
+            if own:
+                checkpoints.write_pending(out / name, step, True, "test")
         filler = out / "filler"
         with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):  # fill the disk
             while True:
                 f.write(b"\0" * PAGE)
         free = os.statvfs(out).f_bavail * os.statvfs(out).f_frsize
         state = (source / "trainer_state.json").stat().st_size
-        assert free < state  # short of one checkpoint even after the older set-aside folder (all but its state) goes
+        assert free < state  # short of one checkpoint even after the older own set-aside folder (all but its state) goes
         probe = (
             "import axolotl_savefix, sys\n"
             "axolotl_savefix.apply()\n"
@@ -435,8 +438,8 @@ def test_short_of_space_every_set_aside_folder_is_deleted(e2e_root, sizes):
         _record("short of space: resume scan", free=free, log=[line for line in log.splitlines() if "axolotl_savefix" in line])
         assert done.returncode == 0, log[-3000:]
         assert f"RESUME {out / 'checkpoint-8'}" in log
-        assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-8"]  # both set-aside candidates gone
-        from axolotl_savefix import checkpoints
-
-        assert f"deleted incomplete-checkpoint-4: {checkpoints.OLDER_SET_ASIDE}" in log
+        # both provable cut saves gone; the one without a pending record left, with where and how to reclaim it
+        assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-8", "incomplete-checkpoint-6"]
+        assert f"deleted incomplete-checkpoint-4: {checkpoints.OLDER_OWN_CUT}" in log
         assert "checkpoint-15 is incomplete" in log and f"deleted ({checkpoints.SHORT_OF_SPACE})" in log
+        assert "incomplete-checkpoint-6; " in log and f"rm -r {out}" in log

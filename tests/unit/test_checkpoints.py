@@ -34,7 +34,7 @@ def make_checkpoint(root, step, *, world=1, record=True, state=True, only_model=
         if record:
             body["stateful_callbacks"][checkpoints.RECORD] = {
                 "args": {},
-                "attributes": {"world_size": world, "save_only_model": only_model},
+                "attributes": {"world_size": world, "save_only_model": only_model, "optimizer": not only_model},
             }
         (folder / "trainer_state.json").write_text(json.dumps(body))
     return folder

@@ -51,14 +51,22 @@ def test_a_preemption_record_is_not_a_commit_marker(tmp_path):
     assert checkpoints.missing(cut) == ["trainer_state.json (never written: the save was cut before its end)"]
 
 
-def test_a_marker_of_another_step_or_an_unreadable_one_is_not_trusted(tmp_path):
+def test_a_marker_of_another_step_or_an_unreadable_one_is_bad_input_judged_file_by_file(tmp_path):
+    """Issue 37: a marker that is not this folder's is treated as absent, with one note; the files judge."""
     folder = make_checkpoint(tmp_path, 8)
     commit(folder)
     moved = tmp_path / "checkpoint-9"
     folder.rename(moved)
-    assert checkpoints.missing(moved) == [f"{checkpoints.MARKER} (global_step 8, not 9)"]
+    judged = checkpoints.judge(moved)
+    assert judged.lacks == ("trainer_state.json (global_step 8, not 9)",)
+    assert not judged.marked and judged.notes == (
+        f"checkpoint-9/{checkpoints.MARKER} is not a commit marker this version reads "
+        "(global_step 8, not 9: another checkpoint's): judged file by file",
+    )
     (moved / checkpoints.MARKER).write_text("{not json")  # never written so (renamed whole): the full rule judges
-    assert checkpoints.missing(moved) == ["trainer_state.json (global_step 8, not 9)"]
+    judged = checkpoints.judge(moved)
+    assert judged.lacks == ("trainer_state.json (global_step 8, not 9)",)
+    assert judged.notes == (f"checkpoint-9/{checkpoints.MARKER} does not parse as JSON: judged file by file",)
 
 
 def test_the_marker_rule_opens_only_the_marker(tmp_path, monkeypatch):

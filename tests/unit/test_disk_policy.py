@@ -13,72 +13,74 @@ from test_checkpoints import make_checkpoint
 from axolotl_savefix import checkpoints, cli, disk, plan
 
 
-def _scan(steps_complete: dict[int, bool]) -> list[tuple[Path, list[str]]]:
-    return [(Path(f"/o/checkpoint-{s}"), [] if ok else ["trainer_state.json"]) for s, ok in sorted(steps_complete.items())]
+def _scan(steps: dict[int, tuple[bool, bool]]) -> list[tuple[Path, list[str], bool]]:
+    """``{step: (complete, own_cut)}`` -> cleanup's scan, oldest first (own_cut only for an incomplete folder)."""
+    return [
+        (Path(f"/o/checkpoint-{s}"), [] if ok else ["trainer_state.json"], own and not ok) for s, (ok, own) in sorted(steps.items())
+    ]
 
 
-folders = st.dictionaries(st.integers(1, 60), st.booleans(), max_size=8)
-aside_steps = st.lists(st.tuples(st.integers(1, 60), st.integers(0, 2)), unique=True, max_size=5)
+folders = st.dictionaries(st.integers(1, 60), st.tuples(st.booleans(), st.booleans()), max_size=8)
+aside_steps = st.dictionaries(st.tuples(st.integers(1, 60), st.integers(0, 2)), st.booleans(), max_size=5)
 
 
 @settings(max_examples=300, deadline=None)
 @given(scan=folders, aside=aside_steps, free=st.none() | st.integers(0, 3000), size=st.integers(1, 1000))
 def test_the_policy(scan, aside, free, size):
+    """Issue 37: only provably own cut saves are ever deleted; older folders are never touched; the rest is renamed or left."""
     scanned = _scan(scan)
-    aside_paths = sorted(
-        (Path(f"/o/incomplete-checkpoint-{s}" + (f".{n}" if n else "")) for s, n in aside),
-        key=lambda p: checkpoints.set_aside_step(p),
+    aside_list = sorted(
+        ((Path(f"/o/incomplete-checkpoint-{s}" + (f".{n}" if n else "")), own) for (s, n), own in aside.items()),
+        key=lambda item: checkpoints.set_aside_step(item[0]),
     )
-    sizes = {p: size for p, _ in scanned} | {p: size for p in aside_paths}
-    plan_ = checkpoints.cleanup(scanned, aside_paths, sizes=sizes, free_bytes=free)
-    complete = [p for p, lacks in scanned if not lacks]
+    aside_paths = [p for p, _ in aside_list]
+    sizes = {p: size for p, _, _ in scanned} | {p: size for p in aside_paths}
+    plan_ = checkpoints.cleanup(scanned, aside_list, sizes=sizes, free_bytes=free)
+    complete = [p for p, lacks, _ in scanned if not lacks]
     newest = complete[-1] if complete else None
     assert plan_.newest == newest
     deleted = [p for p, _ in plan_.delete]
-    assert len(deleted) == len(set(deleted))
-    assert not set(deleted) & set(complete)  # a complete checkpoint is never touched
-    assert plan_.set_aside not in deleted
-    incomplete = [p for p, lacks in scanned if lacks]
+    moved = [p for p, _ in plan_.set_aside]
+    assert len(deleted) == len(set(deleted)) and not set(deleted) & set(moved)
+    own = {p for p, _, is_own in scanned if is_own} | {p for p, is_own in aside_list if is_own}
+    assert set(deleted) <= own  # nothing is deleted that is not provably the package's own cut save
+    assert not (set(deleted) | set(moved)) & set(complete)  # a complete checkpoint is never touched
     newest_step = checkpoints.step_of(newest) if newest else -1
-    older = [p for p in incomplete if checkpoints.step_of(p) < newest_step]
-    newer = [p for p in incomplete if checkpoints.step_of(p) > newest_step]
-    # rule 1: an incomplete checkpoint-N older than the newest complete one is deleted, never set aside
-    assert set(older) <= set(deleted)
-    # every incomplete checkpoint-N is dealt with: deleted or set aside
-    dealt = {p for p in deleted if p not in aside_paths} | ({plan_.set_aside} if plan_.set_aside else set())
-    assert set(incomplete) == dealt
-    assert set(deleted) <= set(incomplete) | set(aside_paths)
-    kept_aside = [p for p in aside_paths if p not in deleted]
-    kept = kept_aside + ([plan_.set_aside] if plan_.set_aside else [])
-    assert len(kept) <= 1  # rule 2: at most one set-aside folder
-    if newer:
-        # the newest cut save is the candidate; it is kept unless the disk is short
-        assert kept in ([newer[-1]], [])
-        assert kept_aside == []
-    elif aside_paths:
-        assert kept in ([aside_paths[-1]], [])
-    # rule 3: short of one checkpoint (after what the other rules free), every set-aside folder goes
+    older = [p for p, lacks, _ in scanned if lacks and checkpoints.step_of(p) < newest_step]
+    assert not (set(deleted) | set(moved)) & set(older)  # older than the resume: not touched at all
+    newer = [p for p, lacks, _ in scanned if lacks and checkpoints.step_of(p) > newest_step]
+    assert set(newer) == set(moved) | (set(deleted) & set(newer))  # every cut newer than the resume leaves checkpoint-*
+    assert set(plan_.kept) == set(aside_paths) - set(deleted)
+    assert set(plan_.kept) >= {p for p, is_own in aside_list if not is_own}  # never deleted: not provably ours
+    own_candidates = [p for p in [*newer, *aside_paths] if p in own]
+    own_left = [p for p in own_candidates if p not in deleted]
     freed = sum(sizes[p] for p, why in plan_.delete if why != checkpoints.SHORT_OF_SPACE)
     short = newest is not None and free is not None and free + freed < size
-    if short:
-        assert kept == []
-    elif newer or aside_paths:
-        assert len(kept) == 1
+    if own_candidates:
+        assert len(own_left) == (0 if short else 1)  # issue 19's bound, on the package's own cut saves only
+        if own_left:
+            newest_own = max(own_candidates, key=checkpoints._order)
+            assert own_left == [newest_own]
 
 
-def test_rule_3_counts_what_rules_1_and_2_free():
-    scanned = _scan({8: True, 15: False, 23: True, 30: False})
-    aside = [Path("/o/incomplete-checkpoint-5")]
-    sizes = {p: 100 for p, _ in scanned} | {aside[0]: 100}
-    # 15 (rotation garbage) and the old set-aside folder free 200: with 0 free, 200 >= one checkpoint
-    result = checkpoints.cleanup(scanned, aside, sizes=sizes, free_bytes=0)
-    assert result.set_aside == Path("/o/checkpoint-30")
-    assert dict(result.delete) == {
-        Path("/o/checkpoint-15"): checkpoints.ROTATION_GARBAGE,
-        aside[0]: checkpoints.OLDER_SET_ASIDE,
+def test_only_provable_cut_saves_are_deleted_and_older_folders_are_left():
+    scanned = _scan({8: (True, False), 15: (False, True), 23: (True, False), 30: (False, True), 38: (False, False)})
+    aside = [(Path("/o/incomplete-checkpoint-5"), True), (Path("/o/incomplete-checkpoint-6"), False)]
+    sizes = {p: 100 for p, _, _ in scanned} | {p: 100 for p, _ in aside} | {Path("/o/checkpoint-23"): 150}
+    result = checkpoints.cleanup(scanned, aside, sizes=sizes, free_bytes=10**6)
+    assert result.newest == Path("/o/checkpoint-23")
+    # 15 is older than the resume: not touched, though the package's own cut save
+    assert [p for p, _ in result.set_aside] == [Path("/o/checkpoint-30"), Path("/o/checkpoint-38")]
+    assert dict(result.delete) == {Path("/o/incomplete-checkpoint-5"): checkpoints.OLDER_OWN_CUT}
+    assert result.kept == (Path("/o/incomplete-checkpoint-6"),)
+    short = checkpoints.cleanup(scanned, aside, sizes=sizes, free_bytes=40)  # 5 frees 100: 140 is short of one checkpoint (150)
+    assert dict(short.delete) == {
+        Path("/o/incomplete-checkpoint-5"): checkpoints.OLDER_OWN_CUT,
+        Path("/o/checkpoint-30"): checkpoints.SHORT_OF_SPACE,
     }
-    alone = checkpoints.cleanup(_scan({23: True, 30: False}), [], sizes={Path("/o/checkpoint-23"): 100}, free_bytes=99)
-    assert alone.set_aside is None and dict(alone.delete) == {Path("/o/checkpoint-30"): checkpoints.SHORT_OF_SPACE}
+    assert [p for p, _ in short.set_aside] == [Path("/o/checkpoint-38")]  # not provably ours: renamed, kept
+    alone = checkpoints.cleanup(_scan({23: (False, True)}), [], sizes={}, free_bytes=0)  # no complete checkpoint: no shortage rule
+    assert alone.delete == () and [p for p, _ in alone.set_aside] == [Path("/o/checkpoint-23")]
 
 
 def test_set_aside_names():
@@ -178,7 +180,8 @@ def test_cli_checkpoints(tmp_path, capsys):
     assert code == 1  # the newest checkpoint-N was cut
     assert "checkpoint-23" in text and "<- a resume takes this one" in text
     assert "checkpoint-30" in text and "trainer_state.json (cut while being written)" in text
-    assert "next resume deletes checkpoint-15" in text and "next resume sets aside checkpoint-30" in text
+    assert "next auto-resume sets aside checkpoint-30" in text and "deletes" not in text  # nothing of ours to delete
+    assert "checkpoint-15" in text and "older than the checkpoint a resume takes: left as it is" in text
 
     code, text = _cli(capsys, "checkpoints", "--json", str(out))
     report = json.loads(text)
@@ -193,7 +196,9 @@ def test_cli_checkpoints(tmp_path, capsys):
     assert rows["checkpoint-8"]["bytes"] > sum(f.stat().st_size for f in (out / "checkpoint-8").iterdir())
     assert not rows["checkpoint-15"]["complete"] and rows["checkpoint-15"]["lacks"]
     assert rows["incomplete-checkpoint-4"]["kind"] == "set-aside"
-    assert {d["name"] for d in report["next_resume"]["delete"]} == {"checkpoint-15", "incomplete-checkpoint-4"}
+    assert report["next_resume"]["delete"] == []
+    assert report["next_resume"]["set_aside"] == [{"name": "checkpoint-30", "why": rows["checkpoint-30"]["lacks"][0]}]
+    assert report["next_resume"]["kept"] == ["incomplete-checkpoint-4"]
 
     os.rename(out / "checkpoint-30", out / "incomplete-checkpoint-30")
     code, text = _cli(capsys, "checkpoints", str(out))
