@@ -172,7 +172,27 @@ def marker_problem(loaded: Any, step: int | None) -> str | None:
     for name, size in files.items():
         if not _file_name_ok(name) or _count(size) is None:
             return f"files names {_shown(name)} with size {_shown(size)}"
-    return None
+    return _world_problem(loaded["world_size"], loaded["save_only_model"], files)
+
+
+def _world_problem(world: int, save_only_model: bool, files: Mapping[str, Any]) -> str | None:
+    """A marker's world size against the RNG files it lists: its writer's own rank wrote one before the barrier.
+
+    One process writes ``rng_state.pth``; each rank of several ``rng_state_R.pth`` (R below the world
+    size). A marker that claims a world its own files contradict is not one a save wrote.
+    """
+    rng = [name for name in files if name.startswith(RNG_PREFIX) and "/" not in name]
+    if world == 1:
+        wrong = [name for name in rng if name != "rng_state.pth"]
+        ok = not wrong and (save_only_model or "rng_state.pth" in rng)
+    else:
+        ranks = [_rng_rank(name) for name in rng]
+        wrong = [name for name, rank in zip(rng, ranks, strict=True) if rank is None or rank >= world]
+        ok = not wrong and (save_only_model or bool(rng))
+    if ok:
+        return None
+    listed = ", ".join(sorted(rng)[:3]) or "none"
+    return f"world_size {world} disagrees with the RNG files it lists ({listed})"
 
 
 def load_marker(folder: Path) -> tuple[dict | None, str | None]:
@@ -610,9 +630,11 @@ def write_pending(folder: Path, step: int, fresh: bool, writer: str) -> Path:
 def own_cut(folder: Path) -> bool:
     """Whether ``folder`` (``checkpoint-N`` or a set-aside ``incomplete-checkpoint-N[.n]``) is provably this package's own garbage.
 
-    True only when its pending-save record is there, names step N and says the save created the
-    folder (``fresh``), and no commit marker (readable or not) is there: a save this package
-    started in a folder of its own making and that never committed. Anything else is not proven.
+    True when its pending-save record is there, names step N and says the save created the folder
+    (``fresh``), and no commit marker (readable or not) is there: a save this package started in a
+    folder of its own making and that never committed. True also for a folder that holds nothing but
+    this package's own records and temporary files (a kill between the folder's creation and its
+    pending record): deleting it removes nothing else. Anything else is not proven.
     """
     step = step_of(folder)
     if step is None:
@@ -621,7 +643,13 @@ def own_cut(folder: Path) -> bool:
     if step is None or (folder / MARKER).exists():
         return False
     pending = read_pending(folder)
-    return pending is not None and pending["global_step"] == step and pending["fresh"] is True
+    if pending is not None:
+        return pending["global_step"] == step and pending["fresh"] is True
+    try:
+        with os.scandir(folder) as scan:
+            return all(_own(entry.name) and not entry.is_dir(follow_symlinks=False) for entry in scan)
+    except OSError:
+        return False
 
 
 # --- resuming: the newest complete checkpoint, and what becomes of the others -----------------------------------

@@ -50,7 +50,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from . import checkpoints, disk
+from . import checkpoints, disk, journal
 from ._log import log_once
 from ._patching import patch_item, wraps
 from ._targets import require
@@ -89,7 +89,13 @@ def message(output_dir: str, what: str, limit: int | None, estimate: int | None 
     newest, size, kept, kept_bytes = _measure(output_dir)
     source = f"measured: {newest.name}, {disk.apparent_bytes(newest)} bytes apparent" if newest else "estimated from the model"
     free, block = disk.free_bytes(output_dir), disk.block_bytes(output_dir)
-    return disk.full_message(output_dir, free, size or estimate, source, kept, kept_bytes, limit, what, block)
+    text = disk.full_message(output_dir, free, size or estimate, source, kept, kept_bytes, limit, what, block)
+    aside = checkpoints.set_aside_folders(output_dir)
+    if aside:  # never deleted by the fix unless provably its own: the user's to reclaim
+        held = sum(disk.dir_bytes(p) for p in aside)
+        names = ", ".join(p.name for p in aside[:3]) + (f" and {len(aside) - 3} more" if len(aside) > 3 else "")
+        text += f" Set-aside folders hold {held} bytes ({names}): delete them once inspected to free that space."
+    return text
 
 
 RANKS_WAIT_SECONDS = 10.0  # how long the main process waits for the other ranks' part of a failed save
@@ -125,7 +131,6 @@ def _remove(folder: str, world_size: int = 1, rng_states: bool = False) -> bool:
     With ``world_size`` above 1 and ``rng_states`` (the save writes them: not ``save_only_model``),
     first :func:`_wait_for_ranks`, so that no rank writes into it after.
     """
-    import shutil
 
     if not _local_main() or not os.path.isdir(folder) or not checkpoints.own_cut(Path(folder)):
         return False  # not provably this run's own save (it was there before the run): left to the next resume
@@ -133,8 +138,7 @@ def _remove(folder: str, world_size: int = 1, rng_states: bool = False) -> bool:
         _wait_for_ranks(folder, world_size)
     if not checkpoints.own_cut(Path(folder)):
         return False
-    shutil.rmtree(folder, ignore_errors=True)
-    return not os.path.exists(folder)
+    return journal.delete_own(Path(folder))
 
 
 def _full(error: BaseException, run_dir: str) -> bool:

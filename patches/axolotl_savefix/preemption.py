@@ -63,7 +63,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -350,7 +349,7 @@ def remove_superseded(output_dir: str | os.PathLike[str]) -> list[Path]:
         if newest is None or newest_step is None or step is None or step >= newest_step:
             continue
         if _fresh_notice(folder):
-            shutil.rmtree(folder, ignore_errors=True)
+            journal.delete_own(folder)
             removed.append(folder)
             log_once(
                 f"preempt-removed:{folder}",
@@ -667,14 +666,17 @@ def apply_builder() -> None:
 
         @wraps(rotate_method)
         def _rotate_checkpoints(self: Any, use_mtime: bool = False, output_dir: str | None = None) -> Any:
+            where = output_dir or self.args.output_dir
+            journal.finish_interrupted_rotation(where)
             limit = self.args.save_total_limit
-            if not limit or limit <= 0:
-                return rotate_method(self, use_mtime, output_dir)
-            self.args.save_total_limit = rotation_limit(output_dir or self.args.output_dir, limit)
-            try:
-                return rotate_method(self, use_mtime, output_dir)
-            finally:
-                self.args.save_total_limit = limit
+            with journal.recording_rotation(rotate_method, where):
+                if not limit or limit <= 0:
+                    return rotate_method(self, use_mtime, output_dir)
+                self.args.save_total_limit = rotation_limit(where, limit)
+                try:
+                    return rotate_method(self, use_mtime, output_dir)
+                finally:
+                    self.args.save_total_limit = limit
 
         patch_item(owner, name, _rotate_checkpoints)
         return
@@ -683,6 +685,8 @@ def apply_builder() -> None:
 
     @wraps(rotate)
     def rotate_checkpoints(output_dir: str, save_total_limit: int | None = None, *args: Any, **kwargs: Any) -> Any:
-        return rotate(output_dir, rotation_limit(output_dir, save_total_limit), *args, **kwargs)
+        journal.finish_interrupted_rotation(output_dir)
+        with journal.recording_rotation(rotate, output_dir):
+            return rotate(output_dir, rotation_limit(output_dir, save_total_limit), *args, **kwargs)
 
     patch_item(owner, name, rotate_checkpoints)

@@ -67,7 +67,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -214,8 +213,7 @@ def _delete_own(folder: Path) -> bool:
     """Delete ``folder`` when it is, checked again now, this package's own cut save (:func:`checkpoints.own_cut`)."""
     if not checkpoints.own_cut(folder):
         return False
-    shutil.rmtree(folder, ignore_errors=True)
-    return not folder.exists()
+    return journal.delete_own(folder)
 
 
 def _sizes(output_dir: str, folders: list[Path]) -> tuple[dict[Path, int], int | None]:
@@ -254,6 +252,7 @@ def set_aside_incomplete(
     incomplete = [(p, lacks) for p, lacks in walked if lacks]
     if not (_local_main() if acts is None else acts):
         return newest, [(folder, lacks, None) for folder, lacks in incomplete]
+    journal.finish_deletes(output_dir)  # a delete of the package's own that a kill interrupted
     scanned = [(p, lacks, bool(lacks) and checkpoints.own_cut(p)) for p, lacks in walked]
     aside = [(p, checkpoints.own_cut(p)) for p in checkpoints.set_aside_folders(output_dir)]
     sizes, free = _sizes(output_dir, [*([newest] if newest else []), *(p for p, _ in incomplete), *(p for p, _ in aside)])

@@ -66,12 +66,31 @@ def assert_exact_saves(observed, case, variant, L, M):
         assert observed.saved == saved and observed.kept == saved
 
 
+def _seed_foreign_folders(output_dir):
+    """Two set-aside folders of another run (a user's file in each), in ``output_dir`` before the run.
+
+    Issue 37: neither the start of a run without auto-resume nor the end of a sharded one
+    (``save_trained_model`` -> ``determine_last_checkpoint(update=False)``) may change them; before
+    the fix the start deleted the older one ("only the newest set-aside folder is kept").
+    """
+    seeded = {}
+    for step in (2, 3):
+        aside = output_dir / f"incomplete-checkpoint-{step}"
+        aside.mkdir(parents=True)
+        (aside / "notes.txt").write_text(f"a user's file {step}")
+        seeded[f"{aside.name}/notes.txt"] = (aside / "notes.txt").read_bytes()
+    return seeded
+
+
 @pytest.mark.parametrize("variant", ["stock", "patched"])
 def test_fsdp2_sharded_exact_saves(variant, e2e_root):
     case, config = _fsdp_config(e2e_root, f"fsdp-{variant}", plugin=variant == "patched")
+    seeded = _seed_foreign_folders(harness.output_dir(config))
     observed = _torchrun(config)
     L, M = _shape(case)
     assert observed.batches_per_epoch(case["grad_accum"]) == L and observed.max_steps == M
+    now = {name: (observed.output_dir / name).read_bytes() for name in seeded if (observed.output_dir / name).is_file()}
+    assert now == seeded  # the seeded folders are there, unchanged, stock and patched alike
     assert_exact_saves(observed, case, variant, L, M)
     for step in observed.kept:
         assert_really_fsdp(observed.output_dir / f"checkpoint-{step}")
