@@ -18,15 +18,17 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "ci"))  # ci/*.py: plain modules (standard library + nox) that the sessions call
+import build_check  # noqa: E402
 import compat_cases  # noqa: E402
 import compat_sweep  # noqa: E402
 import environments  # noqa: E402
+import slurm as slurm_ci  # noqa: E402
 import upstream_check  # noqa: E402
 from environments import TARGETS, UNBUFFERED, venv_env  # noqa: E402
 
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "pyyaml"]
 # Axolotl release -> (Python, torch and what must match it). The releases themselves are
-# axolotl_savefix._targets.PROVEN, one list for the package, pyproject, README and this table.
+# axolotl_savefix._infra.releases.PROVEN, one list for the package, pyproject, README and this table.
 # Everything else is pinned in ci/constraints-axolotl-<release>.txt (`nox -s pin -- <release>`).
 AXOLOTL = {
     # xformers 0.0.32.post2 (required by 0.13.2 to 0.16.1) pins torch 2.8.0; without torchvision
@@ -53,7 +55,7 @@ OUTSIDE = {
 DEFAULT_AXOLOTL = "0.19.0"  # `tests`, `examples`, `preemption`, `engines`: one release, the newest for Python 3.11
 RELEASES = {**AXOLOTL, **OUTSIDE}  # every release the noxfile can build an environment for
 if tuple(AXOLOTL) != TARGETS.PROVEN:
-    raise RuntimeError(f"noxfile AXOLOTL {list(AXOLOTL)} differs from _targets.PROVEN {list(TARGETS.PROVEN)}")
+    raise RuntimeError(f"noxfile AXOLOTL {list(AXOLOTL)} differs from _infra.releases.PROVEN {list(TARGETS.PROVEN)}")
 
 
 def axolotl_env(session: nox.Session, version: str = DEFAULT_AXOLOTL) -> Path:
@@ -212,24 +214,7 @@ def slurm(session: nox.Session) -> None:
     pid. `nox -s slurm -- --repeat 10` runs the patched requeue case 10 times (next seeds); other
     arguments go to pytest (`-- -k requeue`). 21 minutes measured here (6 jobs, load average 4.4).
     """
-    import slurm as slurm_ci  # ci/slurm.py
-
-    args, repeat = list(session.posargs), "1"
-    if "--repeat" in args:
-        at = args.index("--repeat")
-        repeat = args[at + 1]
-        del args[at : at + 2]
-    try:
-        slurm_ci.install(session.log)
-    except slurm_ci.Unavailable as why:
-        session.skip(f"slurm: {why}")
-    python = str(axolotl_env(session))
-    with slurm_ci.Cluster(ROOT / ".nox" / "slurm") as cluster:
-        session.log(f"SLURM up: SLURM_CONF={cluster.conf}, node {cluster.node} idle")
-        env = cluster.env(venv_env(python, {"SAVEFIX_SLURM_REPEAT": repeat}))
-        test, work = "tests/e2e/test_slurm.py", ROOT / ".nox" / "slurm-work"  # kept for reading after the run
-        pytest = [python, "-m", "pytest", "-p", "no:anyio", test, "-s", f"--basetemp={work}", *args]
-        session.run(*pytest, env=env, external=True)
+    slurm_ci.run(session, str(axolotl_env(session)), ROOT)
 
 
 # DeepSpeed and what its sdist wants, pinned; not in the shared venv (that would rebuild it for every
@@ -408,106 +393,15 @@ def build(session: nox.Session) -> None:
     That venv has no Axolotl: `plan --steps-per-epoch` needs only PyYAML, which the wheel requires. Then
     :func:`install_check`: the README's `pip install .` in a fresh venv beside a plain Axolotl 0.19.0.
     """
-    import glob
-    import shutil
-
-    uv = environments.uv(session)
-    dist = ROOT / "dist"
-    shutil.rmtree(dist, ignore_errors=True)
-    session.run(uv, "build", "--out-dir", str(dist), str(ROOT), external=True)
-    wheels = glob.glob(str(dist / "axolotl_savefix-*.whl"))
-    sdists = glob.glob(str(dist / "axolotl_savefix-*.tar.gz"))
-    if len(wheels) != 1 or len(sdists) != 1:
-        session.error(f"dist/ holds {len(wheels)} wheels and {len(sdists)} sdists: expected one of each")
-    venv = ROOT / ".nox" / "build-check"
-    session.run(uv, "venv", "--quiet", "--clear", "--python", environments.interpreter("3.11"), str(venv), external=True)
-    python = str(venv / "bin" / "python")
-    # the wheel with no deps, then its one requirement (PyYAML) from what the machine has
-    session.run(uv, "pip", "install", "--quiet", "--python", python, "--no-deps", wheels[0], external=True)
-    session.run(uv, "pip", "install", "--quiet", "--python", python, *environments.find_links(), "pyyaml", external=True)
-    command = str(venv / "bin" / "axolotl-savefix")
-    session.run(command, "--version", external=True)
-    config = venv / "tiny.yml"
-    config.write_text(f"base_model: tiny\nmicro_batch_size: 1\nnum_epochs: 2\nsaves_per_epoch: 2\noutput_dir: {venv / 'out'}\n")
-    session.run(command, "plan", str(config), "--steps-per-epoch", "10", external=True)  # exit 0: saves 5 10 15 20, all kept
-    session.log(f"built and checked: {wheels[0]}, {sdists[0]}")
-    install_check(session, uv)
-
-
-# what a plan or --version in install_check gets: no telemetry, no Hub (the demo's model and data are local)
-OFFLINE_RUN = {"AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
-
-
-def install_check(session: nox.Session, uv: str) -> None:
-    """The README's install line as typed, beside a plain Axolotl, in a fresh venv (.nox/install-check).
-
-    1. ``uv venv --seed`` (Python 3.11, with pip), then ``axolotl==0.19.0`` and its torch as a user
-       installs them, nothing of ours: uv, this machine's CPU torch wheels (find-links) and
-       ci/constraints-axolotl-0.19.0.txt, so the packages are the tested ones and come from uv's cache.
-    2. ``pip install .`` at the repository's root, the README's line, with the venv's pip; it must add
-       ``axolotl-savefix`` and change nothing Axolotl brought (``uv pip freeze`` before and after).
-    3. ``axolotl-savefix --version`` names this package's version and Axolotl 0.19.0;
-       ``axolotl-savefix plan`` on the demo's patched config (tests/e2e/demo.py's) exits 0.
-    Logs its seconds, step by step. Fails the session naming the step otherwise.
-    """
-    import re
-    import time
-
-    python_version, torch = AXOLOTL[DEFAULT_AXOLOTL]
-    started = time.monotonic()
-    steps: dict[str, float] = {}
-
-    def lap(step: str) -> None:  # the seconds since the previous lap, as the step's
-        steps[step] = time.monotonic() - started - sum(steps.values())
-
-    venv = ROOT / ".nox" / "install-check"
-    bin_dir = venv / "bin"
-    python = str(bin_dir / "python")
-    interpreter = environments.interpreter(python_version)
-    session.run(uv, "venv", "--quiet", "--clear", "--seed", "--python", interpreter, str(venv), external=True)
-    constraints = ROOT / "ci" / f"constraints-axolotl-{DEFAULT_AXOLOTL}.txt"
-    session.run(
-        uv, "pip", "install", "--quiet", "--python", python, *environments.find_links(),
-        "-c", str(constraints), *torch, f"axolotl=={DEFAULT_AXOLOTL}", external=True,
-    )  # fmt: skip
-    lap("venv and axolotl")
-    freeze = [uv, "pip", "freeze", "--python", python]
-    before = set(session.run(*freeze, silent=True, external=True).splitlines())
-    # README.md, "Enable the fix", as typed in the activated venv; nox looks a bare "pip" up on its own PATH, so the full path
-    session.run(str(bin_dir / "pip"), "install", "--quiet", ".", env={"VIRTUAL_ENV": str(venv)}, external=True)
-    lap("pip install .")
-    after = set(session.run(*freeze, silent=True, external=True).splitlines())
-    added, removed = sorted(after - before), sorted(before - after)
-    if removed or [line.split("==")[0].split(" @ ")[0] for line in added] != ["axolotl-savefix"]:
-        session.error(f"install check: `pip install .` should add axolotl-savefix only; it added {added}, removed {removed}")
-    ours = re.search(r'__version__ = "([^"]+)"', (ROOT / "patches" / "axolotl_savefix" / "__init__.py").read_text())[1]
-    command = str(bin_dir / "axolotl-savefix")
-    shown = session.run(command, "--version", silent=True, env=OFFLINE_RUN, external=True).strip()
-    wanted = f"axolotl-savefix {ours} (axolotl {DEFAULT_AXOLOTL})"
-    if shown != wanted:
-        session.error(f"install check: `axolotl-savefix --version` printed {shown!r}; expected {wanted!r}")
-    session.log(f"install check: {shown}")
-    lap("--version")
-    write = (
-        "import sys; from pathlib import Path; sys.path[:0] = sys.argv[2:]; import cases, harness; "
-        "print(harness.write_config(cases.case('reported'), Path(sys.argv[1]) / 'patched', plugin=True))"
-    )  # the demo's patched config (tests/e2e/demo.py), its tiny model and data built in the venv's folder
-    tests = ROOT / "tests"
-    written = session.run(
-        python, "-c", write, str(venv / "demo"), str(tests / "e2e"), str(tests), silent=True, env=OFFLINE_RUN, external=True
-    )
-    config = written.strip().splitlines()[-1]
-    lap("the demo config")
-    session.run(command, "plan", config, env=OFFLINE_RUN, external=True)  # exit 0: the patched plan keeps all 8
-    lap("plan")
-    each = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in steps.items())
-    session.log(f"install check: README's `pip install .` beside axolotl {DEFAULT_AXOLOTL}: {sum(steps.values()):.0f} s ({each})")
+    build_check.run(session, DEFAULT_AXOLOTL, AXOLOTL[DEFAULT_AXOLOTL])
 
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """ruff on everything; mypy on the package (pyproject's [tool.mypy])."""
+    session.install("ruff", "mypy", "pydantic", "pyyaml", "types-PyYAML")
     session.run("ruff", "check", "patches", "tests", "ci", "noxfile.py")
+    session.run("mypy")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,8 +30,9 @@ LOCAL_WHEELS = Path("/opt/wheels")  # where this machine keeps its CPU torch; uv
 
 
 def _load_targets():
-    """axolotl_savefix/_targets.py (standard library only) loaded on its own: nox runs outside the package's env."""
-    spec = importlib.util.spec_from_file_location("savefix_targets", ROOT / "patches" / "axolotl_savefix" / "_targets.py")
+    """axolotl_savefix/_infra/releases.py (standard library only) loaded on its own: nox runs outside the package's env."""
+    releases = ROOT / "patches" / "axolotl_savefix" / "_infra" / "releases.py"
+    spec = importlib.util.spec_from_file_location("savefix_releases", releases)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -216,3 +216,28 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def run(session, python: str, root: Path) -> None:
+    """`nox -s slurm`'s body: install where missing (or skip, saying why), start the cluster, run tests/e2e/test_slurm.py.
+
+    ``python``: the shared Axolotl venv's. ``--repeat N`` among the session's arguments repeats the patched
+    requeue case; the others go to pytest. nox is imported by the caller; this module stays standard library.
+    """
+    from environments import venv_env
+
+    args, repeat = list(session.posargs), "1"
+    if "--repeat" in args:
+        at = args.index("--repeat")
+        repeat = args[at + 1]
+        del args[at : at + 2]
+    try:
+        install(session.log)
+    except Unavailable as why:
+        session.skip(f"slurm: {why}")
+    with Cluster(root / ".nox" / "slurm") as cluster:
+        session.log(f"SLURM up: SLURM_CONF={cluster.conf}, node {cluster.node} idle")
+        env = cluster.env(venv_env(python, {"SAVEFIX_SLURM_REPEAT": repeat}))
+        test, work = "tests/e2e/test_slurm.py", root / ".nox" / "slurm-work"  # kept for reading after the run
+        pytest = [python, "-m", "pytest", "-p", "no:anyio", test, "-s", f"--basetemp={work}", *args]
+        session.run(*pytest, env=env, external=True)

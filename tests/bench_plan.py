@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from axolotl_savefix.plan import Settings, make_plan, render
+from axolotl_savefix.rules.plan import Settings, make_plan, render
 
 STEPS = 1_000_000
 TARGET_S = 0.1

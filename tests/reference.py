@@ -1,6 +1,6 @@
 """An independent reference for what a run should save: a brute-force walk of the Trainer's loop.
 
-Written from the rules, not from ``axolotl_savefix.schedule`` (which it must not import):
+Written from the rules, not from ``axolotl_savefix.rules.schedule`` (which it must not import):
 
 * patched (the spec): target j/k of every epoch is saved at the first optimizer
   step whose consumed batches reach the fraction j/k, exactly (``Fraction``);

@@ -17,7 +17,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from axolotl_savefix import checkpoints
+from axolotl_savefix.rules import checkpoints
 
 RECORD = checkpoints.RECORD
 

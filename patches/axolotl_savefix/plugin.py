@@ -6,9 +6,9 @@ enough for ``validate_config``, ``normalize_config`` and the trainer builder.
 
 :meth:`get_input_args` returns ``None``: a plugin's input args make Axolotl
 build two subclasses of its whole config schema on every ``validate_config``
-(about 0.18 s a run). Our one key, ``savefix_disk_margin``, is checked and
-carried through ``validate_config`` by the ``save_limit`` patch instead
-(:class:`axolotl_savefix.args.SaveFixArgs` documents it).
+(about 0.18 s a run). The package's keys are checked and carried through
+``validate_config`` by the seams that read them instead
+(:class:`axolotl_savefix.rules.keys.SaveFixArgs` documents them).
 """
 
 from __future__ import annotations

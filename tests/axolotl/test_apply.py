@@ -13,7 +13,8 @@ from axolotl.core.builders.base import TrainerBuilderBase
 from axolotl.utils.dict import DictDefault
 
 import axolotl_savefix
-from axolotl_savefix import PatchTargetError, SaveFixConfigError, _targets
+from axolotl_savefix import PatchTargetError, SaveFixConfigError
+from axolotl_savefix._infra import targets as _targets
 
 PATCHED = [
     (utils_config, "normalize_config"),
@@ -104,9 +105,19 @@ def test_steps_aside_when_axolotl_already_has_the_fix(monkeypatch):
     assert all(a is b for a, b in zip(_snapshot(), before, strict=True))
 
 
-def test_save_steps_without_save_decision_is_refused():
-    with pytest.raises(ValueError, match="enable save_decision"):
-        axolotl_savefix.apply(save_decision=False)
+def test_the_names_of_0_1_switch_their_seams_and_two_that_disagree_are_refused():
+    """``save_steps`` and ``save_decision`` were two halves of one fix: one seam now, off together or refused."""
+    from axolotl_savefix import seams
+
+    assert "saves_per_epoch" not in seams.chosen({"save_decision": False})
+    assert seams.chosen({"resume": False}) == tuple(
+        n for n in seams.NAMES if n not in ("incomplete_checkpoints", "several_nodes", "resume_matches_run", "backports")
+    )
+    with pytest.raises(ValueError, match="disagree on the seam saves_per_epoch"):
+        axolotl_savefix.apply(save_steps=True, save_decision=False)
+    with pytest.raises(TypeError, match="unknown option 'save_stepz'"):
+        axolotl_savefix.apply(save_stepz=False)
+    assert not axolotl_savefix.is_applied()
 
 
 def test_patched_normalize_config_sets_no_float_ratio_and_checks_first():
@@ -130,7 +141,8 @@ def _builder(cfg, eval_dataset=None):
 
 
 def test_builder_hands_evals_to_the_callback():
-    from axolotl_savefix.per_epoch import NEVER, EvalsPerEpochCallback
+    from axolotl_savefix._infra.per_epoch import NEVER
+    from axolotl_savefix.seams.evals_per_epoch import EvalsPerEpochCallback
 
     evals = {"evals_per_epoch": 4, "val_set_size": 0.1, "saves_per_epoch": 2}
     axolotl_savefix.apply()
@@ -174,8 +186,8 @@ def test_early_stopping_with_aligned_per_epoch_keys_validates(tmp_path):
 
 
 def test_builder_hands_saves_to_the_callback_and_fixes_the_limit():
-    from axolotl_savefix.save_decision import NEVER, SavesPerEpochCallback
-    from axolotl_savefix.save_limit import PlanCallback
+    from axolotl_savefix.seams.retention import PlanCallback
+    from axolotl_savefix.seams.saves_per_epoch import NEVER, SavesPerEpochCallback
 
     class Builder(TrainerBuilderBase):
         def build(self, total_num_steps):  # abstract upstream
@@ -243,8 +255,8 @@ def test_resume_takes_the_newest_complete_checkpoint_and_sets_the_cut_one_aside(
 
 def test_an_explicit_cut_save_is_refused_naming_the_newest_complete(tmp_path):
     """A save of this package's that never finished (its pending record), or a cut trainer_state.json: refused."""
-    from axolotl_savefix import checkpoints
-    from axolotl_savefix.resume import IncompleteCheckpointError
+    from axolotl_savefix.rules import checkpoints
+    from axolotl_savefix.seams.incomplete_checkpoints import IncompleteCheckpointError
 
     _checkpoint(tmp_path, 8)
     cut = _checkpoint(tmp_path, 23, complete=False)
@@ -274,7 +286,7 @@ def test_an_explicit_folder_without_trainer_state_is_a_warm_start_as_in_stock(tm
 
 def test_auto_resume_off_changes_nothing_on_disk(tmp_path):
     """Issue 37: without auto-resume nothing is resumed, so nothing is set aside or deleted (stock touches no folder)."""
-    from axolotl_savefix import checkpoints
+    from axolotl_savefix.rules import checkpoints
 
     _checkpoint(tmp_path, 8)
     own = _checkpoint(tmp_path, 15, complete=False)
@@ -304,3 +316,30 @@ def test_the_builder_is_patched_when_axolotl_imports_it_not_before():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_apply_again_with_more_seams_adds_them_and_says_so(caplog):
+    """Issue 38: ``apply(preemption=False)`` then ``apply()`` used to stay without the preemption seam, silently."""
+    import axolotl.train as axolotl_train
+
+    stock_handler = axolotl_train.setup_signal_handler
+    assert axolotl_savefix.apply(preemption=False) is True
+    assert axolotl_train.setup_signal_handler is stock_handler and "preemption" not in axolotl_savefix.applied()
+    assert axolotl_savefix.apply() is True
+    assert axolotl_train.setup_signal_handler is not stock_handler and "preemption" in axolotl_savefix.applied()
+    assert axolotl_savefix.apply(preemption=False) is True  # fewer: nothing changes, one warning says so
+    assert axolotl_train.setup_signal_handler is not stock_handler
+    axolotl_savefix.revert()
+    assert axolotl_train.setup_signal_handler is stock_handler and axolotl_savefix.applied() == ()
+
+
+def test_the_patched_line_names_every_seam_in_place(monkeypatch):
+    from axolotl_savefix import seams
+    from axolotl_savefix._infra import log
+
+    said = []
+    monkeypatch.setattr(log.LOG, "log", lambda level, message: said.append(message))
+    log.forget()
+    axolotl_savefix.apply(full_disk=False)
+    line = next(message for message in said if message.startswith("patched axolotl"))
+    assert line.endswith(": " + ", ".join(n for n in seams.NAMES if n != "full_disk"))

@@ -17,9 +17,10 @@ import transformers.trainer
 from test_callback_trainer import Rows
 from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainingArguments
 
-from axolotl_savefix import checkpoints, resume
-
 # Transformers 5.20 drops a recorded best checkpoint that is not a folder when it loads the resumed state
+from axolotl_savefix.rules import checkpoints
+from axolotl_savefix.seams import backports
+
 DROPS_MISSING_BEST = "recorded in the resumed state does not" in inspect.getsource(transformers.trainer)
 
 
@@ -74,7 +75,7 @@ def test_stock_resume_after_a_move_fails_at_the_end_of_training(model_dir, moved
 
 
 def test_patched_resume_after_a_move_keeps_and_loads_the_best_checkpoint_here(model_dir, moved):
-    trainer, out, train = _resume(model_dir, moved, "patched", [resume.BestFollowsOutputDir()])
+    trainer, out, train = _resume(model_dir, moved, "patched", [backports.BestFollowsOutputDir()])
     train()
     best = trainer.state.best_model_checkpoint
     assert best.startswith(str(out)) and (out / best.rsplit("/", 1)[1]).is_dir()  # here, and kept by the rotation

@@ -9,7 +9,7 @@ import reference
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-from axolotl_savefix.save_decision import NEVER, SavesPerEpochCallback
+from axolotl_savefix.seams.saves_per_epoch import NEVER, SavesPerEpochCallback
 
 
 class Rows(torch.utils.data.Dataset):

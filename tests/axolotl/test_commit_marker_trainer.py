@@ -7,7 +7,8 @@ import pytest
 from test_callback_trainer import Rows
 from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainingArguments
 
-from axolotl_savefix import checkpoints, resume
+from axolotl_savefix._infra import journal
+from axolotl_savefix.rules import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_every_save_ends_with_a_marker_naming_every_file_and_a_later_truncation_
     assert not list((tmp_path / "stock").glob(f"*/{checkpoints.MARKER}"))  # stock writes none: judged by rules 1-4
 
     out = tmp_path / "patched"
-    _train(model_dir, out, [resume.SaveFixCheckpointRecord(), resume.CommitMarker()])
+    _train(model_dir, out, [journal.SaveFixCheckpointRecord(), journal.CommitMarker()])
     for folder in checkpoints.checkpoints(out):
         marker = json.loads((folder / checkpoints.MARKER).read_text())
         files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
@@ -69,6 +70,6 @@ def test_a_marker_that_cannot_be_written_leaves_the_checkpoint_to_the_full_rule(
 
     monkeypatch.setattr(checkpoints, "write_marker", full_disk)
     args = SimpleNamespace(world_size=1, output_dir=str(tmp_path), local_process_index=0, save_only_model=False)
-    resume.CommitMarker().on_save(args, SimpleNamespace(global_step=3), None)  # no traceback: the save stands
+    journal.CommitMarker().on_save(args, SimpleNamespace(global_step=3), None)  # no traceback: the save stands
     assert sorted(p.name for p in folder.iterdir()) == ["trainer_state.json"]  # its temporary file removed
     assert checkpoints.missing(folder) == []  # rules 1 to 4 (no record here: no RNG file asked for)

@@ -13,11 +13,13 @@ import torch
 import transformers
 import transformers.trainer
 from accelerate import Accelerator, DataLoaderConfiguration
-from packaging.version import Version
 
-from axolotl_savefix import resume
+import axolotl_savefix
+from axolotl_savefix import seams
+from axolotl_savefix._infra import targets
 
-BEFORE_FIX = Version(transformers.__version__) < Version(resume.EPOCH_ORDER_FIXED)
+BEFORE_FIX = targets.present("skip_first_batches")  # the back-port's declared range: Transformers < 5.0
+ONLY_BACKPORTS = {name: name == "backports" for name in seams.NAMES}
 SAMPLES, BATCH, SKIP = 24, 2, 5
 
 
@@ -67,7 +69,7 @@ def test_patched_resume_trains_on_the_resumed_epochs_order(dataloader, epoch):
     on nothing is patched (the very same function stays)."""
     expected = _epoch(dataloader, epoch)[SKIP * BATCH :]
     original = transformers.trainer.skip_first_batches
-    resume.apply_epoch_order()
+    axolotl_savefix.apply(**ONLY_BACKPORTS)
     if BEFORE_FIX:
         assert transformers.trainer.skip_first_batches is not original
         assert transformers.trainer.skip_first_batches.__savefix_original__ is not None
@@ -79,7 +81,7 @@ def test_patched_resume_trains_on_the_resumed_epochs_order(dataloader, epoch):
 
 
 def test_transformers_call_order_is_the_one_the_version_rule_assumes():
-    """``EPOCH_ORDER_FIXED`` tied to the installed Transformers' code: ``set_epoch`` before the skip iff before 5.0."""
+    """The back-port's declared range (before 5.0) tied to the installed code: ``set_epoch`` before the skip iff before 5.0."""
     trainer = transformers.Trainer
     source = "".join(inspect.getsource(getattr(trainer, n)) for n in ("_inner_training_loop", "_run_epoch") if hasattr(trainer, n))
     skip, set_epoch = source.find("skip_first_batches("), source.find(".set_epoch(")
@@ -88,12 +90,10 @@ def test_transformers_call_order_is_the_one_the_version_rule_assumes():
 
 
 def test_applied_twice_wraps_once_and_revert_restores_the_very_function():
-    import axolotl_savefix
-
     original = transformers.trainer.skip_first_batches
-    resume.apply_epoch_order()
+    axolotl_savefix.apply(**ONLY_BACKPORTS)
     once = transformers.trainer.skip_first_batches
-    resume.apply_epoch_order()
+    axolotl_savefix.apply(**ONLY_BACKPORTS)
     assert transformers.trainer.skip_first_batches is once
     assert (once is not original) == BEFORE_FIX
     axolotl_savefix.revert()

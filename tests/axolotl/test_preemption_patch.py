@@ -10,7 +10,10 @@ from axolotl.core.builders.base import TrainerBuilderBase  # noqa: F401 - the bu
 from axolotl.utils.dict import DictDefault
 
 import axolotl_savefix
-from axolotl_savefix import SaveFixConfigError, preemption
+from axolotl_savefix import SaveFixConfigError
+from axolotl_savefix._infra import signals, targets
+from axolotl_savefix.rules import keys
+from axolotl_savefix.seams import preemption
 
 
 def _rotation():
@@ -36,50 +39,54 @@ def test_the_knob_leaves_stock_signal_handling():
 
 @pytest.mark.parametrize(("value", "expected"), [("SIGUSR1", signal.SIGUSR1), ("usr2", signal.SIGUSR2), (10, signal.SIGUSR1)])
 def test_signal_key_accepts_names_and_numbers(value, expected):
-    assert preemption.parse_signal(value) == expected
+    assert keys.parse_signal(value) == expected
 
 
 @pytest.mark.parametrize("value", ["SIGNOPE", "SIGKILL", 9, True])
 def test_signal_key_refuses_unknown_and_uncatchable_signals_naming_the_key(value):
     with pytest.raises(SaveFixConfigError, match="savefix_preemption_signal"):
-        preemption.parse_signal(value)
+        keys.parse_signal(value)
 
 
 @pytest.mark.parametrize("value", [0, -5, "soon"])
 def test_grace_key_refuses_what_is_not_seconds_above_zero(value):
     with pytest.raises(SaveFixConfigError, match="savefix_preemption_grace"):
-        preemption.grace_seconds(DictDefault({"savefix_preemption_grace": value}))
+        keys.grace_seconds(DictDefault({"savefix_preemption_grace": value}))
 
 
 def test_the_handler_only_records_and_uninstall_gives_back_the_previous_handler():
     previous = signal.getsignal(signal.SIGUSR1)
-    preemption.install([signal.SIGUSR1], grace=None)
+    signals.install([signal.SIGUSR1], grace=None)
     try:
         os.kill(os.getpid(), signal.SIGUSR1)
-        assert preemption.received() == signal.SIGUSR1
-        assert preemption.exit_status(preemption.received()) == 138
+        assert signals.received() == signal.SIGUSR1
+        assert signals.exit_status(signals.received()) == 138
     finally:
-        preemption.uninstall()
+        signals.uninstall()
     assert signal.getsignal(signal.SIGUSR1) is previous
 
 
-def test_rotation_never_counts_a_preemption_checkpoint_and_removes_it_once_superseded(tmp_path):
+def test_rotation_never_counts_a_preemption_checkpoint_and_retires_it_once_superseded(tmp_path):
+    """Issue 37: deleted only where its record proves the notice save made the folder; else un-marked, kept."""
     import json
 
-    def checkpoint(step, marked=False):
+    def checkpoint(step, marked=None):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-        if marked:
-            (folder / preemption.MARKER).write_text("{}")
+        if marked is not None:
+            (folder / preemption.MARKER).write_text(json.dumps({"global_step": step, "fresh": marked}))
 
     for step in (8, 15):
         checkpoint(step)
     checkpoint(19, marked=True)
     assert preemption.remove_superseded(tmp_path) == []  # the newest: kept
+    checkpoint(20, marked=False)  # a notice save into a folder that was there before its run
     checkpoint(23)
     assert [p.name for p in preemption.remove_superseded(tmp_path)] == ["checkpoint-19"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-15", "checkpoint-23", "checkpoint-8"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-15", "checkpoint-20", "checkpoint-23", "checkpoint-8"]
+    assert not (tmp_path / "checkpoint-20" / preemption.MARKER).exists()  # an ordinary checkpoint now: rotation counts it
+    assert preemption.marked(tmp_path) == []
 
 
 def test_before_transformers_5_3_rotation_is_the_trainer_method_and_never_counts_a_preemption_checkpoint(tmp_path, monkeypatch):
@@ -92,8 +99,12 @@ def test_before_transformers_5_3_rotation_is_the_trainer_method_and_never_counts
     def _rotate_checkpoints(self, use_mtime=False, output_dir=None):  # the shape of 4.57.6's method
         seen.append((self.args.save_total_limit, use_mtime, output_dir))
 
+    import dataclasses
+
     monkeypatch.delattr(hf_trainer, "rotate_checkpoints", raising=False)  # absent before 5.3 already
     monkeypatch.setattr(hf_trainer.Trainer, "_rotate_checkpoints", _rotate_checkpoints, raising=False)
+    for key, present in (("rotate_checkpoints", False), ("rotate_method", True)):  # the table, as on 4.57
+        monkeypatch.setitem(targets.TARGETS, key, dataclasses.replace(targets.TARGETS[key], when=lambda present=present: present))
     for step, marked in ((8, False), (15, True)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
@@ -102,7 +113,7 @@ def test_before_transformers_5_3_rotation_is_the_trainer_method_and_never_counts
             (folder / preemption.MARKER).write_text("{}")
     trainer = SimpleNamespace(args=SimpleNamespace(save_total_limit=2, output_dir=str(tmp_path)))
     try:
-        preemption.apply_builder()
+        axolotl_savefix.apply()  # the builder is imported: its targets, rotation's among them, are wrapped now
         assert hf_trainer.Trainer._rotate_checkpoints is not _rotate_checkpoints
         hf_trainer.Trainer._rotate_checkpoints(trainer, True, str(tmp_path))
         hf_trainer.Trainer._rotate_checkpoints(trainer, False)
@@ -117,8 +128,8 @@ def test_before_transformers_5_3_rotation_is_the_trainer_method_and_never_counts
 
 SCRIPT = """
 import os, signal, sys, time
-from axolotl_savefix import preemption
-preemption.install([signal.SIGTERM], grace={grace})
+from axolotl_savefix.seams import preemption
+signals.install([signal.SIGTERM], grace={grace})
 os.kill(os.getpid(), signal.SIGTERM)
 {second}
 time.sleep(30)
@@ -131,7 +142,7 @@ sys.exit(0)
     ("grace", "second", "why"),
     [
         # later than the repeat window (a forwarded copy of the same notice is not a second one)
-        (None, "time.sleep(preemption.REPEAT_SECONDS + 0.5); os.kill(os.getpid(), signal.SIGTERM)", "a second signal (SIGTERM)"),
+        (None, "time.sleep(signals.REPEAT_SECONDS + 0.5); os.kill(os.getpid(), signal.SIGTERM)", "a second signal (SIGTERM)"),
         (0.2, "", "savefix_preemption_grace (0.2 s) passed since SIGTERM"),
     ],
 )
@@ -149,19 +160,19 @@ def test_a_second_signal_or_the_grace_deadline_exits_at_once_with_the_preempted_
 def test_the_same_signal_again_within_the_repeat_window_is_the_same_notice_and_later_exits_at_once(monkeypatch):
     """srun and torchrun forward the notice a scheduler already sent every process: two SIGTERMs in milliseconds."""
     exits = []
-    monkeypatch.setattr(preemption, "_exit_now", lambda signum, why: exits.append((signum, why)))
-    preemption.install([signal.SIGTERM], None)
+    monkeypatch.setattr(signals, "_exit_now", lambda signum, why: exits.append((signum, why)))
+    signals.install([signal.SIGTERM], None)
     try:
-        preemption._handler(signal.SIGTERM, None)
-        preemption._handler(signal.SIGTERM, None)  # forwarded: the same notice
-        assert exits == [] and preemption.received() == signal.SIGTERM
-        preemption._handler(signal.SIGINT, None)  # another signal: at once
+        signals._handler(signal.SIGTERM, None)
+        signals._handler(signal.SIGTERM, None)  # forwarded: the same notice
+        assert exits == [] and signals.received() == signal.SIGTERM
+        signals._handler(signal.SIGINT, None)  # another signal: at once
         assert [s for s, _ in exits] == [signal.SIGINT]
-        preemption._notice.received_at -= preemption.REPEAT_SECONDS + 0.1
-        preemption._handler(signal.SIGTERM, None)  # the same signal, later: a person's second notice
+        signals._notice.received_at -= signals.REPEAT_SECONDS + 0.1
+        signals._handler(signal.SIGTERM, None)  # the same signal, later: a person's second notice
         assert [s for s, _ in exits] == [signal.SIGINT, signal.SIGTERM]
     finally:
-        preemption.uninstall()
+        signals.uninstall()
 
 
 def test_a_dataloader_worker_ignores_the_notice_signals_once_the_parent_armed_them():
@@ -185,10 +196,10 @@ def test_a_dataloader_worker_ignores_the_notice_signals_once_the_parent_armed_th
         axolotl_savefix.apply()
         try:
             assert in_worker() == [False, False]  # not armed yet: torch's own worker handlers
-            preemption.install([signal.SIGTERM, signal.SIGINT], None)
+            signals.install([signal.SIGTERM, signal.SIGINT], None)
             assert in_worker() == [True, True]
         finally:
-            preemption.uninstall()
+            signals.uninstall()
             axolotl_savefix.revert()
         assert in_worker() == [False, False]
     finally:
@@ -199,10 +210,10 @@ def test_a_dataloader_worker_ignores_the_notice_signals_once_the_parent_armed_th
 FAILING_RUN = """
 import signal, sys, torch
 import axolotl_savefix
-from axolotl_savefix import preemption
+from axolotl_savefix._infra import signals
 axolotl_savefix.apply()
 if sys.argv[1] == "armed":
-    preemption.install([signal.SIGTERM, signal.SIGINT], None)
+    signals.install([signal.SIGTERM, signal.SIGINT], None)
 class Items(torch.utils.data.Dataset):
     def __len__(self):
         return 100
@@ -270,11 +281,11 @@ def test_enable_jit_checkpoint_is_taken_over_by_the_preemption_notice(tmp_path):
         # this Transformers (before 5.x) has no JIT checkpoint: nothing to take over, the SIGTERM handler is ours alone
         trainer = Trainer(model=Tiny(), args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
         try:
-            preemption.install([signal.SIGTERM], None)
+            signals.install([signal.SIGTERM], None)
             assert preemption.take_over_jit_checkpoint(trainer) is False
-            assert signal.getsignal(signal.SIGTERM) == preemption._handler
+            assert signal.getsignal(signal.SIGTERM) == signals._handler
         finally:
-            preemption.uninstall()
+            signals.uninstall()
             signal.signal(signal.SIGTERM, before)
         return
     args = TrainingArguments(output_dir=str(tmp_path), enable_jit_checkpoint=True, report_to=[], use_cpu=True)
@@ -282,12 +293,12 @@ def test_enable_jit_checkpoint_is_taken_over_by_the_preemption_notice(tmp_path):
     try:
         names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
         assert "JITCheckpointCallback" in names and signal.getsignal(signal.SIGTERM) != before
-        preemption.install([signal.SIGTERM], None)  # Axolotl's setup_signal_handler runs after the trainer is built
+        signals.install([signal.SIGTERM], None)  # Axolotl's setup_signal_handler runs after the trainer is built
         assert preemption.take_over_jit_checkpoint(trainer) is True
         names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
         assert "JITCheckpointCallback" not in names and trainer.args.enable_jit_checkpoint is False
-        assert signal.getsignal(signal.SIGTERM) == preemption._handler
+        assert signal.getsignal(signal.SIGTERM) == signals._handler
         assert preemption.take_over_jit_checkpoint(trainer) is False  # off now: nothing to do
     finally:
-        preemption.uninstall()
+        signals.uninstall()
         signal.signal(signal.SIGTERM, before)

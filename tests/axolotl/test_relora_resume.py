@@ -13,9 +13,10 @@ from types import SimpleNamespace
 import pytest
 
 import axolotl_savefix
-from axolotl_savefix import resume
+from axolotl_savefix._infra import targets
+from axolotl_savefix.rules.plan import relora_restarts
 
-relora = pytest.importorskip(resume.RELORA_MODULE, reason="this Axolotl has no ReLoRA")
+relora = pytest.importorskip(targets.RELORA_MODULE, reason="this Axolotl has no ReLoRA")
 
 EVERY = 5  # jagged_restart_steps
 
@@ -73,19 +74,19 @@ def test_patched_counts_the_restarts_and_leaves_the_merged_weights_as_stock(outp
 def test_relora_restarts_counts_the_multiples_before_the_step(step, restarts):
     # the uninterrupted callback: a restart at every on_step_begin whose global_step is a positive multiple
     counted = sum(1 for g in range(step) if g > 0 and g % EVERY == 0)
-    assert resume.relora_restarts(step, EVERY) == counted == restarts
+    assert relora_restarts(step, EVERY) == counted == restarts
 
 
 def test_relora_restarts_refuses_a_zero_interval():
     with pytest.raises(ValueError, match="jagged_restart_steps must be 1 or more, not 0"):
-        resume.relora_restarts(3, 0)
+        relora_restarts(3, 0)
 
 
 def test_the_keep_all_limit_counts_relora_restart_folders(tmp_path):
     """Transformers' rotation counts ReLoRA's ``checkpoint-N/adapter`` folders: a keep-all limit of the saves alone drops one."""
     from axolotl.utils.dict import DictDefault
 
-    from axolotl_savefix.save_limit import PlanCallback
+    from axolotl_savefix.seams.retention import PlanCallback
 
     def limit(**extra):
         cfg = DictDefault(num_epochs=2, saves_per_epoch=2, plugins=["axolotl_savefix.SaveFixPlugin"], **extra)

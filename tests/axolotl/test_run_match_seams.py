@@ -8,9 +8,9 @@ from test_apply import _builder, _minimal_cfg
 
 import axolotl_savefix
 from axolotl_savefix import SaveFixConfigError
-from axolotl_savefix.eval_decision import NoEvalOnResumeCallback
-from axolotl_savefix.resume import RunMatchCallback, SaveFixCheckpointRecord
-from axolotl_savefix.run_match import RunMismatchError
+from axolotl_savefix._infra.journal import SaveFixCheckpointRecord
+from axolotl_savefix.rules.run_match import RunMismatchError
+from axolotl_savefix.seams.resume_matches_run import NoEvalOnResumeCallback, RunMatchCallback
 
 
 def test_savefix_resume_anyway_is_checked_and_kept_past_axolotls_schema(tmp_path):

@@ -13,9 +13,10 @@ from types import SimpleNamespace
 import pytest
 
 import axolotl_savefix
-from axolotl_savefix import resume
+from axolotl_savefix._infra import targets
+from axolotl_savefix.seams import backports
 
-tokens_per_second = pytest.importorskip(resume.TOKENS_MODULE, reason="this Axolotl has no TokensPerSecondCallback")
+tokens_per_second = pytest.importorskip(targets.TOKENS_MODULE, reason="this Axolotl has no TokensPerSecondCallback")
 
 
 FIXED_UPSTREAM = "cfg" in inspect.signature(tokens_per_second.TokensPerSecondCallback).parameters  # 0.20 on (PR 3941)
@@ -38,7 +39,7 @@ def _written_name():
     """The name ``AxolotlTrainer._save`` writes the counters under (its module's ``TOKENS_STATE_FILE``)."""
     import importlib
 
-    return importlib.import_module(resume.TRAINER_MODULE).TOKENS_STATE_FILE
+    return importlib.import_module(targets.TARGETS['tokens_file_written'].module).TOKENS_STATE_FILE
 
 
 @pytest.fixture
@@ -112,6 +113,6 @@ def test_patched_reads_the_counters_the_trainer_wrote_explicit_and_auto(written)
     assert tokens_per_second.TOKENS_STATE_FILE == _written_name()
     assert _on_train_begin(written, 5, held=str(written / "checkpoint-5"))[0] == {"total": 640, "trainable": 320}
     assert _on_train_begin(written, 5)[0] == {"total": 640, "trainable": 320}  # auto-resume (issue 3940 too)
-    resume.apply_token_state_file()  # again: nothing more to patch
+    backports._token_state_file()  # again: nothing more to patch
     axolotl_savefix.revert()
     assert tokens_per_second.TOKENS_STATE_FILE == reader_name

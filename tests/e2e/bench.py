@@ -88,7 +88,7 @@ def decision_cost_us(calls: int = 200_000) -> dict[str, float]:
     from transformers import TrainerControl
     from transformers.trainer_callback import DefaultFlowCallback
 
-    from axolotl_savefix.save_decision import SavesPerEpochCallback
+    from axolotl_savefix.seams.saves_per_epoch import SavesPerEpochCallback
 
     args = SimpleNamespace(
         save_strategy="steps",
@@ -117,7 +117,7 @@ def _agreement_worker(rank: int, world: int, port: int, calls: int, out: str) ->
     import torch.distributed as dist
     from transformers import TrainerControl
 
-    from axolotl_savefix.preemption import PreemptionCallback
+    from axolotl_savefix.seams.preemption import PreemptionCallback
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -149,7 +149,7 @@ def preemption_agreement_us(calls: int = 20_000, ddp_calls: int = 500, rounds: i
     import torch.multiprocessing as mp
     from transformers import TrainerControl
 
-    from axolotl_savefix.preemption import PreemptionCallback
+    from axolotl_savefix.seams.preemption import PreemptionCallback
 
     args = SimpleNamespace(device="cpu", should_save=False, output_dir=tempfile.gettempdir())
     state = SimpleNamespace(global_step=0, epoch=0.0, max_steps=10**9)
@@ -177,7 +177,7 @@ def _leftovers() -> dict[str, Any]:
 
     import torch
 
-    from axolotl_savefix import _patching
+    from axolotl_savefix._infra import patching as _patching
 
     return {
         "is_patched": axolotl_savefix.is_applied(),
@@ -279,7 +279,7 @@ def checkpoint_costs(name: str = "reported") -> dict:
     """
     import transformers
 
-    from axolotl_savefix import checkpoints
+    from axolotl_savefix.rules import checkpoints
 
     original = transformers.Trainer._save_checkpoint
     save_ms: list[float] = []
@@ -614,7 +614,7 @@ def scale_row(world: int, count: int = 20, per_node: int = 8, layout: str = "sha
     """One row of the scale benchmark (module docstring): the figures, not a verdict."""
     import scale_fixture
 
-    from axolotl_savefix import decision
+    from axolotl_savefix.rules import decision
 
     root = Path(tempfile.mkdtemp(prefix="savefix-scale-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     try:

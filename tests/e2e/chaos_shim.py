@@ -6,7 +6,7 @@ which window a kill from its timer landed (the last ``enter`` without its ``exit
 
 ``save``       ``Trainer._save_checkpoint`` (``checkpoint-N``) and Axolotl's ``save_trained_model`` (``final``)
 ``rotation``   Transformers' ``rotate_checkpoints`` (its ``shutil.rmtree`` of the oldest checkpoints)
-``set-aside``  ``axolotl_savefix.resume.set_aside_incomplete`` (its moves and deletes)
+``set-aside``  ``axolotl_savefix.seams.incomplete_checkpoints.set_aside_incomplete`` (its moves and deletes)
 
 Hooked calls, counted per window kind in this process only: in ``save``, ``torch.save``,
 ``safetensors`` ``safe_save_file``, ``TrainerState.save_to_json`` and
@@ -163,7 +163,7 @@ def _install(patched: bool) -> None:
     ax_train.save_trained_model = _window("save", lambda a, k: "final")(ax_train.save_trained_model)
     hf_trainer.rotate_checkpoints = _window("rotation", lambda a, k: "rotate")(hf_trainer.rotate_checkpoints)
     if patched:  # stock runs have no set-aside
-        import axolotl_savefix.resume as resume
+        import axolotl_savefix.seams.incomplete_checkpoints as resume
 
         resume.set_aside_incomplete = _window("set-aside", lambda a, k: "scan")(resume.set_aside_incomplete)
     # calls

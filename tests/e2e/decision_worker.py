@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from axolotl_savefix import agreement
+from axolotl_savefix._infra import collectives as agreement
 
 dist.init_process_group("gloo")
 opened = []

@@ -18,7 +18,7 @@ import harness
 import reference
 
 import axolotl_savefix
-from axolotl_savefix import _targets
+from axolotl_savefix._infra import targets as _targets
 
 
 class _Records(logging.Handler):

@@ -74,7 +74,7 @@ def process_facts(trainer: Any = None) -> dict[str, Any]:
         "modules": len(sys.modules),
         "python_threads": threading.active_count(),
         "sigterm_handler": getattr(signal.getsignal(signal.SIGTERM), "__qualname__", str(signal.getsignal(signal.SIGTERM))),
-        "savefix_applied": "axolotl_savefix._patching" in sys.modules and sys.modules["axolotl_savefix._patching"].is_patched(),
+        "savefix_applied": "axolotl_savefix._infra.patching" in sys.modules and sys.modules["axolotl_savefix._infra.patching"].is_patched(),
     }
     if trainer is not None:
         facts["callbacks"] = [type(cb).__name__ for cb in trainer.callback_handler.callbacks]

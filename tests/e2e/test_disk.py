@@ -405,7 +405,7 @@ def test_short_of_space_the_packages_own_cut_saves_are_deleted_and_nothing_else(
     a set-aside folder without one (a stock run's, or a user's). Free space is short of one checkpoint.
     The resume scan is Axolotl's own determine_last_checkpoint, patched, in a fresh process.
     """
-    from axolotl_savefix import checkpoints
+    from axolotl_savefix.rules import checkpoints, cleanup
 
     source = e2e_root / "disk-measure" / "out" / "checkpoint-8"
     with tmpfs(e2e_root / "disk-short-mnt", 5 * sizes["pages"] + sizes["pages"] // 2) as mnt:
@@ -440,6 +440,6 @@ def test_short_of_space_the_packages_own_cut_saves_are_deleted_and_nothing_else(
         assert f"RESUME {out / 'checkpoint-8'}" in log
         # both provable cut saves gone; the one without a pending record left, with where and how to reclaim it
         assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-8", "incomplete-checkpoint-6"]
-        assert f"deleted incomplete-checkpoint-4: {checkpoints.OLDER_OWN_CUT}" in log
-        assert "checkpoint-15 is incomplete" in log and f"deleted ({checkpoints.SHORT_OF_SPACE})" in log
+        assert f"deleted incomplete-checkpoint-4: {cleanup.OLDER_OWN_CUT}" in log
+        assert "checkpoint-15 is incomplete" in log and f"deleted ({cleanup.SHORT_OF_SPACE})" in log
         assert "incomplete-checkpoint-6; " in log and f"rm -r {out}" in log

@@ -1,7 +1,7 @@
 """Every case of the table on real Axolotl, stock and patched, in this one interpreter.
 
 Expected saves and kept checkpoints come from tests/reference.py (a brute-force
-walk of the Trainer's loop), never from axolotl_savefix.schedule.
+walk of the Trainer's loop), never from axolotl_savefix.rules.schedule.
 """
 
 import math

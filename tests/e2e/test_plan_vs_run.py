@@ -15,7 +15,8 @@ import transformers.trainer
 import yaml
 
 import axolotl_savefix
-from axolotl_savefix import cli, disk
+from axolotl_savefix import cli
+from axolotl_savefix.rules import disk
 
 pytestmark = pytest.mark.e2e
 

@@ -44,7 +44,7 @@ def _config(root, name, *, plugin, ddp=False):
 
 
 def assert_complete(folder, step, world=1):
-    """Resumable, checked by loading, independently of axolotl_savefix.checkpoints."""
+    """Resumable, checked by loading, independently of axolotl_savefix.rules.checkpoints."""
     state = json.loads((folder / "trainer_state.json").read_text())
     assert state["global_step"] == step
     with safetensors.safe_open(str(folder / "model.safetensors"), "pt") as f:

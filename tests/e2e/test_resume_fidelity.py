@@ -18,14 +18,12 @@ uninterrupted run's at every step, patched; stock's auto-resume restarts them at
 """
 
 import inspect
-from importlib import metadata
 
 import cases
 import harness
 import pytest
 import reference
 import yaml
-from packaging.version import Version
 from test_preemption_notice import losses
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fidelity]
@@ -127,14 +125,14 @@ def test_stock_resume_in_epoch_2_measured(e2e_root, straight):
     Transformers before 5.0 replays epoch 0's order there (issue 40690): recorded as the defect, so the
     test fails if stock changes; from 5.0 stock matches.
     """
-    from axolotl_savefix.resume import EPOCH_ORDER_FIXED
+    from axolotl_savefix._infra import targets
 
     cut = 40
     assert cut in reference.stock_saves(L, 1, CASE["saves_per_epoch"], CASE["num_epochs"], M) and cut > L
     resumed = _killed_and_resumed(e2e_root, "fidelity-stock-40", cut, plugin=False)
     differences = relative_differences(resumed, straight(False), cut)
     print(f"[fidelity] stock, cut {cut}: {_report(differences)}")
-    if Version(metadata.version("transformers")) < Version(EPOCH_ORDER_FIXED):
+    if targets.present("skip_first_batches"):  # the epoch-order back-port's range: Transformers < 5.0
         # the wrong samples: a step trained on another batch has another loss, so most resumed steps differ
         wrong = sum(d >= TOLERANCE for d in differences.values())
         assert wrong > len(differences) // 2, _report(differences)
@@ -163,11 +161,12 @@ def stock_restores_counters_on_auto_resume() -> bool:
     """
     import importlib
 
-    from axolotl_savefix.resume import TOKENS_MODULE, TRAINER_MODULE
+    from axolotl_savefix._infra import targets
 
-    reader = importlib.import_module(TOKENS_MODULE)
+    reader = importlib.import_module(targets.TOKENS_MODULE)
     reads_config = "cfg" in inspect.signature(reader.TokensPerSecondCallback).parameters
-    return reads_config and reader.TOKENS_STATE_FILE == importlib.import_module(TRAINER_MODULE).TOKENS_STATE_FILE
+    writer = importlib.import_module(targets.TARGETS["tokens_file_written"].module)
+    return reads_config and reader.TOKENS_STATE_FILE == writer.TOKENS_STATE_FILE
 
 
 @pytest.mark.parametrize("cut", [30, 45])
@@ -188,7 +187,7 @@ def test_stock_auto_resume_token_counters_measured(e2e_root):
     same samples: Transformers 5.0 on), and below what it logged at the checkpoint's step in any case.
     Where stock restores them (:func:`stock_restores_counters_on_auto_resume`), they equal.
     """
-    from axolotl_savefix.resume import EPOCH_ORDER_FIXED
+    from axolotl_savefix._infra import targets
 
     cut = 40
     expected = _straight_counters(e2e_root, plugin=False)
@@ -200,6 +199,6 @@ def test_stock_auto_resume_token_counters_measured(e2e_root):
         assert all(resumed[s] == expected[s] for s in after)
         return
     assert all(resumed[cut + 1][k] < resumed[cut][k] for k in TOKEN_COUNTERS), (resumed[cut], resumed[cut + 1])
-    if Version(metadata.version("transformers")) >= Version(EPOCH_ORDER_FIXED):  # the same samples after the resume
+    if not targets.present("skip_first_batches"):  # Transformers 5.0 on: the same samples after the resume
         restarted = {s: {k: expected[s][k] - expected[cut][k] for k in TOKEN_COUNTERS} for s in after}
         assert all(resumed[s] == restarted[s] for s in after), [(s, resumed[s], restarted[s]) for s in after[:3]]

@@ -199,7 +199,10 @@ def run(root: Path, work_root: Path, processes: int = 2, only: list[str] | None 
 
     import axolotl_savefix.cli  # noqa: F401
     import axolotl_savefix.plugin  # noqa: F401
-    from axolotl_savefix import eval_decision, save_decision, save_limit, save_steps  # noqa: F401
+    from axolotl_savefix import seams
+
+    for seam in seams.SEAMS:
+        seam.module()
 
     _warm_up(model_dir, work_root)
 

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_checkpoints import make_checkpoint
 
-from axolotl_savefix import checkpoints, cli, decision
+from axolotl_savefix import cli
+from axolotl_savefix.rules import checkpoints, decision
 
 FAST = 2.0  # seconds: a bound no well-formed checkpoint comes near (a judge takes milliseconds)
 

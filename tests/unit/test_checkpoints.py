@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from axolotl_savefix import checkpoints
+from axolotl_savefix.rules import checkpoints
 
 
 def safetensors_bytes(n_floats: int = 4) -> bytes:

@@ -4,7 +4,7 @@ import json
 
 from test_checkpoints import make_checkpoint, truncate
 
-from axolotl_savefix import checkpoints
+from axolotl_savefix.rules import checkpoints
 
 
 def commit(folder, *, world=1, only_model=False):

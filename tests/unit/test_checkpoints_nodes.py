@@ -9,7 +9,7 @@ process wrote its commit marker after the save (CommitMarker), or not (stock, ea
 import pytest
 from test_checkpoints import make_checkpoint, torch_zip, truncate
 
-from axolotl_savefix import checkpoints, decision
+from axolotl_savefix.rules import checkpoints, decision
 
 WORLD = 2
 

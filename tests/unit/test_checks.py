@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from axolotl_savefix.checks import (
+from axolotl_savefix.rules.checks import (
     SaveFixConfigError,
     check_best_model_alignment,
     check_eval_config,

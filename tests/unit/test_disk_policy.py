@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_checkpoints import make_checkpoint
 
-from axolotl_savefix import checkpoints, cli, disk, plan
+from axolotl_savefix import cli
+from axolotl_savefix.rules import checkpoints, cleanup, disk, plan
 
 
 def _scan(steps: dict[int, tuple[bool, bool]]) -> list[tuple[Path, list[str], bool]]:
@@ -35,7 +36,7 @@ def test_the_policy(scan, aside, free, size):
     )
     aside_paths = [p for p, _ in aside_list]
     sizes = {p: size for p, _, _ in scanned} | {p: size for p in aside_paths}
-    plan_ = checkpoints.cleanup(scanned, aside_list, sizes=sizes, free_bytes=free)
+    plan_ = cleanup.cleanup(scanned, aside_list, sizes=sizes, free_bytes=free)
     complete = [p for p, lacks, _ in scanned if not lacks]
     newest = complete[-1] if complete else None
     assert plan_.newest == newest
@@ -54,12 +55,12 @@ def test_the_policy(scan, aside, free, size):
     assert set(plan_.kept) >= {p for p, is_own in aside_list if not is_own}  # never deleted: not provably ours
     own_candidates = [p for p in [*newer, *aside_paths] if p in own]
     own_left = [p for p in own_candidates if p not in deleted]
-    freed = sum(sizes[p] for p, why in plan_.delete if why != checkpoints.SHORT_OF_SPACE)
+    freed = sum(sizes[p] for p, why in plan_.delete if why != cleanup.SHORT_OF_SPACE)
     short = newest is not None and free is not None and free + freed < size
     if own_candidates:
         assert len(own_left) == (0 if short else 1)  # issue 19's bound, on the package's own cut saves only
         if own_left:
-            newest_own = max(own_candidates, key=checkpoints._order)
+            newest_own = max(own_candidates, key=cleanup._order)
             assert own_left == [newest_own]
 
 
@@ -67,19 +68,19 @@ def test_only_provable_cut_saves_are_deleted_and_older_folders_are_left():
     scanned = _scan({8: (True, False), 15: (False, True), 23: (True, False), 30: (False, True), 38: (False, False)})
     aside = [(Path("/o/incomplete-checkpoint-5"), True), (Path("/o/incomplete-checkpoint-6"), False)]
     sizes = {p: 100 for p, _, _ in scanned} | {p: 100 for p, _ in aside} | {Path("/o/checkpoint-23"): 150}
-    result = checkpoints.cleanup(scanned, aside, sizes=sizes, free_bytes=10**6)
+    result = cleanup.cleanup(scanned, aside, sizes=sizes, free_bytes=10**6)
     assert result.newest == Path("/o/checkpoint-23")
     # 15 is older than the resume: not touched, though the package's own cut save
     assert [p for p, _ in result.set_aside] == [Path("/o/checkpoint-30"), Path("/o/checkpoint-38")]
-    assert dict(result.delete) == {Path("/o/incomplete-checkpoint-5"): checkpoints.OLDER_OWN_CUT}
+    assert dict(result.delete) == {Path("/o/incomplete-checkpoint-5"): cleanup.OLDER_OWN_CUT}
     assert result.kept == (Path("/o/incomplete-checkpoint-6"),)
-    short = checkpoints.cleanup(scanned, aside, sizes=sizes, free_bytes=40)  # 5 frees 100: 140 is short of one checkpoint (150)
+    short = cleanup.cleanup(scanned, aside, sizes=sizes, free_bytes=40)  # 5 frees 100: 140 is short of one checkpoint (150)
     assert dict(short.delete) == {
-        Path("/o/incomplete-checkpoint-5"): checkpoints.OLDER_OWN_CUT,
-        Path("/o/checkpoint-30"): checkpoints.SHORT_OF_SPACE,
+        Path("/o/incomplete-checkpoint-5"): cleanup.OLDER_OWN_CUT,
+        Path("/o/checkpoint-30"): cleanup.SHORT_OF_SPACE,
     }
     assert [p for p, _ in short.set_aside] == [Path("/o/checkpoint-38")]  # not provably ours: renamed, kept
-    alone = checkpoints.cleanup(_scan({23: (False, True)}), [], sizes={}, free_bytes=0)  # no complete checkpoint: no shortage rule
+    alone = cleanup.cleanup(_scan({23: (False, True)}), [], sizes={}, free_bytes=0)  # no complete checkpoint: no shortage rule
     assert alone.delete == () and [p for p, _ in alone.set_aside] == [Path("/o/checkpoint-23")]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from axolotl_savefix import _targets
+from axolotl_savefix._infra import targets as _targets
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -107,7 +107,7 @@ def test_the_readme_does_not_deny_what_a_session_runs(session, denial):
 
 def test_the_upstream_marker_reads_the_markers_the_package_writes(tmp_path):
     """0005's description: "the same name and fields as axolotl-savefix's marker": checkpoints the package marked stay whole."""
-    from axolotl_savefix import checkpoints
+    from axolotl_savefix.rules import checkpoints
 
     diff = next((ROOT / "docs/upstream/series").glob("0005-*.diff")).read_text()
     added = "\n".join(line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++"))

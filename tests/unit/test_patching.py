@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from axolotl_savefix import _patching
+from axolotl_savefix._infra import patching as _patching
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import reference
 from hypothesis import given
 from hypothesis import strategies as st
 
-from axolotl_savefix import disk
-from axolotl_savefix.plan import Settings, make_plan, render
+from axolotl_savefix.rules import disk
+from axolotl_savefix.rules.plan import Settings, make_plan, render
 
 
 @given(
@@ -138,7 +138,7 @@ def test_one_epoch_is_singular():
 
 @given(max_steps=st.integers(1, 300), every=st.integers(1, 40), saved=st.sets(st.integers(1, 300)))
 def test_relora_restart_folders_are_the_restarts_on_step_begin_not_already_saved(max_steps, every, saved):
-    from axolotl_savefix.plan import relora_restart_folders
+    from axolotl_savefix.rules.plan import relora_restart_folders
 
     # ReLoRACallback.on_step_begin: a restart (and a checkpoint-N folder) when global_step > 0 and
     # global_step % every == 0, for the global_step each step begins at: 0 .. max_steps - 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from axolotl_savefix import _targets
+from axolotl_savefix._infra import targets as _targets
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from axolotl_savefix.run_match import (
+from axolotl_savefix.rules.run_match import (
     ANYWAY_KEY,
     FATAL,
     decide,
@@ -137,7 +137,7 @@ def test_config_time_warning_only_when_save_only_model_meets_auto_resume():
 
 
 def test_the_plan_shows_the_save_only_model_warning():
-    from axolotl_savefix import plan
+    from axolotl_savefix.rules import plan
 
     settings = plan.Settings.from_config({"save_only_model": True, "auto_resume_from_checkpoints": True, "saves_per_epoch": 2})
     text = plan.render(plan.make_plan(settings, 10, 10))

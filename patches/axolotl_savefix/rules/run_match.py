@@ -24,7 +24,7 @@ true`` turns each stop into a warning and resumes as stock does (the scheduler
 is then put at the resumed step).
 
 The fingerprint is recorded in every checkpoint's ``trainer_state.json`` by the
-``resume`` patch (:class:`~axolotl_savefix.resume.SaveFixCheckpointRecord`); a
+save protocol (:class:`~axolotl_savefix._infra.journal.SaveFixCheckpointRecord`); a
 checkpoint written without it (stock) is checked for the past-the-end case and
 the missing optimizer state only, which need no record.
 """
@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ANYWAY_KEY = "savefix_resume_anyway"
+from .keys import RESUME_ANYWAY as ANYWAY_KEY
 
 # what makes global_step N mean the same samples seen: the data and the batch geometry
 FATAL = (
@@ -57,6 +57,8 @@ SCHEDULER_FILE = "scheduler.pt"
 
 class RunMismatchError(ValueError):
     """Auto-resume found a checkpoint this run cannot continue from (past its end, other data or batches, no optimizer)."""
+
+    __module__ = "axolotl_savefix"  # its public name: tracebacks and the guide say axolotl_savefix.RunMismatchError
 
 
 def fingerprint(cfg: Mapping[str, Any], *, dataset_hash: str | None, world_size: int, max_steps: int | None = None) -> dict:

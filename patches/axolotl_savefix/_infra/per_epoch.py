@@ -1,6 +1,7 @@
 """The per-epoch trigger: one action at the first step that reaches each target j/k of an epoch.
 
-Used for saves (``saves_per_epoch``) and evaluations (``evals_per_epoch``). It
+Shared by two seams (saves: ``seams.saves_per_epoch``; evaluations: ``seams.evals_per_epoch``), which
+subclass it with their flag and key. It
 compares Transformers' float ``state.epoch`` with the targets j/k using
 :func:`math.isclose` for "reached" (:func:`schedule.targets_reached`) and keeps
 the count of targets already acted on as guard, so each target fires exactly
@@ -21,8 +22,8 @@ from typing import Any, ClassVar
 
 from transformers import TrainerCallback
 
-from . import schedule
-from ._log import log_once
+from ..rules import schedule
+from .log import log_once
 
 # Transformers' own step interval for a per-epoch schedule: never reached.
 NEVER = 2**62
@@ -61,19 +62,3 @@ class PerEpochCallback(TrainerCallback):
         if state.max_steps > 0 and state.global_step >= state.max_steps:
             setattr(control, self.flag, True)
         return control
-
-
-class SavesPerEpochCallback(PerEpochCallback):
-    """Save at the first step that reaches each target j/``saves_per_epoch``, and at the last step."""
-
-    flag = "should_save"
-    key = "saves_per_epoch"
-    verb = "saving"
-
-
-class EvalsPerEpochCallback(PerEpochCallback):
-    """Evaluate at the first step that reaches each target j/``evals_per_epoch``, and at the last step (once)."""
-
-    flag = "should_evaluate"
-    key = "evals_per_epoch"
-    verb = "evaluating"

@@ -6,17 +6,17 @@ only, writes the weights alone into ``output_dir`` (no optimizer, scheduler, RNG
 ``trainer_state.json``: nothing to resume from, and ``output_dir`` then looks like a finished run) and
 exits with status 0, so a scheduler counts the interrupted run as a success.
 
-Targets:
+Targets (``_infra.targets``; the signal side is ``_infra.signals``, the agreement ``_infra.collectives``):
 
-* ``axolotl.train.setup_signal_handler`` (replaced: stock's SIGINT handler is never installed, so no
+* ``setup_signal_handler`` (replaced: stock's SIGINT handler is never installed, so no
   weights-only files land in ``output_dir``): installs, on every rank, a handler for SIGTERM, SIGINT
   and ``savefix_preemption_signal`` that only records the signal. Where handlers cannot be installed
   (``use_ray``, or not the main thread), stock's function runs unchanged.
-* ``axolotl.train.execute_training``: adds :class:`PreemptionCallback` (last, so it sees the schedule's
+* ``execute_training``: adds :class:`PreemptionCallback` (last, so it sees the schedule's
   decision for the step), and after training exits with :func:`exit_status` when the run was preempted.
-* ``transformers.trainer.rotate_checkpoints``: a preemption checkpoint is never counted by rotation.
+* the rotation (``_infra.hooks.add_rotation``): a preemption checkpoint is never counted by rotation.
 * ``validate_config``: checks ``savefix_preemption_signal`` and ``savefix_preemption_grace`` and carries
-  them past Axolotl's schema.
+  them past Axolotl's schema (:mod:`rules.keys`).
 
 The rule: at the end of every optimizer step (and after every scheduled save) the ranks agree, with one
 ``all_reduce(MAX)`` of one integer (the signal number, 0 for none), whether a signal reached any of
@@ -67,253 +67,24 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
 from transformers import TrainerCallback
 
-from . import checkpoints, journal, plan
-from ._log import log_once
-from ._patching import patch_item, wraps
-from ._targets import require
-from .args import carrying, checked
-from .checks import SaveFixConfigError
+from .._infra import hooks, journal, signals
+from .._infra.collectives import NoticeFlag, world
+from .._infra.log import log_once
+from ..rules import checkpoints, keys, plan
+from ..rules.records import PENDING_EVAL, PREEMPTION, eval_pending
 
-SIGNAL_KEY = "savefix_preemption_signal"
-GRACE_KEY = "savefix_preemption_grace"
-MARKER = "savefix_preemption.json"  # inside a checkpoint-N saved on a preemption notice
-PENDING_EVAL = "savefix_pending_eval.json"  # inside a checkpoint-N whose step's eval the notice cut or skipped
-REPEAT_SECONDS = 3.0  # the same signal again within this is the same notice (srun and torchrun forward it)
-WORKER_TARGET = ("torch.utils.data._utils.signal_handling", "_set_worker_signal_handlers", ())
-DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
-
-HANDLER_TARGET = ("axolotl.train", "setup_signal_handler", ("cfg", "model"))
-EXECUTE_TARGET = ("axolotl.train", "execute_training", ("cfg", "trainer", "resume_from_checkpoint"))
-VALIDATE_TARGET = ("axolotl.utils.config", "validate_config", ("cfg",))
-ROTATE_TARGET = ("transformers.trainer", "rotate_checkpoints", ("output_dir", "save_total_limit"))
-# Transformers before 5.3 (Axolotl 0.13.2 and 0.14.0) rotate in a method; the limit is args.save_total_limit
-ROTATE_METHOD_TARGET = ("transformers.trainer", "Trainer._rotate_checkpoints", ("use_mtime", "output_dir"))
-
-
-def exit_status(signum: int) -> int:
-    """The exit status of a preempted process: ``128 + signum`` (143 for SIGTERM), as a shell reports a signal death."""
-    return 128 + int(signum)
-
-
-class PreemptionArgs(BaseModel):
-    """The config keys of the ``preemption`` patch (checked and carried by its ``validate_config`` wrapper)."""
-
-    savefix_preemption_signal: str | int | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": "A signal, besides SIGTERM and SIGINT, that saves a checkpoint and exits 128 + its "
-            "number (e.g. SIGUSR1, for SLURM's --signal=USR1@90)."
-        },
-    )
-    savefix_preemption_grace: float | None = Field(
-        default=None,
-        gt=0.0,
-        json_schema_extra={
-            "description": "Seconds after the first signal after which the process exits at once, saved or not "
-            "(default: no deadline; a second signal always exits at once)."
-        },
-    )
-
-
-def parse_signal(value: Any) -> signal.Signals | None:
-    """``SIGUSR1``, ``USR1`` or ``10`` -> ``signal.SIGUSR1``; ``None`` when unset.
-
-    Raises :class:`SaveFixConfigError` naming the key for an unknown or uncatchable signal.
-    """
-    if value is None or value == "":
-        return None
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-            sig = signal.Signals(int(value))
-        else:
-            name = str(value).strip().upper()
-            sig = signal.Signals[name if name.startswith("SIG") else "SIG" + name]
-    except (KeyError, ValueError):
-        raise SaveFixConfigError(
-            f"{SIGNAL_KEY}: {value!r} is not a signal. Set it to a signal name such as SIGUSR1 or SIGUSR2 "
-            "(the one your scheduler sends, e.g. SLURM's --signal=USR1@90), or remove it."
-        ) from None
-    if sig in UNCATCHABLE:
-        raise SaveFixConfigError(
-            f"{SIGNAL_KEY}: {sig.name} cannot be caught by any process. Set it to a signal such as SIGUSR1, "
-            "and have the scheduler send it before the kill (SLURM: --signal=USR1@90)."
-        )
-    return sig
-
-
-def _signal_setting(cfg: Mapping[str, Any]) -> Any:
-    """``savefix_preemption_signal`` as written, once :func:`parse_signal` accepts it (``None`` when unset)."""
-    parse_signal(cfg.get(SIGNAL_KEY))
-    return cfg.get(SIGNAL_KEY)
-
-
-def grace_seconds(cfg: Mapping[str, Any]) -> float | None:
-    """``savefix_preemption_grace`` (seconds) from a config, checked; ``None`` when unset."""
-    return checked(
-        cfg,
-        GRACE_KEY,
-        PreemptionArgs,
-        "a number of seconds above 0. Set it a little under your scheduler's grace (e.g. 80 for SLURM's "
-        "--signal=TERM@90), or remove it to wait for the checkpoint.",
-    )
-
-
-# --- the signal side: the handler only records -------------------------------------------------
-
-
-class _Notice:
-    signum = 0  # the first signal received, 0 for none
-    received_at = 0.0  # time.monotonic() of the first signal
-    grace: float | None = None
-    previous: dict[int, Any] = {}
-    timer: threading.Timer | None = None
-    exit_hook = False  # end_quiet_workers registered with atexit
-
-
-_notice = _Notice()
-
-
-def _say(text: str) -> None:
-    """Write one line to stderr from a signal handler or a timer thread (no logging locks)."""
-    rank = os.environ.get("RANK", "0")
-    os.write(2, f"[axolotl_savefix] WARNING: (rank {rank}) {text}\n".encode())
-
-
-def _exit_now(signum: int, why: str) -> None:
-    status = exit_status(signum)
-    _say(f"{why}: exiting now with status {status} (preempted); a checkpoint cut by this exit is set aside at the resume")
-    os._exit(status)
-
-
-def _handler(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal's handler signature
-    if _notice.signum:
-        if signum == _notice.signum and time.monotonic() - _notice.received_at < REPEAT_SECONDS:
-            return  # the same notice, forwarded (srun, torchrun, a process group signal)
-        _exit_now(signum, f"a second signal ({signal.Signals(signum).name}) during the preemption save")
-    _notice.signum = signum
-    _notice.received_at = time.monotonic()
-    if _notice.grace:
-        grace = _notice.grace
-        timer = threading.Timer(grace, _exit_now, (signum, f"{GRACE_KEY} ({grace:g} s) passed since {signal.Signals(signum).name}"))
-        timer.daemon = True
-        timer.start()
-        _notice.timer = timer
-
-
-def install(signals: list[signal.Signals], grace: float | None) -> None:
-    """Record ``signals`` from now on (replacing the handlers there were, kept for :func:`uninstall`).
-
-    Also registers, once per process, :func:`end_quiet_workers` to run at interpreter exit.
-    """
-    _notice.signum, _notice.grace, _notice.received_at = 0, grace, 0.0
-    for sig in signals:
-        previous = signal.signal(sig, _handler)
-        _notice.previous.setdefault(int(sig), previous)
-    if not _notice.exit_hook:
-        import atexit
-        import multiprocessing.util  # noqa: F401 - its exit function first, so that ours runs before it (LIFO)
-
-        atexit.register(end_quiet_workers)
-        _notice.exit_hook = True
-
-
-def end_quiet_workers(timeout: float = 1.0) -> int:
-    """At interpreter exit: end the daemonic multiprocessing children (DataLoader workers); how many were killed.
-
-    multiprocessing's own exit function sends each daemonic child SIGTERM, then joins every
-    child without a timeout. A DataLoader worker forked while the notice was armed ignores
-    SIGTERM (:func:`quiet_worker`), so a run that fails with its iterator still alive (an
-    exception out of ``trainer.train``: a peer rank's death in a collective) would wait on
-    it for ever, where stock exits with the error. Here each daemonic child gets SIGTERM as
-    multiprocessing would send it, ``timeout`` seconds (at most) to end, then SIGKILL. torch's
-    SIGCHLD handler, which would raise "DataLoader worker ... is killed by signal" for a worker
-    ended by anything but SIGTERM, is set back to the default first: the process is exiting.
-    """
-    import multiprocessing
-
-    children = [p for p in multiprocessing.active_children() if p.daemon]
-    for child in children:
-        child.terminate()
-    deadline = time.monotonic() + timeout
-    for child in children:
-        child.join(max(0.0, deadline - time.monotonic()))
-    alive = [child for child in children if child.is_alive()]
-    if alive and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for child in alive:
-        child.kill()
-        child.join(timeout)
-    return len(alive)
-
-
-def uninstall() -> None:
-    """Give each signal back the handler it had before :func:`install`; stop a grace timer."""
-    for sig, previous in _notice.previous.items():
-        signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-    _notice.previous = {}
-    if _notice.timer is not None:
-        _notice.timer.cancel()
-        _notice.timer = None
-
-
-def received() -> int:
-    """The signal number this process received (0 for none)."""
-    return _notice.signum
-
-
-def armed() -> list[int]:
-    """The signals :func:`install` handles in this process (inherited by a forked DataLoader worker)."""
-    return list(_notice.previous)
-
-
-def quiet_worker() -> None:
-    """In a DataLoader worker: ignore the notice signals, so the worker lives until the main process stops it."""
-    for sig in armed():
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def stop_workers(timeout: float = 2.0) -> int:
-    """Kill the multiprocessing children (DataLoader workers) still alive ``timeout`` seconds from now; how many."""
-    import multiprocessing
-
-    deadline = time.monotonic() + timeout
-    left = 0
-    for child in multiprocessing.active_children():
-        child.join(max(0.0, deadline - time.monotonic()))
-        if child.is_alive():
-            child.kill()
-            left += 1
-    return left
-
-
-def eval_pending(folder: str | os.PathLike[str]) -> bool:
-    """Whether ``checkpoint-N`` was saved on a notice that cut or skipped the evaluation of step N."""
-    return (Path(folder) / PENDING_EVAL).is_file()
+NAME = "preemption"
+MARKER = PREEMPTION  # inside a checkpoint-N saved on a preemption notice (rules.records)
+exit_status = signals.exit_status
 
 
 class EvalInterrupted(Exception):  # noqa: N818 - not an error: the notice stops the evaluation
     """Raised at an eval batch once every rank agreed on a notice; the training entry point saves and exits."""
-
-
-# --- the trainer side: agree, save, stop ----------------------------------------------------------
-
-
-def _world() -> int:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return int(dist.get_world_size())
-    return 1
 
 
 def marked(output_dir: str | os.PathLike[str]) -> list[Path]:
@@ -375,27 +146,13 @@ class PreemptionCallback(TrainerCallback):
         self.stop_signal = 0  # agreed signal number: the run stops
         self.stop_step: int | None = None
         self.scheduled = False  # the stop step was a scheduled save anyway
-        self._flag: Any = None  # the one-integer tensor of the agreement
-        self._world: int | None = None  # read at the first agreement: the process group is set up by then
+        self._flag = NoticeFlag()  # one all_reduce(MAX) of one integer per step (_infra.collectives)
         self.saved_at: int | None = None  # the step of the last save seen (on_save)
         self.eval_cut = False  # the notice stopped or skipped the stop step's evaluation
 
     def agree(self, args: Any) -> int:
         """The largest signal number any rank received (0: none); one ``all_reduce(MAX)`` where world > 1."""
-        local = _notice.signum
-        if self._world is None:
-            self._world = _world()  # once: asked every step it cost 17 ms over 600 steps (bench -- accounting, profiled)
-        if self._world <= 1:
-            return local
-        import torch
-        import torch.distributed as dist
-
-        if self._flag is None:
-            device = args.device if dist.get_backend() == "nccl" else torch.device("cpu")
-            self._flag = torch.zeros(1, dtype=torch.int32, device=device)
-        self._flag.fill_(local)
-        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX)
-        return int(self._flag.item())
+        return self._flag.agree(signals.received(), getattr(args, "device", None))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kwargs: Any) -> Any:  # noqa: ARG002 - TrainerCallback's hook
         if not state.global_step or not self.resume_from_checkpoint:
@@ -488,7 +245,7 @@ class PreemptionCallback(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - TrainerCallback's hook
         import torch.distributed as dist
 
-        if _world() > 1:
+        if world() > 1:
             dist.barrier()  # every rank's part of the last checkpoint is written
         if args.should_save and not self.stop_signal:
             remove_superseded(args.output_dir)
@@ -523,85 +280,20 @@ def _exit_preempted(callback: PreemptionCallback, args: Any) -> None:
     import torch.distributed as dist
 
     signum = callback.stop_signal
-    took = time.monotonic() - _notice.received_at if _notice.received_at else None
+    took = time.monotonic() - signals.received_at() if signals.received_at() else None
     if args.should_save:  # the main process of the node that writes: every rank's part is written (barrier)
         log_once("preempt-exit", exit_line(signum, callback.stop_step, args.output_dir, took), logging.WARNING)
     # the save is over on every rank (barrier): a launcher's SIGTERM now (torchrun stops the other ranks once one
     # exits) must not turn 143 into a signal death during teardown; Python resets its handlers to the default at
     # finalization, an ignored signal stays ignored. A teardown that hangs is still SIGKILLed by the launcher.
-    for sig in armed():
+    for sig in signals.armed():
         signal.signal(sig, signal.SIG_IGN)
-    stop_workers()
+    signals.stop_workers()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
     raise SystemExit(exit_status(signum))
-
-
-def apply() -> None:
-    module, name, setup = require(*HANDLER_TARGET)
-
-    @wraps(setup)
-    def setup_signal_handler(cfg: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
-        if cfg.get("use_ray") or threading.current_thread() is not threading.main_thread():
-            return setup(cfg, model, *args, **kwargs)  # no signal handlers there: stock's behaviour
-        extra = parse_signal(cfg.get(SIGNAL_KEY))
-        signals = list(DEFAULT_SIGNALS) + ([extra] if extra is not None and extra not in DEFAULT_SIGNALS else [])
-        install(signals, grace_seconds(cfg))
-        names = ", ".join(s.name for s in signals)
-        log_once(
-            "preempt-armed",
-            f"preemption: {names} save a checkpoint at the step the run is in and exit 128 + the signal number",
-        )
-        return None
-
-    patch_item(module, name, setup_signal_handler, rebind_copies=True)
-
-    module, name, execute = require(*EXECUTE_TARGET)
-
-    @wraps(execute)
-    def execute_training(cfg: Any, trainer: Any, resume_from_checkpoint: Any, *args: Any, **kwargs: Any) -> Any:
-        take_over_jit_checkpoint(trainer)
-        callback = PreemptionCallback(cfg, resume_from_checkpoint)
-        trainer.add_callback(callback)  # last: it sees what the schedule decided for the step
-        try:
-            result = execute(cfg, trainer, resume_from_checkpoint, *args, **kwargs)
-        except EvalInterrupted:
-            save_after_eval_interrupted(trainer)  # every rank raised at the same eval batch
-        except BaseException:
-            uninstall()
-            raise
-        if callback.stop_signal:
-            # the handlers stay until every rank's save is over; then _exit_preempted ignores the notice signals
-            _notice.signum = _notice.signum or callback.stop_signal
-            _exit_preempted(callback, trainer.args)
-        uninstall()
-        if _notice.signum:
-            log_once(
-                "preempt-late",
-                f"{signal.Signals(_notice.signum).name} came after the last step's save: training is complete; "
-                "finishing the final save",
-                logging.WARNING,
-            )
-        return result
-
-    patch_item(module, name, execute_training, rebind_copies=True)
-
-    owner, name, set_worker_handlers = require(*WORKER_TARGET)
-
-    @wraps(set_worker_handlers)
-    def _set_worker_signal_handlers(*args: Any, **kwargs: Any) -> Any:
-        result = set_worker_handlers(*args, **kwargs)  # torch's: SIGBUS, SIGSEGV, SIGFPE, SIGTERM re-raised
-        quiet_worker()  # only where this process armed the notice before forking the worker
-        return result
-
-    patch_item(owner, name, _set_worker_signal_handlers)
-
-    module, name, validate = require(*VALIDATE_TARGET)
-
-    checks = {SIGNAL_KEY: _signal_setting, GRACE_KEY: grace_seconds}  # first: Axolotl's schema would drop them
-    patch_item(module, name, carrying(validate, checks), rebind_copies=True)
 
 
 def save_after_eval_interrupted(trainer: Any) -> None:
@@ -616,7 +308,7 @@ def save_after_eval_interrupted(trainer: Any) -> None:
     model.train()  # as after an evaluation that ran to its end
     trainer._save_checkpoint(model, trial=None)
     trainer.control = trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)
-    if _world() > 1:
+    if world() > 1:
         dist.barrier()
 
 
@@ -634,7 +326,7 @@ def take_over_jit_checkpoint(trainer: Any) -> bool:
             manager = getattr(callback, "jit_manager", None)
             trainer.callback_handler.remove_callback(callback)
             if manager is not None and signal.getsignal(signal.SIGTERM) == getattr(manager, "_sigterm_handler", None):
-                signal.signal(signal.SIGTERM, _handler if _notice.previous else signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signals.handler if signals.armed() else signal.SIG_DFL)
     trainer.args.enable_jit_checkpoint = False
     log_once(
         "preempt-jit",
@@ -657,36 +349,60 @@ def rotation_limit(output_dir: str | os.PathLike[str], save_total_limit: int | N
     return save_total_limit
 
 
-def apply_builder() -> None:
-    """Rotation never counts a preemption checkpoint (applied with the builder: Transformers' trainer is loaded)."""
-    import transformers.trainer
+def _setup_signal_handler(setup: Any, cfg: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+    if cfg.get("use_ray") or threading.current_thread() is not threading.main_thread():
+        return setup(cfg, model, *args, **kwargs)  # no signal handlers there: stock's behaviour
+    extra = keys.parse_signal(cfg.get(keys.PREEMPTION_SIGNAL))
+    chosen = list(signals.DEFAULT_SIGNALS) + ([extra] if extra is not None and extra not in signals.DEFAULT_SIGNALS else [])
+    signals.install(chosen, keys.grace_seconds(cfg))
+    names = ", ".join(s.name for s in chosen)
+    log_once(
+        "preempt-armed",
+        f"preemption: {names} save a checkpoint at the step the run is in and exit 128 + the signal number",
+    )
+    return None
 
-    if not hasattr(transformers.trainer, ROTATE_TARGET[1]):  # Transformers < 5.3: Trainer._rotate_checkpoints
-        owner, name, rotate_method = require(*ROTATE_METHOD_TARGET)
 
-        @wraps(rotate_method)
-        def _rotate_checkpoints(self: Any, use_mtime: bool = False, output_dir: str | None = None) -> Any:
-            where = output_dir or self.args.output_dir
-            journal.finish_interrupted_rotation(where)
-            limit = self.args.save_total_limit
-            with journal.recording_rotation(rotate_method, where):
-                if not limit or limit <= 0:
-                    return rotate_method(self, use_mtime, output_dir)
-                self.args.save_total_limit = rotation_limit(where, limit)
-                try:
-                    return rotate_method(self, use_mtime, output_dir)
-                finally:
-                    self.args.save_total_limit = limit
+def _execute_training(execute: Any, cfg: Any, trainer: Any, resume_from_checkpoint: Any, *args: Any, **kwargs: Any) -> Any:
+    take_over_jit_checkpoint(trainer)
+    callback = PreemptionCallback(cfg, resume_from_checkpoint)
+    trainer.add_callback(callback)  # last: it sees what the schedule decided for the step
+    try:
+        result = execute(cfg, trainer, resume_from_checkpoint, *args, **kwargs)
+    except EvalInterrupted:
+        save_after_eval_interrupted(trainer)  # every rank raised at the same eval batch
+    except BaseException:
+        signals.uninstall()
+        raise
+    if callback.stop_signal:
+        # the handlers stay until every rank's save is over; then _exit_preempted ignores the notice signals
+        signals.note(callback.stop_signal)
+        _exit_preempted(callback, trainer.args)
+    signals.uninstall()
+    if signals.received():
+        log_once(
+            "preempt-late",
+            f"{signal.Signals(signals.received()).name} came after the last step's save: training is complete; "
+            "finishing the final save",
+            logging.WARNING,
+        )
+    return result
 
-        patch_item(owner, name, _rotate_checkpoints)
-        return
 
-    owner, name, rotate = require(*ROTATE_TARGET)
+def _worker_signal_handlers(set_worker_handlers: Any, *args: Any, **kwargs: Any) -> Any:
+    result = set_worker_handlers(*args, **kwargs)  # torch's: SIGBUS, SIGSEGV, SIGFPE, SIGTERM re-raised
+    signals.quiet_worker()  # only where this process armed the notice before forking the worker
+    return result
 
-    @wraps(rotate)
-    def rotate_checkpoints(output_dir: str, save_total_limit: int | None = None, *args: Any, **kwargs: Any) -> Any:
-        journal.finish_interrupted_rotation(output_dir)
-        with journal.recording_rotation(rotate, output_dir):
-            return rotate(output_dir, rotation_limit(output_dir, save_total_limit), *args, **kwargs)
 
-    patch_item(owner, name, rotate_checkpoints)
+def _rotation(call: Any, output_dir: str, limit: int | None) -> Any:
+    return call(output_dir, rotation_limit(output_dir, limit))
+
+
+def install() -> None:
+    hooks.carry(keys.PREEMPTION_SIGNAL, NAME, 10, keys.preemption_signal)  # first: Axolotl's schema would drop them
+    hooks.carry(keys.PREEMPTION_GRACE, NAME, 11, keys.grace_seconds)
+    hooks.add(hooks.Layer("setup_signal_handler", NAME, 20, _setup_signal_handler))
+    hooks.add(hooks.Layer("execute_training", NAME, 20, _execute_training))
+    hooks.add(hooks.Layer("worker_signal_handlers", NAME, 20, _worker_signal_handlers))
+    hooks.add_rotation(NAME, 20, _rotation)  # inside the journal's (10): its victims recorded, superseded ones retired

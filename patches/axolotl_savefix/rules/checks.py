@@ -13,6 +13,8 @@ from typing import Any
 class SaveFixConfigError(ValueError):
     """A save setting that cannot do what the user asked."""
 
+    __module__ = "axolotl_savefix"  # its public name: tracebacks and the guide say axolotl_savefix.SaveFixConfigError
+
 
 # Save/eval strategies that never act at epoch fractions. With a per-epoch key
 # stock Axolotl silently overrides them with its float ratio (saves anyway under
@@ -135,6 +137,7 @@ def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
             f"{why} needs an evaluation at every save: with saves_per_epoch: {k_save}, set evals_per_epoch "
             f"to a multiple of {k_save} ({_multiples(k_save)})" + _instead_of(cfg, "eval_steps", "eval_strategy")
         )
+    assert k_eval  # one of the two is set (returned above otherwise)
     raise SaveFixConfigError(
         f"{why} needs an evaluation at every save: with evals_per_epoch: {k_eval}, set saves_per_epoch "
         f"to a divisor of {k_eval} ({_divisors(k_eval)})" + _instead_of(cfg, "save_steps", "save_strategy")

@@ -214,7 +214,8 @@ def make_plan(
     if s.save_total_limit is None:
         planned = len(patched_saved) if patched_saved is not None else UPSTREAM_DEFAULT
         room = None if free_bytes is None else max(0, free_bytes - (final_bytes or 0))  # the final model stays too
-        patched_limit, lowered = resolve_default_limit(planned, checkpoint_bytes, room, s.margin)
+        resolved, lowered = resolve_default_limit(planned, checkpoint_bytes, room, s.margin)
+        patched_limit: int | None = resolved
     else:
         patched_limit = s.save_total_limit if s.save_total_limit > 0 else None  # 0 (or less) keeps all
 

@@ -1,63 +1,44 @@
-"""Defect 3: ``save_total_limit`` is forced to 4 when unset, and an explicit 0 becomes 4.
+"""``save_total_limit`` keeps what you asked for: ``0`` keeps all, unset keeps every scheduled checkpoint that fits.
 
-Targets: ``TrainerBuilderBase._configure_save_and_eval_strategy`` (the line
-``save_total_limit if save_total_limit else 4``), ``get_callbacks``, and
-``validate_config`` (and its ``axolotl.cli.config`` copy), which checks
-``savefix_disk_margin`` and ``save_on_each_node`` and carries them past Axolotl's
-schema (the builder passes ``save_on_each_node`` on to Transformers' training args).
+Upstream issue 1520.
 
-Replacement:
+Stock Axolotl's builder passes ``save_total_limit if save_total_limit else 4``: unset and an explicit
+``0`` both become 4, and rotation deletes every checkpoint but the last 4. Upstream refused "keep
+all" as the default (PR 2177) because users run out of disk; the disk rule answers that.
 
-* an explicit positive value is kept, never changed;
-* ``0`` keeps every checkpoint (Transformers' meaning: no rotation), and so
-  does a negative value, as it does in stock (Transformers never rotates then);
-* unset: keep every checkpoint the run will save (at least upstream's 4) when
-  they fit on ``output_dir``'s file system with a margin, else what fits, never
-  fewer than 2 (:mod:`axolotl_savefix.disk`). The builder passes upstream's 4;
-  :class:`PlanCallback` resolves the real value at ``on_train_begin`` from an
-  estimate of one checkpoint's size, then again from the measured size of the
-  first checkpoint written, and warns once if the disk lowered it.
+Targets (``_infra.targets``):
 
-:class:`PlanCallback` also logs the run's plan (:mod:`axolotl_savefix.plan`) at
-the start of every patched run.
+* ``configure_strategy``: an explicit positive value is kept; ``0`` or a negative one keeps every
+  checkpoint (Transformers' meaning, and stock's for a negative one); unset gets upstream's 4 as a
+  floor until the run's shape is known;
+* ``get_callbacks``: :class:`PlanCallback` logs the run's plan (:mod:`rules.plan`) at train begin
+  and resolves an unset limit: every checkpoint the run schedules (never fewer than 4) when they fit
+  in ``output_dir``'s free space with a margin (``savefix_disk_margin``, default 10%), else the
+  newest that fit, never fewer than 2 (:mod:`rules.disk`); estimated before the first save, measured
+  after it, one warning when the disk lowered it. :class:`RotateAtTrainEnd` finishes a rotation a kill
+  interrupted after the last save (the rerun saves nothing, so it never rotates);
+* ``validate_config``: carries ``savefix_disk_margin`` past Axolotl's schema (:mod:`rules.keys`).
+
+Upstream: docs/upstream/series, PR 1 (``0`` keeps all, the warning for an unset limit); the disk
+rule stays in the plugin (PR.md says why).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from . import args as savefix_args
-from . import checkpoints, disk, plan
-from ._log import log_once
-from ._patching import patch_item, wraps
-from ._targets import require
-from .save_decision import CALLBACKS_TARGET, STRATEGY_TARGET
+from .._infra import hooks
+from .._infra.log import log_once
+from ..rules import checkpoints, disk, keys, plan
 
+NAME = "retention"
 UPSTREAM_DEFAULT = disk.UPSTREAM_DEFAULT
-VALIDATE_TARGET = ("axolotl.utils.config", "validate_config", ("cfg",))
-
-
-def model_checkpoint_bytes(model: Any, optimizer: str | None, save_only_model: bool = False) -> int:
-    """Estimate one checkpoint of ``model`` (a torch module, or a PEFT model: adapter only)."""
-    total = trainable = 0
-    dtype_bytes = 4
-    for param in model.parameters():
-        total += param.numel()
-        if param.requires_grad:
-            trainable += param.numel()
-        dtype_bytes = param.element_size()
-    return disk.estimate_checkpoint_bytes(
-        total,
-        trainable,
-        dtype_bytes,
-        optimizer,
-        adapter_only=hasattr(model, "peft_config"),
-        save_only_model=save_only_model,
-    )
+model_checkpoint_bytes = disk.model_checkpoint_bytes
 
 
 def _wait_for_every_rank() -> None:
@@ -155,40 +136,29 @@ class PlanCallback(TrainerCallback):
         return control
 
 
-def apply() -> None:
-    module, name, validate = require(*VALIDATE_TARGET)
+class RotateAtTrainEnd(TrainerCallback):
+    """At train end, the rotation a save would run: finishes one a kill interrupted (module docstring)."""
 
-    # the keys are checked first: Axolotl's schema would drop them
-    checks = {savefix_args.KEY: savefix_args.disk_margin, savefix_args.ON_EACH_NODE: savefix_args.save_on_each_node}
-    patch_item(module, name, savefix_args.carrying(validate, checks), rebind_copies=True)
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - TrainerCallback's hook
+        if args.should_save and os.path.isdir(args.output_dir):
+            hooks.rotate_now(str(args.output_dir), args.save_total_limit, state.best_model_checkpoint)
+        return control
 
 
-def apply_builder() -> None:
-    """The trainer builder's part, applied when ``axolotl.core.builders.base`` is imported."""
-    owner, name, configure = require(*STRATEGY_TARGET)
+def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
+    result = call(builder, training_args_kwargs, *args, **kwargs)
+    limit = builder.cfg.save_total_limit
+    if limit is None:
+        training_args_kwargs["save_total_limit"] = UPSTREAM_DEFAULT  # resolved at train begin
+    elif limit <= 0:
+        training_args_kwargs["save_total_limit"] = None  # keep every checkpoint (Transformers' meaning of <= 0)
+    else:
+        training_args_kwargs["save_total_limit"] = limit
+    return result
 
-    @wraps(configure)
-    def _configure_save_and_eval_strategy(self: Any, training_args_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
-        result = configure(self, training_args_kwargs, *args, **kwargs)
-        limit = self.cfg.save_total_limit
-        if limit is None:
-            training_args_kwargs["save_total_limit"] = UPSTREAM_DEFAULT  # resolved at train begin
-        elif limit <= 0:
-            training_args_kwargs["save_total_limit"] = None  # keep every checkpoint (Transformers' meaning of <= 0)
-        else:
-            training_args_kwargs["save_total_limit"] = limit
-        if self.cfg.get(savefix_args.ON_EACH_NODE) is not None:  # carried past Axolotl's schema by validate_config
-            training_args_kwargs[savefix_args.ON_EACH_NODE] = bool(self.cfg.get(savefix_args.ON_EACH_NODE))
-        return result
 
-    patch_item(owner, name, _configure_save_and_eval_strategy)
-
-    owner, name, get_callbacks = require(*CALLBACKS_TARGET)
-
-    @wraps(get_callbacks)
-    def get_callbacks_with_plan(self: Any, *args: Any, **kwargs: Any) -> Any:
-        callbacks = get_callbacks(self, *args, **kwargs)
-        callbacks.append(PlanCallback(self.cfg))
-        return callbacks
-
-    patch_item(owner, name, get_callbacks_with_plan)
+def install() -> None:
+    hooks.carry(keys.DISK_MARGIN, NAME, 40, keys.disk_margin)
+    hooks.add(hooks.Layer("configure_strategy", NAME, 20, _strategy))
+    hooks.add_callbacks("plan", NAME, lambda builder: [PlanCallback(builder.cfg)])
+    hooks.add_callbacks("rotate at train end", NAME, lambda builder: [RotateAtTrainEnd()])  # noqa: ARG005

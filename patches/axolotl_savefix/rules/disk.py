@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 MIN_KEPT = 2
 DEFAULT_BLOCK = 4096  # bytes: ext4's, XFS's and tmpfs's (a page) block, where the file system does not say
@@ -139,6 +140,28 @@ def estimate_checkpoint_bytes(
     return weights + optim
 
 
+def model_checkpoint_bytes(model: Any, optimizer: str | None, save_only_model: bool = False) -> int:
+    """:func:`estimate_checkpoint_bytes` of ``model``: anything with ``parameters()`` (a torch module; a PEFT model: adapter only).
+
+    Each parameter is asked ``numel()``, ``requires_grad`` and ``element_size()``; nothing is imported.
+    """
+    total = trainable = 0
+    dtype_bytes = 4
+    for param in model.parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+        dtype_bytes = param.element_size()
+    return estimate_checkpoint_bytes(
+        total,
+        trainable,
+        dtype_bytes,
+        optimizer,
+        adapter_only=hasattr(model, "peft_config"),
+        save_only_model=save_only_model,
+    )
+
+
 def budget(available_bytes: int, margin: float = DEFAULT_MARGIN) -> int:
     """The bytes checkpoints may use: ``available_bytes`` less the margin."""
     return int(available_bytes * (1.0 - margin))
@@ -182,9 +205,11 @@ def peak_bytes(
     if saved is None or not checkpoint_bytes:
         return None
     n = len(saved)
-    keeps_all = limit is None or limit <= 0
-    during = n if keeps_all else min(n, limit + 1)
-    at_end = (n if keeps_all else min(n, limit)) * checkpoint_bytes + (final_bytes or 0)
+    if limit is None or limit <= 0:  # keeps every one
+        during = kept = n
+    else:
+        during, kept = min(n, limit + 1), min(n, limit)
+    at_end = kept * checkpoint_bytes + (final_bytes or 0)
     return max(during * checkpoint_bytes, at_end)
 
 
@@ -214,7 +239,7 @@ def resolve_default_limit(
     return (keep_all, False) if fits >= planned else (fits, True)
 
 
-# --- A full disk (the `disk_full` patch): the numbers and the one line a run stops with. Pure.
+# --- A full disk (the `full_disk` seam): the numbers and the one line a run stops with. Pure.
 
 FULL_ERRNOS = (28, 122)  # ENOSPC, EDQUOT (Linux numbers; errno.ENOSPC / errno.EDQUOT where the platform has them)
 

@@ -2,7 +2,7 @@
 
 No Axolotl, no torch: files only, and a collective passed in. Each rank runs :func:`protocol`, a
 generator: it yields a vector of integers, gets back the element-wise maximum of every rank's vector
-(one all-reduce, :mod:`axolotl_savefix.agreement` ``_all_reduce_max``; :func:`lockstep` in one process),
+(one all-reduce, ``axolotl_savefix._infra.collectives._all_reduce_max``; :func:`lockstep` in one process),
 and returns a :class:`Verdict`, the same step on every rank. Rounds:
 
 0. Rank 0 writes a fresh token into its ``output_dir``; every walker (each node's main process,
@@ -405,5 +405,5 @@ def lockstep(ranks: list[Rank]) -> tuple[list[Verdict], int]:
         kinds = {kind for kind, _ in outcomes}
         assert len(kinds) == 1, "ranks stop at different rounds"
         if kinds == {"done"}:
-            return [value for _, value in outcomes], rounds
-        vectors = [value for _, value in outcomes]
+            return [value for _, value in outcomes if isinstance(value, Verdict)], rounds
+        vectors = [value for _, value in outcomes if isinstance(value, list)]

@@ -1,19 +1,16 @@
-"""Find a patch target in the installed Axolotl, or fail naming the version.
+"""Which Axolotl releases this package was proven on, and the installed versions. Standard library only.
 
-Each patch module names its targets as ``module``, ``attribute path`` and the
-parameters it relies on; when a release moves or reshapes one, the user gets
-one clear error instead of a silently unpatched run.
+One list (:data:`PROVEN`): the noxfile's environments, pyproject's ``axolotl`` extra, the README's
+range and docs/compatibility.md are checked against it (tests/unit/test_releases.py). The noxfile
+loads this file on its own (ci/environments.py): nox runs outside the package's environment.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import inspect
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 # Every Axolotl release this package was proven on by real runs (`nox -s compat`, results in
 # docs/compat-sweep.json). One list: the noxfile's environments, pyproject's `axolotl` extra,
@@ -24,10 +21,6 @@ SUPPORTED = f"{PROVEN[0]} to {PROVEN[-1]}"
 # The upstream fix (docs/upstream/) adds this module. Where it exists, the
 # installed Axolotl already saves per epoch exactly and our patches step aside.
 UPSTREAM_FIX_MODULE = "axolotl.utils.callbacks.per_epoch"
-
-
-class PatchTargetError(RuntimeError):
-    """The installed Axolotl does not have what a patch replaces."""
 
 
 def axolotl_version() -> str:
@@ -103,44 +96,3 @@ def upstream_fixed() -> bool:
     return False
 
 
-def require(module_name: str, path: str, params: tuple[str, ...] = ()) -> tuple[Any, str, Any]:
-    """Return ``(owner, name, object)`` for ``module_name:path`` or raise :class:`PatchTargetError`.
-
-    ``path`` is dotted inside the module (``"TrainerBuilderBase.get_callbacks"``);
-    ``params`` are parameter names the target must accept.
-    """
-    where = f"{module_name}.{path}"
-    package = module_name.partition(".")[0]
-    # a target in Transformers (or accelerate, torch) moves with that package's release, not Axolotl's
-    beside = "" if package == "axolotl" else f" with {package} {package_version(package)}"
-
-    def fail(problem: str) -> PatchTargetError:
-        return PatchTargetError(
-            f"axolotl-savefix {savefix_version()} cannot patch axolotl {axolotl_version()}{beside}: "
-            f"{where} {problem}. axolotl-savefix supports axolotl {SUPPORTED}. "
-            "Install a supported axolotl, or remove axolotl_savefix.SaveFixPlugin from "
-            "`plugins` (and any axolotl_savefix.apply() call) to train without the fix."
-        )
-
-    try:
-        owner: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise fail(f"cannot be imported ({exc})") from exc
-    *parents, name = path.split(".")
-    for part in parents:
-        owner = getattr(owner, part, None)
-        if owner is None:
-            raise fail(f"is missing ({part!r} not found)")
-    target = getattr(owner, name, None)
-    if not callable(target):
-        raise fail("is missing")
-    try:
-        accepted = inspect.signature(target).parameters
-    except (TypeError, ValueError):  # a builtin without a text signature (torch's C functions)
-        if params:
-            raise fail("has no signature to check") from None
-        accepted = {}  # type: ignore[assignment]
-    missing = [p for p in params if p not in accepted]
-    if missing:
-        raise fail(f"no longer takes {', '.join(missing)} (signature is {inspect.signature(target)})")
-    return owner, name, target

@@ -1,4 +1,4 @@
-"""A save that fills the disk (ENOSPC, EDQUOT): the garbage is removed and the run stops with one clear line.
+"""A save that fills the disk (ENOSPC, EDQUOT) stops the run with one clear line, and the same command never loops.
 
 Stock Transformers leaves the half-written ``checkpoint-N`` where it failed (its
 ``trainer_state.json`` may be cut mid-file), so the same command again resumes
@@ -6,38 +6,33 @@ from it and dies at once, or, with ``save_total_limit: 0``, sets it aside on the
 full disk and dies at the same save again: a crash loop on a cluster that
 requeues failed jobs.
 
-Targets:
+Targets (``_infra.targets``):
 
-* ``transformers.trainer.Trainer._save_checkpoint`` and Axolotl's override
-  ``axolotl.core.trainers.base.AxolotlTrainer._save_checkpoint`` (it writes
-  files before it calls Transformers'): an ``OSError`` with ENOSPC or EDQUOT (or
-  safetensors' and torch's own errors for it, :func:`disk.is_disk_full`)
-  deletes the half-written ``checkpoint-N`` (the main process of each node: the
-  others leave it to the next resume scan, which deletes it when the disk is
-  short, rule 3 of the set-aside policy) and is raised again as
-  :class:`DiskFullError`, whose message is the run's last line: ``output_dir``,
-  free bytes, one checkpoint's bytes, how many fit, the keys to change.
-* ``TrainerBuilderBase.get_callbacks``: adds :class:`DiskFullGuard`. At train
-  begin, when ``output_dir`` holds a complete checkpoint (measured) and a save is
-  still ahead but the free space is less than that checkpoint, it first deletes
-  what the next rotation would delete anyway (the oldest beyond a positive
-  ``save_total_limit``, never the newest or the best), and if that is not
-  enough, stops before the first training step with the same message. A rerun
-  of the same command therefore never trains to the same full save again.
-  A run resumed at its last step (only the final model is ahead) stops the
-  same way when the final model cannot fit (:func:`disk.final_model_message`).
-* ``axolotl.train.save_trained_model`` (the final model, written into
-  ``output_dir`` at the end of training): ENOSPC or EDQUOT there deletes the
-  weight files that save wrote or rewrote in ``output_dir`` (a half-written
-  ``model.safetensors`` is garbage, and it is what fills the disk; the logs and
-  the config stay) and stops the
-  run with one line: free bytes, the final model's size, the fix, and the
-  checkpoint that holds the same trained weights. The rerun resumes at the last
-  step and stops before training if the final model still cannot fit.
+* ``trainer_save_checkpoint`` and ``axolotl_save_checkpoint`` (Axolotl's override writes files
+  before it calls Transformers'): an ``OSError`` with ENOSPC or EDQUOT (or safetensors' and torch's
+  own errors for it, :func:`rules.disk.is_disk_full`) deletes the half-written ``checkpoint-N`` when
+  it is provably this run's own (:func:`rules.records.own_cut`: the journal's pending record says the
+  save created the folder; the main process of each node; a folder that was there before the run is
+  left to the next auto-resume, which renames it) and is raised again as :class:`DiskFullError`,
+  whose message is the run's last line: ``output_dir``, free bytes, one checkpoint's bytes, how many
+  fit, the keys to change, and the set-aside folders that hold space.
+* ``get_callbacks``: :class:`DiskFullGuard`. At train begin, when ``output_dir`` holds a complete
+  checkpoint (measured) and a save is still ahead but the free space is less than that checkpoint,
+  it first runs the rotation the next save would run anyway (Transformers 5.3 on: ``rotate_checkpoints``
+  through the table; before 5.3 the rotation is a ``Trainer`` method a callback cannot reach), and if
+  that is not enough, stops before the first training step with the same message. A rerun of the
+  same command therefore never trains to the same full save again. A run resumed at its last step
+  (only the final model is ahead) stops the same way when the final model cannot fit.
+* ``save_trained_model`` (the final model, written into ``output_dir`` at the end of training):
+  ENOSPC or EDQUOT there deletes the weight files that save wrote or rewrote in ``output_dir`` (a
+  half-written ``model.safetensors`` is garbage, and it is what fills the disk; the logs and the
+  config stay) and stops the run with one line: free bytes, the final model's size, the fix, and the
+  checkpoint that holds the same trained weights.
 
 DDP: the rank that hits ENOSPC raises (as in stock); torchrun's agent then stops
 the other ranks, also those waiting at a collective. A rank that does not hit it
-is not made to wait longer than in stock.
+is not made to wait longer than in stock. The disk-aware default limit is
+``seams.retention``'s; this seam and the disk rule stay in the plugin (docs/upstream/PR.md).
 """
 
 from __future__ import annotations
@@ -50,19 +45,17 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from . import checkpoints, disk, journal
-from ._log import log_once
-from ._patching import patch_item, wraps
-from ._targets import require
-from .save_decision import CALLBACKS_TARGET
+from .._infra import hooks, journal
+from .._infra.log import log_once
+from ..rules import checkpoints, disk
 
-SAVE_TARGET = ("transformers.trainer", "Trainer._save_checkpoint", ("model", "trial"))
-AXOLOTL_SAVE_TARGET = ("axolotl.core.trainers.base", "AxolotlTrainer._save_checkpoint", ("model", "trial"))
-FINAL_TARGET = ("axolotl.train", "save_trained_model", ("cfg", "trainer", "model"))
+NAME = "full_disk"
 
 
 class DiskFullError(OSError):
     """``output_dir`` cannot hold the run's next checkpoint; the message says the numbers and the fix."""
+
+    __module__ = "axolotl_savefix"  # its public name: tracebacks and the guide say axolotl_savefix.DiskFullError
 
 
 def _local_main() -> bool:
@@ -156,36 +149,31 @@ def _cause(error: BaseException) -> str:
     return (error.strerror if isinstance(error, OSError) else None) or "No space left on device"
 
 
-def _wrap(save: Any) -> Any:
-    @wraps(save)
-    def _save_checkpoint(self: Any, model: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
+def _save_layer(call: Any, trainer: Any, model: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
+    """``_save_checkpoint``'s layer: a full disk deletes this run's half-written folder and stops with the numbers."""
+    try:
+        return call(trainer, model, trial, *args, **kwargs)
+    except DiskFullError:
+        raise  # the inner target (Transformers' own method) already handled it
+    except Exception as error:
+        run_dir = trainer._get_output_dir(trial=trial)
+        if not _full(error, run_dir):
+            raise
+        folder = os.path.join(run_dir, f"{checkpoints.PREFIX}{trainer.state.global_step}")
+        training = trainer.args
+        removed = _remove(folder, int(getattr(training, "world_size", 1) or 1), not getattr(training, "save_only_model", False))
+        estimate = None
         try:
-            return save(self, model, trial, *args, **kwargs)
-        except DiskFullError:
-            raise  # the inner seam (Transformers' own method) already handled it
-        except Exception as error:
-            run_dir = self._get_output_dir(trial=trial)
-            if not _full(error, run_dir):
-                raise
-            folder = os.path.join(run_dir, f"{checkpoints.PREFIX}{self.state.global_step}")
-            args = self.args
-            removed = _remove(folder, int(getattr(args, "world_size", 1) or 1), not getattr(args, "save_only_model", False))
-            estimate = None
-            try:
-                from .save_limit import model_checkpoint_bytes
-
-                estimate = model_checkpoint_bytes(model, str(getattr(self.args.optim, "value", self.args.optim)))
-            except Exception:  # noqa: BLE001 - the estimate is a fallback for the message only
-                pass
-            cause = _cause(error)
-            what = f"the save of {os.path.basename(folder)} failed ({cause}); " + (
-                "the half-written folder was deleted" if removed else "the half-written folder is left to the next resume"
-            )
-            text = message(run_dir, what, self.args.save_total_limit, estimate)
-            log_once(f"disk-full:{folder}", text, logging.ERROR)
-            raise DiskFullError(errno.ENOSPC, text) from error
-
-    return _save_checkpoint
+            estimate = disk.model_checkpoint_bytes(model, str(getattr(training.optim, "value", training.optim)))
+        except Exception:  # noqa: BLE001 - the estimate is a fallback for the message only
+            pass
+        cause = _cause(error)
+        what = f"the save of {os.path.basename(folder)} failed ({cause}); " + (
+            "the half-written folder was deleted" if removed else "the half-written folder is left to the next resume"
+        )
+        text = message(run_dir, what, training.save_total_limit, estimate)
+        log_once(f"disk-full:{folder}", text, logging.ERROR)
+        raise DiskFullError(errno.ENOSPC, text) from error
 
 
 class DiskFullGuard(TrainerCallback):
@@ -206,11 +194,9 @@ class DiskFullGuard(TrainerCallback):
         limit = args.save_total_limit
         rotatable = _rotatable(output_dir, limit, state.best_model_checkpoint)
         freed = sum(disk.dir_bytes(p) for p in rotatable)
-        if rotatable and disk.next_save_fits(free + freed, size, block):
-            from transformers.trainer_utils import rotate_checkpoints
-
+        if rotatable and disk.next_save_fits(free + freed, size, block) and hooks.can_rotate_now():
             if _local_main():
-                rotate_checkpoints(output_dir, limit, state.best_model_checkpoint)
+                hooks.rotate_now(output_dir, limit, state.best_model_checkpoint)
             log_once(
                 "disk-rotate-early",
                 f"output_dir has {free} bytes free, less than the next save needs ({disk.next_save_bytes(size, block)} bytes: "
@@ -252,42 +238,39 @@ def _top_files(output_dir: str) -> dict[str, int]:
         return {}
 
 
-def _wrap_final(save: Any) -> Any:
-    @wraps(save)
-    def save_trained_model(cfg: Any, trainer: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
-        output_dir = str(cfg.output_dir)
-        before = _top_files(output_dir)
-        try:
-            return save(cfg, trainer, model, *args, **kwargs)
-        except DiskFullError:
+def save_trained_model(save: Any, cfg: Any, trainer: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+    """``save_trained_model``'s layer: a full disk deletes the weight files this save wrote and stops with the numbers."""
+    output_dir = str(cfg.output_dir)
+    before = _top_files(output_dir)
+    try:
+        return save(cfg, trainer, model, *args, **kwargs)
+    except DiskFullError:
+        raise
+    except Exception as error:
+        if not _full(error, output_dir):
             raise
-        except Exception as error:
-            if not _full(error, output_dir):
-                raise
-            weights = {f.name for f in disk.weight_files(output_dir)}
-            after = _top_files(output_dir)  # the weight files this save wrote or rewrote (not the logs, not the config)
-            written = sorted(name for name in weights if name in after and before.get(name) != after[name])
-            removed = []
-            if _local_main():
-                for name in written:
-                    try:
-                        os.unlink(os.path.join(output_dir, name))
-                        removed.append(name)
-                    except OSError:
-                        pass
-            cause = _cause(error)
-            what = f"the final model save into output_dir failed ({cause}); " + (
-                f"the half-written weights were deleted ({', '.join(removed)})" if removed else "no half-written weights were left"
-            )
-            newest, _ = _newest(output_dir)
-            step = getattr(getattr(trainer, "state", None), "global_step", None)
-            weights_in = newest.name if newest is not None and checkpoints.step_of(newest) == step else None
-            final = disk.weight_bytes(newest) if weights_in and newest is not None else None
-            text = disk.final_model_message(output_dir, disk.free_bytes(output_dir), final, weights_in, what)
-            log_once("disk-full:final", text, logging.ERROR)
-            raise DiskFullError(errno.ENOSPC, text) from error
-
-    return save_trained_model
+        weights = {f.name for f in disk.weight_files(output_dir)}
+        after = _top_files(output_dir)  # the weight files this save wrote or rewrote (not the logs, not the config)
+        written = sorted(name for name in weights if name in after and before.get(name) != after[name])
+        removed = []
+        if _local_main():
+            for name in written:
+                try:
+                    os.unlink(os.path.join(output_dir, name))
+                    removed.append(name)
+                except OSError:
+                    pass
+        cause = _cause(error)
+        what = f"the final model save into output_dir failed ({cause}); " + (
+            f"the half-written weights were deleted ({', '.join(removed)})" if removed else "no half-written weights were left"
+        )
+        newest, _ = _newest(output_dir)
+        step = getattr(getattr(trainer, "state", None), "global_step", None)
+        weights_in = newest.name if newest is not None and checkpoints.step_of(newest) == step else None
+        final = disk.weight_bytes(newest) if weights_in and newest is not None else None
+        text = disk.final_model_message(output_dir, disk.free_bytes(output_dir), final, weights_in, what)
+        log_once("disk-full:final", text, logging.ERROR)
+        raise DiskFullError(errno.ENOSPC, text) from error
 
 
 def _rotatable(output_dir: str, limit: int | None, best: str | None) -> list[Path]:
@@ -310,24 +293,8 @@ def _rotatable(output_dir: str, limit: int | None, best: str | None) -> list[Pat
     return out
 
 
-def apply() -> None:
-    """The final model save (``axolotl.train.save_trained_model``); the trainer's targets: :func:`apply_builder`."""
-    owner, name, save = require(*FINAL_TARGET)
-    patch_item(owner, name, _wrap_final(save), rebind_copies=True)
-
-
-def apply_builder() -> None:
-    """The trainers' saves and the guard, applied when ``axolotl.core.builders.base`` is imported."""
-    for target in (SAVE_TARGET, AXOLOTL_SAVE_TARGET):
-        owner, name, save = require(*target)
-        patch_item(owner, name, _wrap(save))
-
-    owner, name, get_callbacks = require(*CALLBACKS_TARGET)
-
-    @wraps(get_callbacks)
-    def get_callbacks_with_guard(self: Any, *args: Any, **kwargs: Any) -> Any:
-        callbacks = get_callbacks(self, *args, **kwargs)
-        callbacks.append(DiskFullGuard())
-        return callbacks
-
-    patch_item(owner, name, get_callbacks_with_guard)
+def install() -> None:
+    hooks.add(hooks.Layer("save_trained_model", NAME, 20, save_trained_model))
+    for target in ("trainer_save_checkpoint", "axolotl_save_checkpoint"):
+        hooks.add(hooks.Layer(target, NAME, 40, _save_layer))  # outside the journal's pending record (50)
+    hooks.add_callbacks("disk guard", NAME, lambda builder: [DiskFullGuard()])  # noqa: ARG005

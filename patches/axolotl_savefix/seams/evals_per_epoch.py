@@ -1,0 +1,85 @@
+"""``evals_per_epoch: k`` evaluates at every epoch's fractions j/k exactly, and the best model is picked from fresh metrics.
+
+Stock Axolotl turns ``evals_per_epoch`` into the same float ratio of the run as ``saves_per_epoch``:
+evaluations drift, ``evals_per_epoch: 1`` over one epoch never evaluates, and with
+``load_best_model_at_end`` saves rarely follow an eval, so the best model is picked from stale
+metrics, or not at all.
+
+Targets (``_infra.targets``):
+
+* ``normalize_config``: runs with ``evals_per_epoch`` hidden, so no ``eval_steps`` ratio is set;
+* ``validate_config``: saves line up with evals for ``load_best_model_at_end`` /
+  ``early_stopping_patience`` (:func:`rules.checks.check_best_model_alignment`: ``saves_per_epoch``
+  divides ``evals_per_epoch``, so every save follows a fresh eval), and ``early_stopping_patience`` is
+  let through Axolotl's validator with per-epoch keys (it asks for ``save_steps``/``eval_steps``);
+* ``configure_strategy``: Transformers keeps the ``steps`` strategy with an interval no run reaches,
+  ``eval_on_start`` as upstream (on, unless the config says otherwise);
+* ``get_callbacks``: :class:`EvalsPerEpochCallback`.
+
+Runs without a validation set, or with ``eval_strategy: no``, do not evaluate, as upstream.
+Upstream: docs/upstream/series, PR 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._infra import hooks
+from .._infra.patching import key_hidden
+from .._infra.per_epoch import NEVER, PerEpochCallback
+from ..rules.checks import check_best_model_alignment, check_eval_config
+
+NAME = "evals_per_epoch"
+
+
+class EvalsPerEpochCallback(PerEpochCallback):
+    """Evaluate at the first step that reaches each target j/``evals_per_epoch``, and at the last step (once)."""
+
+    flag = "should_evaluate"
+    key = "evals_per_epoch"
+    verb = "evaluating"
+
+
+def _validate(call: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
+    patience = cfg.get("early_stopping_patience")
+    if not (patience and cfg.get("saves_per_epoch") and cfg.get("evals_per_epoch")):
+        validated = call(cfg, *args, **kwargs)
+    else:
+        # per-epoch saves and evals (aligned: checked below): Axolotl's own check wants step intervals
+        with key_hidden(cfg, "early_stopping_patience"):
+            validated = call(cfg, *args, **kwargs)
+        validated["early_stopping_patience"] = patience
+    # on Axolotl's validated values (its schema coerces and refuses first, as in stock)
+    check_eval_config(validated)
+    check_best_model_alignment(validated)
+    return validated
+
+
+def _normalize(call: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
+    if not cfg.get("evals_per_epoch"):
+        return call(cfg, *args, **kwargs)
+    with key_hidden(cfg, "evals_per_epoch"):
+        return call(cfg, *args, **kwargs)
+
+
+def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
+    result = call(builder, training_args_kwargs, *args, **kwargs)
+    if builder.cfg.evals_per_epoch and training_args_kwargs.get("eval_strategy") != "no":
+        training_args_kwargs["eval_strategy"] = "steps"
+        training_args_kwargs["eval_steps"] = NEVER
+        on_start = builder.cfg.get("eval_on_start")
+        training_args_kwargs["eval_on_start"] = True if on_start is None else bool(on_start)
+    return result
+
+
+def _callbacks(builder: Any) -> list[Any]:
+    if builder.cfg.evals_per_epoch and builder.eval_dataset is not None:
+        return [EvalsPerEpochCallback(builder.cfg.evals_per_epoch)]
+    return []
+
+
+def install() -> None:
+    hooks.add(hooks.Layer("validate_config", NAME, 50, _validate))
+    hooks.add(hooks.Layer("normalize_config", NAME, 10, _normalize))
+    hooks.add(hooks.Layer("configure_strategy", NAME, 10, _strategy))
+    hooks.add_callbacks("evals per epoch", NAME, _callbacks)

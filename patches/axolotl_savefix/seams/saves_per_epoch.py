@@ -1,0 +1,64 @@
+"""``saves_per_epoch: k`` saves at every epoch's fractions j/k exactly, and at every epoch end (upstream issues 1642, 1618).
+
+Stock Axolotl's ``normalize_config`` sets ``save_steps = 1 / (saves_per_epoch * num_epochs)``, a float
+ratio of the whole run; Transformers rounds ``max_steps * ratio`` up to an interval, so the count is
+wrong and the saves drift off the epoch fractions (``saves_per_epoch: 6`` over a 20-step epoch saves 5
+times; the end of epoch 1 is never saved).
+
+Targets (``_infra.targets``):
+
+* ``normalize_config``: the config is checked (:func:`rules.checks.check_save_config`), then the
+  original runs with ``saves_per_epoch`` hidden, so no ratio is set; the key is put back;
+* ``configure_strategy``: a ``saves_per_epoch`` run keeps Transformers' ``steps`` strategy, so it
+  still saves the last step, tracks the best checkpoint and accepts ``load_best_model_at_end``,
+  with an interval no run reaches (:data:`_infra.per_epoch.NEVER`);
+* ``get_callbacks``: :class:`SavesPerEpochCallback` saves at the first optimizer step whose epoch
+  progress reaches each target j/k (:func:`rules.schedule.targets_reached`), and at the last step.
+
+Upstream: docs/upstream/series, PR 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._infra import hooks
+from .._infra.patching import key_hidden
+from .._infra.per_epoch import NEVER, PerEpochCallback
+from ..rules.checks import check_save_config
+
+NAME = "saves_per_epoch"
+
+
+class SavesPerEpochCallback(PerEpochCallback):
+    """Save at the first step that reaches each target j/``saves_per_epoch``, and at the last step."""
+
+    flag = "should_save"
+    key = "saves_per_epoch"
+    verb = "saving"
+
+
+def _normalize(call: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
+    check_save_config(cfg)
+    if not cfg.get("saves_per_epoch"):
+        return call(cfg, *args, **kwargs)
+    with key_hidden(cfg, "saves_per_epoch"):
+        return call(cfg, *args, **kwargs)
+
+
+def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
+    result = call(builder, training_args_kwargs, *args, **kwargs)
+    if builder.cfg.saves_per_epoch:
+        training_args_kwargs["save_strategy"] = "steps"
+        training_args_kwargs["save_steps"] = NEVER
+    return result
+
+
+def _callbacks(builder: Any) -> list[Any]:
+    return [SavesPerEpochCallback(builder.cfg.saves_per_epoch)] if builder.cfg.saves_per_epoch else []
+
+
+def install() -> None:
+    hooks.add(hooks.Layer("normalize_config", NAME, 20, _normalize))
+    hooks.add(hooks.Layer("configure_strategy", NAME, 30, _strategy))
+    hooks.add_callbacks("saves per epoch", NAME, _callbacks)
