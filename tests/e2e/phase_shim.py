@@ -50,6 +50,9 @@ THREAD_ENV = (
 )
 
 
+PATCHING = "axolotl_savefix._infra.patching"
+
+
 def mark(name: str, **data: Any) -> None:
     path = os.environ.get(ENV_FILE)
     if not path or int(os.environ.get("RANK", "0") or 0) != 0:
@@ -74,7 +77,7 @@ def process_facts(trainer: Any = None) -> dict[str, Any]:
         "modules": len(sys.modules),
         "python_threads": threading.active_count(),
         "sigterm_handler": getattr(signal.getsignal(signal.SIGTERM), "__qualname__", str(signal.getsignal(signal.SIGTERM))),
-        "savefix_applied": "axolotl_savefix._infra.patching" in sys.modules and sys.modules["axolotl_savefix._infra.patching"].is_patched(),
+        "savefix_applied": PATCHING in sys.modules and sys.modules[PATCHING].is_patched(),
     }
     if trainer is not None:
         facts["callbacks"] = [type(cb).__name__ for cb in trainer.callback_handler.callbacks]
