@@ -232,6 +232,17 @@ def du_bytes(folder: Path) -> int:
     return int(done.stdout.split()[0])
 
 
+def variant(config_path: Path, name: str, **changes) -> Path:
+    """The same run's config in a sibling folder ``name`` with ``changes``: the same ``output_dir`` unless changed."""
+    cfg = yaml.safe_load(config_path.read_text())
+    cfg.update(changes)
+    folder = config_path.parent.parent / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
 def output_dir(config_path: Path) -> Path:
     return Path(yaml.safe_load(config_path.read_text())["output_dir"])
 

@@ -39,17 +39,6 @@ def _config(root, name, *, plugin, epochs=2, **changes):
     return config
 
 
-def _again(config, name, **changes):
-    """The same run's config in a sibling folder with ``changes``, the same ``output_dir``."""
-    cfg = yaml.safe_load(config.read_text())
-    cfg.update(changes)
-    folder = config.parent.parent / name
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.yml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
 def _checkpoint_bytes(out):
     """Every file under every checkpoint-N and set-aside folder of ``out``: relative path -> sha256."""
     found = {}
@@ -81,7 +70,7 @@ def test_the_optimizer_fallback_resumes_from_the_newest_and_every_checkpoint_sta
     assert log.count("was saved without optimizer or scheduler state") == 1  # said at the save, once
     before = _checkpoint_bytes(out)
 
-    longer = _again(config, "fallback-longer", num_epochs=3)
+    longer = harness.variant(config, "fallback-longer", num_epochs=3)
     code, log = harness.run_cli_raw(longer, env=ENV, log_name="second.log")
     assert code == 0, log[-4000:]
     assert f"resume from checkpoint at {out / f'checkpoint-{M2}'}" in log
@@ -104,7 +93,7 @@ def test_stock_resumes_the_optimizer_fallback_from_the_newest(e2e_root):
     assert code == 0, log[-4000:]
     stock = reference.stock_saves(L, 1, 4, 2, M2)
     assert harness.observe(out, log).kept == reference.kept(stock, reference.stock_limit(None))  # 40 48 56 60
-    longer = _again(config, "fallback-stock-longer", num_epochs=3)
+    longer = harness.variant(config, "fallback-stock-longer", num_epochs=3)
     code, log = harness.run_cli_raw(longer, env=ENV, log_name="second.log")
     assert code == 0, log[-4000:]
     assert f"resume from checkpoint at {out / f'checkpoint-{M2}'}" in log
@@ -126,7 +115,7 @@ def test_without_auto_resume_no_checkpoint_is_removed_or_renamed(plugin, e2e_roo
     code, log = harness.run_cli_raw(config, env=ENV, log_name="first.log")
     assert code == 0, log[-4000:]
     before = _checkpoint_bytes(out)
-    again = _again(config, f"noauto-{name}-again", auto_resume_from_checkpoints=False, max_steps=2)
+    again = harness.variant(config, f"noauto-{name}-again", auto_resume_from_checkpoints=False, max_steps=2)
     at_begin = again.parent / "begin.json"
     code, log = harness.run_cli_raw(again, env={**ENV, "SAVEFIX_BEGIN_SNAPSHOT": str(at_begin)}, log_name="second.log")
     assert code == 0, log[-4000:]

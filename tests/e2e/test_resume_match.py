@@ -34,17 +34,6 @@ def _config(root, name, case, *, plugin, **changes):
     return config
 
 
-def _variant(config, name, **changes):
-    """The same run's config in a sibling folder with ``changes``: the same output_dir unless changed."""
-    cfg = yaml.safe_load(config.read_text())
-    cfg.update(changes)
-    folder = config.parent.parent / name
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.yml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
 def _seed(output_dir, source_checkpoint):
     """A new output_dir holding only a copy of ``source_checkpoint`` (as a run stopped right after it left it)."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +61,7 @@ def test_auto_resume_past_this_runs_end_stops_and_a_longer_run_continues(e2e_roo
     assert harness.observe(out, log).saved == run1
 
     # run 2: the same output_dir, 1 epoch (30 steps), another learning rate
-    shorter = _variant(first, "match-shorter", num_epochs=1, learning_rate=0.002)
+    shorter = harness.variant(first, "match-shorter", num_epochs=1, learning_rate=0.002)
     code, log = harness.run_cli_raw(shorter, env=ENV, log_name="second.log")
     M2 = reference.axolotl_max_steps(case["samples"], case["micro_batch"], 1, 1)
     assert code != 0
@@ -85,7 +74,7 @@ def test_auto_resume_past_this_runs_end_stops_and_a_longer_run_continues(e2e_roo
     assert harness.observe(out, log).kept == run1  # nothing written, nothing rotated
 
     # a longer run 2: 3 epochs, resumes from 60 and trains to 90, with one line naming the change
-    longer = _variant(first, "match-longer", num_epochs=3)
+    longer = harness.variant(first, "match-longer", num_epochs=3)
     code, log = harness.run_cli_raw(longer, env=ENV, log_name="third.log")
     assert code == 0, log[-4000:]
     M3 = reference.axolotl_max_steps(case["samples"], case["micro_batch"], 1, 3)
@@ -126,7 +115,7 @@ def _kill_and_resume(root, name, case, cut, *, plugin, explicit=False, **changes
     code, log = harness.run_cli_raw(config, env={**ENV, "SAVEFIX_KILL_AT": f"{cut}:after_state"}, log_name="first.log")
     assert code != 0 and "[kill_shim] SIGKILL" in log
     if explicit:
-        config = _variant(
+        config = harness.variant(
             config, name + "-explicit", auto_resume_from_checkpoints=False, resume_from_checkpoint=str(out / f"checkpoint-{cut}")
         )
     code, log = harness.run_cli_raw(config, env=ENV, log_name="second.log")

@@ -1,7 +1,7 @@
 """The per-epoch trigger: one action at the first step that reaches each target j/k of an epoch.
 
-Shared by two seams (saves: ``seams.saves_per_epoch``; evaluations: ``seams.evals_per_epoch``), which
-subclass it with their flag and key. It
+Shared by two seams (saves: ``seams.saves_per_epoch``; evaluations: ``seams.evals_per_epoch``), each
+with its subclass here (:class:`SavesPerEpochCallback`, :class:`EvalsPerEpochCallback`: a flag and a key). It
 compares Transformers' float ``state.epoch`` with the targets j/k using
 :func:`math.isclose` for "reached" (:func:`schedule.targets_reached`) and keeps
 the count of targets already acted on as guard, so each target fires exactly
@@ -18,12 +18,14 @@ check (``NEVER % NEVER == 0`` when both saves and evals are per epoch).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from transformers import TrainerCallback
 
 from ..rules import schedule
 from .log import log_once
+from .patching import key_hidden
 
 # Transformers' own step interval for a per-epoch schedule: never reached.
 NEVER = 2**62
@@ -62,3 +64,37 @@ class PerEpochCallback(TrainerCallback):
         if state.max_steps > 0 and state.global_step >= state.max_steps:
             setattr(control, self.flag, True)
         return control
+
+
+class SavesPerEpochCallback(PerEpochCallback):
+    """Save at the first step that reaches each target j/``saves_per_epoch``, and at the last step."""
+
+    flag = "should_save"
+    key = "saves_per_epoch"
+    verb = "saving"
+
+
+class EvalsPerEpochCallback(PerEpochCallback):
+    """Evaluate at the first step that reaches each target j/``evals_per_epoch``, and at the last step (once)."""
+
+    flag = "should_evaluate"
+    key = "evals_per_epoch"
+    verb = "evaluating"
+
+
+def hiding(key: str, check: Callable[[Any], None] | None = None) -> Callable[..., Any]:
+    """``normalize_config``'s layer for a per-epoch ``key``: ``check(cfg)`` first, then Axolotl's own with ``key`` hidden.
+
+    Stock ``normalize_config`` turns ``saves_per_epoch``/``evals_per_epoch`` into a float ratio of the
+    run; hidden, it sets none, and the key is put back for the per-epoch callback.
+    """
+
+    def around(call: Callable[..., Any], cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        if check is not None:
+            check(cfg)
+        if not cfg.get(key):
+            return call(cfg, *args, **kwargs)
+        with key_hidden(cfg, key):
+            return call(cfg, *args, **kwargs)
+
+    return around

@@ -26,18 +26,11 @@ from typing import Any
 
 from .._infra import hooks
 from .._infra.patching import key_hidden
-from .._infra.per_epoch import NEVER, PerEpochCallback
+from .._infra.per_epoch import NEVER, EvalsPerEpochCallback, hiding
 from ..rules.checks import check_best_model_alignment, check_eval_config
 
 NAME = "evals_per_epoch"
-
-
-class EvalsPerEpochCallback(PerEpochCallback):
-    """Evaluate at the first step that reaches each target j/``evals_per_epoch``, and at the last step (once)."""
-
-    flag = "should_evaluate"
-    key = "evals_per_epoch"
-    verb = "evaluating"
+__all__ = ["EvalsPerEpochCallback", "install"]  # the callback lives with the trigger it subclasses (_infra.per_epoch)
 
 
 def _validate(call: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
@@ -53,13 +46,6 @@ def _validate(call: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
     check_eval_config(validated)
     check_best_model_alignment(validated)
     return validated
-
-
-def _normalize(call: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
-    if not cfg.get("evals_per_epoch"):
-        return call(cfg, *args, **kwargs)
-    with key_hidden(cfg, "evals_per_epoch"):
-        return call(cfg, *args, **kwargs)
 
 
 def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
@@ -80,6 +66,6 @@ def _callbacks(builder: Any) -> list[Any]:
 
 def install() -> None:
     hooks.add(hooks.Layer("validate_config", NAME, 50, _validate))
-    hooks.add(hooks.Layer("normalize_config", NAME, 10, _normalize))
+    hooks.add(hooks.Layer("normalize_config", NAME, 10, hiding("evals_per_epoch")))
     hooks.add(hooks.Layer("configure_strategy", NAME, 10, _strategy))
     hooks.add_callbacks("evals per epoch", NAME, _callbacks)

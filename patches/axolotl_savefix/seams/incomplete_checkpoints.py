@@ -234,6 +234,5 @@ def _determine(determine: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
     return result
 
 
-
 def install() -> None:
     hooks.add(hooks.Layer("determine_last_checkpoint", NAME, 20, _determine))

@@ -23,27 +23,11 @@ from __future__ import annotations
 from typing import Any
 
 from .._infra import hooks
-from .._infra.patching import key_hidden
-from .._infra.per_epoch import NEVER, PerEpochCallback
+from .._infra.per_epoch import NEVER, SavesPerEpochCallback, hiding
 from ..rules.checks import check_save_config
 
 NAME = "saves_per_epoch"
-
-
-class SavesPerEpochCallback(PerEpochCallback):
-    """Save at the first step that reaches each target j/``saves_per_epoch``, and at the last step."""
-
-    flag = "should_save"
-    key = "saves_per_epoch"
-    verb = "saving"
-
-
-def _normalize(call: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
-    check_save_config(cfg)
-    if not cfg.get("saves_per_epoch"):
-        return call(cfg, *args, **kwargs)
-    with key_hidden(cfg, "saves_per_epoch"):
-        return call(cfg, *args, **kwargs)
+__all__ = ["SavesPerEpochCallback", "install"]  # the callback lives with the trigger it subclasses (_infra.per_epoch)
 
 
 def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
@@ -59,6 +43,6 @@ def _callbacks(builder: Any) -> list[Any]:
 
 
 def install() -> None:
-    hooks.add(hooks.Layer("normalize_config", NAME, 20, _normalize))
+    hooks.add(hooks.Layer("normalize_config", NAME, 20, hiding("saves_per_epoch", check_save_config)))
     hooks.add(hooks.Layer("configure_strategy", NAME, 30, _strategy))
     hooks.add_callbacks("saves per epoch", NAME, _callbacks)
