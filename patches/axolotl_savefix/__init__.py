@@ -128,8 +128,11 @@ def _install_builder() -> None:
 def revert() -> None:
     """Undo every patch: each attribute gets back the very object it had. Idempotent."""
     global _applied
+    from ._infra import collectives
+
     undo_all()
     hooks.reset()
+    collectives.forget()
     _applied = ()
 
 

@@ -75,7 +75,7 @@ def test_rotation_never_counts_a_preemption_checkpoint_and_retires_it_once_super
         folder.mkdir()
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         if marked is not None:
-            (folder / preemption.MARKER).write_text(json.dumps({"global_step": step, "fresh": marked}))
+            (folder / preemption.PREEMPTION).write_text(json.dumps({"global_step": step, "fresh": marked}))
 
     for step in (8, 15):
         checkpoint(step)
@@ -85,7 +85,7 @@ def test_rotation_never_counts_a_preemption_checkpoint_and_retires_it_once_super
     checkpoint(23)
     assert [p.name for p in preemption.remove_superseded(tmp_path)] == ["checkpoint-19"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-15", "checkpoint-20", "checkpoint-23", "checkpoint-8"]
-    assert not (tmp_path / "checkpoint-20" / preemption.MARKER).exists()  # an ordinary checkpoint now: rotation counts it
+    assert not (tmp_path / "checkpoint-20" / preemption.PREEMPTION).exists()  # an ordinary checkpoint now: rotation counts it
     assert preemption.marked(tmp_path) == []
 
 
@@ -110,7 +110,7 @@ def test_before_transformers_5_3_rotation_is_the_trainer_method_and_never_counts
         folder.mkdir()
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         if marked:
-            (folder / preemption.MARKER).write_text("{}")
+            (folder / preemption.PREEMPTION).write_text("{}")
     trainer = SimpleNamespace(args=SimpleNamespace(save_total_limit=2, output_dir=str(tmp_path)))
     try:
         axolotl_savefix.apply()  # the builder is imported: its targets, rotation's among them, are wrapped now
@@ -253,7 +253,7 @@ def test_the_exit_line_says_saved_only_for_a_complete_checkpoint(tmp_path):
 
     folder = tmp_path / "checkpoint-20"
     folder.mkdir()
-    (folder / preemption.MARKER).write_text(json.dumps({"global_step": 20}))  # what a dropped save leaves
+    (folder / preemption.PREEMPTION).write_text(json.dumps({"global_step": 20}))  # what a dropped save leaves
     line = preemption.exit_line(signal.SIGTERM, 20, tmp_path, 1.0)
     assert "checkpoint-20 is NOT complete (lacks" in line and " saved" not in line
     assert "starts again from step 0" in line

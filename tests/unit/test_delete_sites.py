@@ -18,7 +18,7 @@ MOVES = {"rename", "replace", "move"}
 
 # (module, function, call) -> what proves the target is the package's own
 SITES = {
-    ("rules/records", "_write_atomically", "replace"): "its own record, renamed into place over its own temporary file",
+    ("rules/records", "write_atomically", "replace"): "its own record, renamed into place over its own temporary file",
     ("rules/records", "write_marker", "unlink"): "its own pending-save record, superseded by the marker",
     ("rules/records", "write_pending", "unlink"): "its own commit marker in a folder a new save rewrites",
     ("rules/checkpoints", "quarantine", "rename"): "a rename out of the checkpoint-* names (the auto-resume's set-aside)",

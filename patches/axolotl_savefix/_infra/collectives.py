@@ -58,6 +58,7 @@ def _all_reduce_max(group: Any) -> Callable[[list[int]], list[int]]:
 # Whether this process writes commit markers (its node's walker that judged its own disk); None: not decided
 # (then every node's main process writes one).
 _writes_markers: bool | None = None
+_verdict: decision.Verdict | None = None  # the decision this start took (None: one process, or not taken together)
 
 
 def agree_on_resume(output_dir: str) -> decision.Verdict | None:
@@ -69,7 +70,8 @@ def agree_on_resume(output_dir: str) -> decision.Verdict | None:
     made it); where it does not, ``PartialState()`` makes it from the launcher's environment.
     Raises :class:`ResumeAgreementError` when a rank does not come in time.
     """
-    global _writes_markers
+    global _writes_markers, _verdict
+    _verdict = None
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return None
@@ -92,7 +94,7 @@ def agree_on_resume(output_dir: str) -> decision.Verdict | None:
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Check that every node "
             "runs the same command; set SAVEFIX_AGREE_SECONDS to wait longer."
         ) from error
-    _writes_markers = verdict.walked
+    _writes_markers, _verdict = verdict.walked, verdict
     if verdict.lacks and not verdict.error:
         log_once(
             "agreed",
@@ -100,6 +102,22 @@ def agree_on_resume(output_dir: str) -> decision.Verdict | None:
             + (f"checkpoint-{verdict.step}" if verdict.step is not None else "no checkpoint every rank can load"),
         )
     return verdict
+
+
+def forget() -> None:
+    """Drop the decision and the marker writers this process took (``axolotl_savefix.revert``)."""
+    global _writes_markers, _verdict
+    _writes_markers, _verdict = None, None
+
+
+def taken() -> decision.Verdict | None:
+    """The decision :func:`agree_on_resume` took in this process at this start (None: one process, or none taken)."""
+    return _verdict
+
+
+def local_main() -> bool:
+    """Whether this process is its node's main one (``LOCAL_RANK`` 0): the one that changes files on the node's disk."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0
 
 
 def writes_markers() -> bool | None:

@@ -13,9 +13,9 @@ Three kinds of contribution have their own shape, because their order is part of
   callbacks, then this package's, in :data:`CALLBACK_ORDER` (data, not the order seams were applied);
 * carried config keys (:func:`carry`): checked before Axolotl's ``validate_config`` (its schema
   would drop them), put back on the validated config after it;
-* rotation (:func:`add_rotation`): adjustments of ``save_total_limit`` and work before Transformers'
-  ``rotate_checkpoints`` (or, before Transformers 5.3, ``Trainer._rotate_checkpoints``: see
-  ``seams/backports.py``), whichever the installed release has.
+* rotation (:func:`add_rotation`): adjustments of ``save_total_limit`` and work around Transformers'
+  ``rotate_checkpoints`` (or, before Transformers 5.3, ``Trainer._rotate_checkpoints``, which
+  :func:`_rotating_method` adapts), whichever the installed release has.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class _Registry:
     carried: dict[str, tuple[int, str, Callable[[Mapping[str, Any]], Any]]] = field(default_factory=dict)
     rotation: list[tuple[int, str, Callable[..., Any]]] = field(default_factory=list)
     actions: list[tuple[str, Callable[[], None]]] = field(default_factory=list)  # run when the builder is imported
+    record_fields: dict[str, Callable[[Any], Any]] = field(default_factory=dict)  # name -> provide(builder)
     wrapped: set[str] = field(default_factory=set)
     asked: dict[int, bool] = field(default_factory=dict)  # id(layer) -> its ``when``, asked once
 
@@ -85,14 +86,9 @@ def add(layer: Layer) -> None:
     layers.sort(key=lambda each: each.order)
 
 
-def layer(target: str, seam: str, order: int, *, when: Callable[[], bool] | None = None) -> Callable[[Callable[..., Any]], Any]:
-    """Decorator form of :func:`add`: ``@hooks.layer("normalize_config", "saves_per_epoch", 20)``."""
-
-    def decorate(around: Callable[..., Any]) -> Callable[..., Any]:
-        add(Layer(target, seam, order, around, when))
-        return around
-
-    return decorate
+def contributes(target: str, seam: str) -> bool:
+    """Whether ``seam`` already contributed a layer to ``target`` (an install that runs twice adds nothing)."""
+    return any(each.seam == seam for each in _registry.layers.get(target, ()))
 
 
 def _active(key: str) -> list[Layer]:
@@ -164,7 +160,7 @@ def add_callbacks(name: str, seam: str, provide: Callable[[Any], list[Any]]) -> 
     if name not in CALLBACK_ORDER:
         raise ValueError(f"callbacks {name!r} have no place in CALLBACK_ORDER")
     _registry.callbacks[name] = (seam, provide)
-    if not any(each.seam == "callbacks" for each in _registry.layers.get("get_callbacks", ())):
+    if not contributes("get_callbacks", "callbacks"):
         add(Layer("get_callbacks", "callbacks", 0, _with_callbacks))
 
 
@@ -176,6 +172,16 @@ def _with_callbacks(call: Callable[..., Any], builder: Any, *args: Any, **kwargs
     return callbacks
 
 
+def add_record_field(name: str, seam: str, provide: Callable[[Any], Any]) -> None:  # noqa: ARG001 - the seam, for symmetry
+    """A field of the run record every checkpoint carries (``_infra.journal``): ``provide(builder)`` at trainer build."""
+    _registry.record_fields[name] = provide
+
+
+def record_fields(builder: Any) -> dict[str, Any]:
+    """The fields seams contributed to the run record, for ``builder``'s trainer."""
+    return {name: provide(builder) for name, provide in _registry.record_fields.items()}
+
+
 # --- config keys carried past Axolotl's schema -------------------------------------------------------------------
 
 
@@ -185,7 +191,7 @@ def carry(key: str, seam: str, order: int, check: Callable[[Mapping[str, Any]], 
     Keys are checked outermost first by ``order``; ``check`` returns the value to carry (None: unset).
     """
     _registry.carried[key] = (order, seam, check)
-    if not any(each.seam == "carried keys" for each in _registry.layers.get("validate_config", ())):
+    if not contributes("validate_config", "carried keys"):
         add(Layer("validate_config", "carried keys", 0, _carrying))
 
 
@@ -206,12 +212,14 @@ def add_rotation(seam: str, order: int, around: Callable[..., Any]) -> None:
     """``around(call, output_dir, save_total_limit)`` around every rotation: it may act first, change the limit, wrap it.
 
     ``call(output_dir, save_total_limit)`` runs the contributions inside and Transformers' rotation last.
-    Transformers 5.3 on rotate in ``rotate_checkpoints`` (wrapped here); before 5.3 in
-    ``Trainer._rotate_checkpoints`` (seams/backports.py adapts it to :func:`rotate_through`).
+    Transformers 5.3 on rotate in ``rotate_checkpoints``; before 5.3 in ``Trainer._rotate_checkpoints``
+    (:func:`_rotating_method` adapts it); both are wrapped here.
     """
+    if any(each_seam == seam for _, each_seam, _ in _registry.rotation):
+        return  # installed twice: once is enough
     _registry.rotation.append((order, seam, around))
     _registry.rotation.sort(key=lambda each: each[0])
-    if not any(each.seam == "rotation" for each in _registry.layers.get("rotate_checkpoints", ())):
+    if not contributes("rotate_checkpoints", "rotation"):
         add(Layer("rotate_checkpoints", "rotation", 0, _rotating))
         add(Layer("rotate_method", "rotation", 0, _rotating_method))
 

@@ -9,7 +9,7 @@ preemption, resume matches the run, retention):
   the run started (``fresh``, from :func:`note_run_start`'s snapshot);
 * **in ``trainer_state.json``**: the run record (:class:`SaveFixCheckpointRecord`): the world size,
   ``save_only_model``, whether this save wrote optimizer state, and the fields seams add
-  (:data:`RECORD_FIELDS`: the run's fingerprint);
+  (``hooks.add_record_field``: the run's fingerprint);
 * **after a save**, once every rank's part is written: the commit marker
   (:class:`CommitMarker`), which replaces the pending record; and one line, once, when a save wrote
   no optimizer state on purpose;
@@ -18,8 +18,10 @@ preemption, resume matches the run, retention):
   (:func:`finish_interrupted_rotation`) instead of leaving a folder whose modification time makes it
   look like the newest.
 
-What this proves is all this package ever deletes a folder on (:func:`rules.records.own_cut`,
-a recorded rotation victim), and every such delete goes through :func:`delete_own`.
+What this proves is all this package ever deletes a folder on (:func:`rules.records.own_cut`, a
+recorded rotation victim, a superseded preemption checkpoint its notice save created), and every
+folder delete goes through :func:`delete_own`. The only other deletes: this package's own records
+and temporary files, and the weight files a failing final save itself wrote (``seams.full_disk``).
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ class SaveFixCheckpointRecord(TrainerCallback, ExportableState):
     def __init__(self) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
         self.save_only_model = False
-        self.fingerprint: dict = {}  # the run's fingerprint (RECORD_FIELDS["fingerprint"], seams.resume_matches_run)
+        self.fingerprint: dict = {}  # the run's fingerprint (a record field of seams.resume_matches_run)
         self._output_dir: str | None = None
         self._state: Any = None  # the trainer's TrainerState: its global_step names the folder being saved
 
@@ -249,7 +251,7 @@ class _RecordingShutil:
     def rmtree(self, path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
         victim = Path(path)
         try:
-            records._write_atomically(self._record.parent, self._record.name, json.dumps({"victim": victim.name}), "r")
+            records.write_atomically(self._record.parent, self._record.name, json.dumps({"victim": victim.name}), "r")
         except OSError:
             pass  # no record: this delete goes on as stock's
         try:
@@ -318,24 +320,17 @@ def finish_interrupted_rotation(output_dir: str | os.PathLike[str]) -> list[Path
 
 # --- installing the protocol -----------------------------------------------------------------------------------------
 
-# fields a seam adds to the run record: name -> provide(builder); "fingerprint" (seams.resume_matches_run)
-RECORD_FIELDS: dict[str, Callable[[Any], Any]] = {}
-
-
 def _record(builder: Any) -> list[Any]:
     record = SaveFixCheckpointRecord()
-    provide = RECORD_FIELDS.get("fingerprint")
-    if provide is not None:
-        record.fingerprint = provide(builder)
+    record.fingerprint = hooks.record_fields(builder).get("fingerprint") or {}  # seams.resume_matches_run's
     return [record]
 
 
 def install() -> None:
     """Contribute the protocol's layers and callbacks (idempotent: one registry entry per name)."""
     for target in ("trainer_save_checkpoint", "axolotl_save_checkpoint"):
-        if not any(each.seam == "journal" for each in hooks._registry.layers.get(target, ())):
+        if not hooks.contributes(target, "journal"):
             hooks.add(hooks.Layer(target, "journal", 50, _pending_first))
     hooks.add_callbacks("commit marker", "journal", lambda builder: [CommitMarker()])  # noqa: ARG005
     hooks.add_callbacks("run record", "journal", _record)
-    if not any(seam == "journal" for _, seam, _ in hooks._registry.rotation):
-        hooks.add_rotation("journal", 10, _around_rotation)
+    hooks.add_rotation("journal", 10, _around_rotation)

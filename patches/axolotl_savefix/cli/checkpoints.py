@@ -17,21 +17,23 @@ def inventory(output_dir: Path) -> dict[str, Any]:
 
     Also which folder a resume takes (the newest complete ``checkpoint-N``) and what the next
     auto-resume would set aside, delete (provably this package's own cut saves only) and leave
-    (:func:`rules.cleanup.cleanup`). Nothing is changed here. Sizes in bytes allocated on disk
+    (:func:`rules.cleanup.scan`, the walk the resume itself makes). Nothing is changed here. Sizes in bytes allocated on disk
     (:func:`disk.dir_bytes`, what the free space is compared with); ``free_bytes``: ``f_bavail``.
     """
     judged = [(p, checkpoints.judge(p)) for p in checkpoints.checkpoints(output_dir)]
-    scanned = [(p, list(j.lacks), bool(j.lacks) and checkpoints.own_cut(p)) for p, j in judged]
+    found = cleanup.scan(output_dir)  # what the next auto-resume does: the seam's own walk
+    plan = found.plan
     aside = [(p, checkpoints.own_cut(p)) for p in checkpoints.set_aside_folders(output_dir)]
-    sizes = {p: disk.dir_bytes(p) for p in [*(p for p, _ in judged), *(p for p, _ in aside)]}
+    sizes = {p: found.sizes.get(p) or disk.dir_bytes(p) for p in [*(p for p, _ in judged), *(p for p, _ in aside)]}
     free = disk.free_bytes(output_dir)
-    plan = cleanup.cleanup(scanned, aside, sizes=sizes, free_bytes=free)
     newest_step = checkpoints.step_of(plan.newest) if plan.newest else -1
+    owns = {p: bool(j.lacks) and checkpoints.own_cut(p) for p, j in judged}
     folders = [
         {"name": p.name, "kind": "checkpoint", "step": checkpoints.step_of(p), "bytes": sizes[p], "complete": j.complete,
          "lacks": list(j.lacks), "resume": p == plan.newest, "optimizer": j.optimizer, "save_only_model": j.save_only_model,
          "own_cut": own, "older": bool(j.lacks) and (checkpoints.step_of(p) or 0) < (newest_step or 0), "notes": list(j.notes)}
-        for (p, j), (_, _, own) in zip(judged, scanned, strict=True)
+        for p, j in judged
+        for own in (owns[p],)
     ]  # fmt: skip
     folders += [
         {"name": p.name, "kind": "set-aside", "step": (checkpoints.set_aside_step(p) or (0, 0))[0], "bytes": sizes[p],

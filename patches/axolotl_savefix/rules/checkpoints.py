@@ -27,7 +27,7 @@ therefore judged against its own save, never against an idea of a full one:
    says this save wrote it. Sharded weights are all there (an index's shards; FSDP's
    ``.metadata``; DeepSpeed's ``latest``).
 4. The record: ``trainer_state.json`` carries the run's world size, ``save_only_model`` and whether
-   this save wrote optimizer state (``stateful_callbacks``, by the ``resume`` patch's callback,
+   this save wrote optimizer state (``stateful_callbacks``, by the journal's ``SaveFixCheckpointRecord``,
    written on the main process once its optimizer save returned). With it, every rank's
    ``rng_state_R.pth`` is asked for unless the save was model-only.
 
@@ -61,16 +61,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import (  # noqa: F401 - the vocabulary of a checkpoint folder, re-exported for the rules' users
+from .records import (  # noqa: F401 - the vocabulary of a checkpoint folder: its names and records (rules.records)  # the readers' own helpers, used by the rules below
     MARKER,
     MARKER_FORMAT,
-    MAX_MARKER_BYTES,
-    MAX_STATE_BYTES,
     MAX_WORLD,
     OWN_RECORDS,
     PENDING,
     PENDING_EVAL,
-    PENDING_FORMAT,
     PREEMPTION,
     PREFIX,
     QUARANTINE_PREFIX,
@@ -79,7 +76,6 @@ from .records import (  # noqa: F401 - the vocabulary of a checkpoint folder, re
     STATE,
     TORCH_SUFFIXES,
     _own,
-    _read_state,
     _rng_rank,
     _shown,
     eval_pending,
@@ -87,12 +83,10 @@ from .records import (  # noqa: F401 - the vocabulary of a checkpoint folder, re
     load_marker,
     load_record,
     marker_content,
-    marker_problem,
     own_cut,
-    read_marker,
     read_pending,
+    read_state,
     record,
-    record_problem,
     rng_name,
     set_aside_step,
     step_of,
@@ -187,7 +181,7 @@ def judge(path: str | os.PathLike[str]) -> Judgment:
         if marker is not None:
             now = listing(folder)
             return Judgment(
-                tuple(marker_lacks(folder, marker, now)),
+                tuple(marker_lacks(marker, now)),
                 notes,
                 marked=True,
                 optimizer=has_optimizer(marker["files"]),
@@ -208,7 +202,7 @@ def _judge_files(folder: Path, notes: tuple[str, ...] = (), ranks: list[int] | N
     if not folder.is_dir():
         return Judgment((GONE,), notes)
     problems: list[str] = []
-    state, trouble = _read_state(folder)
+    state, trouble = read_state(folder)
     if trouble:
         problems.append(trouble)
     if state is not None:
@@ -311,7 +305,7 @@ def has_optimizer(files: Iterable[str]) -> bool:
     return False
 
 
-def marker_main_lacks(folder: Path, marker: dict, now: dict[str, int]) -> list[str]:  # noqa: ARG001
+def marker_main_lacks(marker: dict, now: dict[str, int]) -> list[str]:
     """Rule 0 for the main process's files (every file but the RNG states) on this disk; ``now``: :func:`listing`.
 
     ``marker`` is one :func:`load_marker` accepted.
@@ -339,23 +333,9 @@ def marker_main_lacks(folder: Path, marker: dict, now: dict[str, int]) -> list[s
     return problems
 
 
-def marker_rng_lacks(marker: dict, rank: int, size_now: int | None) -> list[str]:
-    """Rule 0 for rank ``rank``'s RNG file: ``size_now`` its size on this disk (None: absent)."""
-    world = marker["world_size"]
-    if marker["save_only_model"] or rank >= world:
-        return []
-    name = rng_name(rank, world)
-    saved = marker["files"].get(name)
-    if size_now is None:
-        return [f"{name} (rank {rank} of {world})"]
-    if saved is not None and saved != size_now:
-        return [f"{name} ({size_now} bytes, {saved} when saved: truncated or changed since the save)"]
-    return []
-
-
-def marker_lacks(folder: Path, marker: dict, now: dict[str, int]) -> list[str]:
+def marker_lacks(marker: dict, now: dict[str, int]) -> list[str]:
     """Rule 0 on one disk: the main files and every rank's RNG file of the recorded world (counted from the listing)."""
-    problems = marker_main_lacks(folder, marker, now)
+    problems = marker_main_lacks(marker, now)
     if marker["save_only_model"]:
         return problems
     world = marker["world_size"]

@@ -8,11 +8,13 @@ does with incomplete folders".
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import set_aside_step, step_of
+from . import checkpoints, disk
+from .records import own_cut, set_aside_step, step_of
 
 OLDER_OWN_CUT = "a cut save of this package's own (started, never committed), older than the newest such one: only that is kept"
 SHORT_OF_SPACE = "a cut save of this package's own: output_dir has less free space than one checkpoint"
@@ -54,7 +56,7 @@ def cleanup(
 
     ``scanned``: ``(folder, lacks, own_cut)`` for each ``checkpoint-N``, oldest first: at least every one
     from the newest complete one up (older ones are ignored: never touched). ``set_aside``: ``(folder,
-    own_cut)`` for each existing ``incomplete-checkpoint-N[.n]``. ``own_cut``: :func:`own_cut`.
+    own_cut)`` for each existing ``incomplete-checkpoint-N[.n]``. ``own_cut``: :func:`rules.records.own_cut`.
     ``sizes``: bytes of each folder (the newest complete one and every cut save); ``free_bytes``: the
     free space of ``output_dir`` now. Rules:
 
@@ -81,3 +83,45 @@ def cleanup(
     moving = tuple((p, "; ".join(lacks)) for p, lacks, _ in cut if p not in deleted)
     kept = tuple(p for p, _ in set_aside if p not in deleted)
     return Cleanup(newest, moving, tuple(delete), kept)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What an auto-resume finds in ``output_dir`` (:func:`scan`) and what it would do (``plan``).
+
+    ``walked``: ``(checkpoint-N, what it lacks)``, newest first down to the newest complete one, then
+    put oldest first; ``newest``: that one (None: none complete); ``sizes``: bytes of the folders the
+    plan weighs; ``plan``: :func:`cleanup`'s answer.
+    """
+
+    walked: tuple[tuple[Path, list[str]], ...]
+    newest: Path | None
+    sizes: dict[Path, int]
+    plan: Cleanup
+
+
+def scan(output_dir: str | os.PathLike[str], judge: Callable[[Path], list[str]] = checkpoints.missing) -> Scan:
+    """The auto-resume's walk: newest first, stopping at the first complete checkpoint; older folders are not read.
+
+    ``judge``: what a folder lacks (one disk by default; several processes pass the job's verdict).
+    The seam that resumes (``seams.incomplete_checkpoints``) carries out ``plan``; ``axolotl-savefix
+    checkpoints`` shows it. Sizes and free space are measured (:mod:`rules.disk`); an ``OSError``
+    there leaves the shortage rule out.
+    """
+    walked: list[tuple[Path, list[str]]] = []
+    newest = None
+    for folder in reversed(checkpoints.checkpoints(output_dir)):
+        lacks = judge(folder)
+        walked.append((folder, lacks))
+        if not lacks:
+            newest = folder
+            break
+    walked.reverse()
+    aside = [(p, own_cut(p)) for p in checkpoints.set_aside_folders(output_dir)]
+    weighed = [*([newest] if newest else []), *(p for p, lacks in walked if lacks), *(p for p, _ in aside)]
+    try:
+        sizes, free = {p: disk.dir_bytes(p) for p in weighed}, disk.free_bytes(output_dir)
+    except OSError:
+        sizes, free = {}, None
+    scanned = [(p, lacks, bool(lacks) and own_cut(p)) for p, lacks in walked]
+    return Scan(tuple(walked), newest, sizes, cleanup(scanned, aside, sizes=sizes, free_bytes=free))

@@ -175,7 +175,7 @@ def main_part(folder: Path) -> Main:
     notes = (note,) if note else ()
     if marker is not None:
         now = checkpoints.listing(folder)
-        lacks = checkpoints.marker_main_lacks(folder, marker, now)
+        lacks = checkpoints.marker_main_lacks(marker, now)
         changed = [  # the RNG files on this disk: sizes only (W of them on a shared disk: sort the few that differ)
             (name, size)
             for name, size in marker["files"].items()
@@ -189,7 +189,7 @@ def main_part(folder: Path) -> Main:
     lacks = [p for p in judged.lacks if p != NO_WEIGHTS]
     if not _has_weights(folder):
         lacks.append(f"{NO_WEIGHTS.split(' (')[0]} (never written on this disk)")
-    state, _ = checkpoints._read_state(folder)
+    state, _ = checkpoints.read_state(folder)
     run = checkpoints.record(state)
     world = run["world_size"] if run else 0
     with os.scandir(folder) as scan:

@@ -1,4 +1,4 @@
-"""How many checkpoints fit: the disk rule for an unset ``save_total_limit``. Pure, plus two seams.
+"""How many checkpoints fit: the disk rule for an unset ``save_total_limit``. Pure, plus two measurements.
 
 Upstream refused "keep every checkpoint" as a default (PR 2177) because runs
 fill disks. Our default keeps every scheduled checkpoint only when they fit in
@@ -12,7 +12,7 @@ file's size rounded up to the block size where ``st_blocks`` is not reported),
 not their apparent bytes; a 310 KB checkpoint of 12 files allocates about 9.5%
 more on a 4 KiB-block file system, and free space is counted in the same blocks.
 
-The seams: :func:`free_bytes` (``os.statvfs``'s ``f_bavail``: what an
+The measurements: :func:`free_bytes` (``os.statvfs``'s ``f_bavail``: what an
 unprivileged writer may use, so ext4's reserved blocks are not counted) and
 :func:`dir_bytes` (what a checkpoint folder has allocated). Tests replace
 :func:`free_bytes` only.

@@ -170,11 +170,6 @@ def load_marker(folder: Path) -> tuple[dict | None, str | None]:
     return loaded, None
 
 
-def read_marker(folder: Path) -> dict | None:
-    """``folder``'s commit marker when it is one this rule reads (:func:`load_marker`); None otherwise."""
-    return load_marker(folder)[0]
-
-
 def record_problem(stored: Any) -> str | None:
     """Why ``stored`` (the record's ``attributes``) is not a run record this rule reads; None when it is."""
     if not isinstance(stored, dict):
@@ -194,7 +189,7 @@ def record_problem(stored: Any) -> str | None:
 def load_record(state: Any) -> tuple[dict | None, str | None]:
     """The run's record in a parsed ``trainer_state.json``, checked: ``(record, None)``, ``(None, note)`` or ``(None, None)``.
 
-    The record: ``{"world_size": W, "save_only_model": b, "optimizer": b (from 0.7), "fingerprint": {...}}``.
+    The record: ``{"world_size": W, "save_only_model": b, "optimizer": b (from 0.2), "fingerprint": {...}}``.
     """
     if not isinstance(state, dict):
         return None, None
@@ -233,7 +228,7 @@ def read_pending(folder: Path) -> dict | None:
     return loaded
 
 
-def _read_state(folder: Path) -> tuple[dict | None, str | None]:
+def read_state(folder: Path) -> tuple[dict | None, str | None]:
     """``trainer_state.json`` parsed (a dict), or None and what is wrong with it. Raises FileNotFoundError if the folder is gone."""
     try:
         with (folder / STATE).open("rb") as f:
@@ -293,7 +288,7 @@ def marker_content(folder: Path, step: int, world_size: int, save_only_model: bo
     }
 
 
-def _write_atomically(folder: Path, name: str, content: str, writer: str) -> Path:
+def write_atomically(folder: Path, name: str, content: str, writer: str) -> Path:
     temporary = folder / f".{name}.{writer}.tmp"
     with temporary.open("w", encoding="utf-8") as f:
         f.write(content)
@@ -318,7 +313,7 @@ def write_marker(folder: Path, step: int, world_size: int, save_only_model: bool
     on one shared disk write the same content; the rename makes whichever is last whole.
     """
     content = json.dumps(marker_content(folder, step, world_size, save_only_model), separators=(",", ":"))
-    path = _write_atomically(folder, MARKER, content, writer)
+    path = write_atomically(folder, MARKER, content, writer)
     (folder / PENDING).unlink(missing_ok=True)  # its own record: the marker supersedes it
     return path
 
@@ -332,7 +327,7 @@ def write_pending(folder: Path, step: int, fresh: bool, writer: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MARKER).unlink(missing_ok=True)
     content = json.dumps({"format": PENDING_FORMAT, "global_step": step, "fresh": fresh}, separators=(",", ":"))
-    return _write_atomically(folder, PENDING, content, writer)
+    return write_atomically(folder, PENDING, content, writer)
 
 
 def own_cut(folder: Path) -> bool:
@@ -372,3 +367,37 @@ def resumed_checkpoint(output_dir: str | os.PathLike[str], global_step: Any) -> 
     step = int(global_step or 0)
     folder = Path(os.fspath(output_dir)) / f"{PREFIX}{step}"
     return str(folder) if step > 0 and folder.is_dir() else None
+
+
+def read_preemption(folder: Path) -> dict | None:
+    """``folder``'s preemption record, checked: ``{"global_step": N, "signal": name, "fresh": bool}``; None when absent or not one.
+
+    ``global_step`` must be the folder's step; ``fresh`` (from 0.2) says the notice save created the
+    folder. One bounded read.
+    """
+    try:
+        with (folder / PREEMPTION).open("rb") as f:
+            loaded = json.loads(f.read(4096))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(loaded, dict) or _count(loaded.get("global_step")) is None or loaded["global_step"] != step_of(folder):
+        return None
+    signal = loaded.get("signal")
+    fresh = loaded.get("fresh")
+    return {
+        "global_step": loaded["global_step"],
+        "signal": signal[:20] if isinstance(signal, str) else "a signal",
+        "fresh": fresh is True,
+    }
+
+
+def write_preemption(folder: Path, step: int, signal: str, fresh: bool) -> None:
+    """The preemption record, written before the notice save starts (atomically: a cut save is still marked)."""
+    content = json.dumps({"global_step": step, "signal": signal, "scheduled": False, "fresh": fresh}, separators=(",", ":"))
+    write_atomically(folder, PREEMPTION, content, str(os.getpid()))
+
+
+def write_pending_eval(folder: Path, step: int, signal: str) -> None:
+    """The pending-eval record: the notice cut or skipped step ``step``'s evaluation; the resume evaluates it again."""
+    content = json.dumps({"global_step": step, "signal": signal}, separators=(",", ":"))
+    write_atomically(folder, PENDING_EVAL, content, str(os.getpid()))

@@ -111,6 +111,16 @@ def lacks_training_state(names: Iterable[tuple[str, bool]]) -> list[str]:
     return lacks
 
 
+def auto_resumes(cfg: Mapping[str, Any], update: bool = True) -> bool:
+    """Whether Axolotl's ``determine_last_checkpoint(cfg, update)`` resumes automatically: where this package may act.
+
+    No explicit ``resume_from_checkpoint``, an ``output_dir``, a training start (``update``; not the
+    merge of sharded weights, which passes False) and ``auto_resume_from_checkpoints`` on.
+    """
+    explicit, auto = cfg.get("resume_from_checkpoint"), cfg.get("auto_resume_from_checkpoints")
+    return bool(not explicit and cfg.get("output_dir") and update and auto)
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))  # num_epochs: 2.0 as the user wrote it, 2

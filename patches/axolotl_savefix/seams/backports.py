@@ -18,7 +18,6 @@ back-port                              releases (the target's ``where``)     wha
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -154,8 +153,8 @@ class BestFollowsOutputDir(TrainerCallback):
         if resumed is None:
             return None
         try:
-            recorded = json.loads((Path(resumed) / checkpoints.STATE).read_text())
-        except (OSError, ValueError):
+            recorded, _ = checkpoints.read_state(Path(resumed))  # bounded; None when missing or not JSON
+        except FileNotFoundError:
             return None
         best = recorded.get("best_model_checkpoint") if isinstance(recorded, dict) else None
         return best if isinstance(best, str) and best else None

@@ -45,7 +45,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .._infra import hooks, journal
+from .._infra import collectives, hooks, journal
 from .._infra.log import log_once
 from ..rules import checkpoints, disk
 
@@ -59,15 +59,13 @@ class DiskFullError(OSError):
 
 
 def _local_main() -> bool:
-    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0
+    return collectives.local_main()
 
 
 def _newest(output_dir: str) -> tuple[Path | None, int]:
     """The newest complete checkpoint and its bytes (only that one is walked); ``(None, 0)`` when there is none."""
-    for folder in reversed(checkpoints.checkpoints(output_dir)):
-        if not checkpoints.missing(folder):
-            return folder, disk.dir_bytes(folder)
-    return None, 0
+    newest = checkpoints.newest_complete(output_dir)
+    return (newest, disk.dir_bytes(newest)) if newest is not None else (None, 0)
 
 
 def _measure(output_dir: str) -> tuple[Path | None, int, int, int]:

@@ -9,9 +9,8 @@ Target ``determine_last_checkpoint`` (and its copies in ``axolotl.train`` and
 
 * with ``auto_resume_from_checkpoints``, at train start: the ``checkpoint-N`` folders are walked
   newest first and judged by what their own save wrote (:mod:`rules.checkpoints`); the first
-  complete one is resumed from, by every rank (several processes take the decision together:
-  :func:`_infra.collectives.agree_on_resume`; a node-local ``output_dir`` without
-  ``save_on_each_node`` stops with one error naming the node). Each incomplete folder newer than it
+  complete one is resumed from (with several processes, the job's decision, which
+  ``seams.several_nodes`` takes before this runs, judges instead). Each incomplete folder newer than it
   is renamed ``incomplete-checkpoint-N``; older folders are not read, nor touched. A folder is
   deleted only when it is provably this package's own cut save (:func:`rules.records.own_cut`),
   within issue 19's bound (:mod:`rules.cleanup`); anything else it leaves, with one line saying
@@ -29,15 +28,14 @@ record, the run record, the commit marker). Upstream: docs/upstream/series (a sl
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .._infra import hooks, journal
-from .._infra.collectives import NotSharedOutputDirError, ResumeAgreementError, agree_on_resume  # noqa: F401 - re-exported
+from .._infra.collectives import local_main, taken
 from .._infra.log import log_once
-from ..rules import checkpoints, cleanup, disk
+from ..rules import checkpoints, cleanup, run_match
 
 NAME = "incomplete_checkpoints"
 
@@ -46,10 +44,6 @@ class IncompleteCheckpointError(ValueError):
     """``resume_from_checkpoint`` names a checkpoint that cannot be resumed from."""
 
     __module__ = "axolotl_savefix"  # its public name: tracebacks and the guide say axolotl_savefix.IncompleteCheckpointError
-
-
-def _local_main() -> bool:
-    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0
 
 
 def _describe(problems: list[str] | tuple[str, ...]) -> str:
@@ -63,20 +57,14 @@ def _delete_own(folder: Path) -> bool:
     return journal.delete_own(folder)
 
 
-def _sizes(output_dir: str, folders: list[Path]) -> tuple[dict[Path, int], int | None]:
-    try:
-        return {p: disk.dir_bytes(p) for p in folders}, disk.free_bytes(output_dir)
-    except OSError:
-        return {}, None
-
-
 def set_aside_incomplete(
     output_dir: str, judge: Callable[[Path], list[str]] = checkpoints.missing, *, acts: bool | None = None
 ) -> tuple[Path | None, list[tuple[Path, list[str], Path | str | None]]]:
     """The auto-resume's scan: the newest complete checkpoint; each newer incomplete one, what it lacks, what became of it.
 
     Newest first, stopping at the first complete checkpoint: older folders are not read, and never
-    touched. The policy is :func:`rules.cleanup.cleanup` (docs/user-guide.md "Incomplete checkpoints"):
+    touched (:func:`rules.cleanup.scan`). The policy is :func:`rules.cleanup.cleanup` (docs/user-guide.md,
+    "What a resume does with incomplete folders"):
     each incomplete ``checkpoint-N`` newer than the one the resume takes is renamed to
     ``incomplete-checkpoint-N``; a folder is deleted only when it is provably this package's own cut
     save (:func:`checkpoints.own_cut`, checked again right before); any other set-aside folder is left,
@@ -86,24 +74,12 @@ def set_aside_incomplete(
     :meth:`rules.decision.Verdict.judge`, the job's verdict). ``acts``: whether this process
     renames and deletes (default: the node's main process).
     """
-    folders = checkpoints.checkpoints(output_dir)
-    walked: list[tuple[Path, list[str]]] = []
-    newest = None
-    for folder in reversed(folders):  # newest first; the one taken ends the walk
-        lacks = judge(folder)
-        walked.append((folder, lacks))
-        if not lacks:
-            newest = folder
-            break
-    walked.reverse()
-    incomplete = [(p, lacks) for p, lacks in walked if lacks]
-    if not (_local_main() if acts is None else acts):
+    found = cleanup.scan(output_dir, judge)
+    newest, plan, sizes = found.newest, found.plan, found.sizes
+    incomplete = [(p, lacks) for p, lacks in found.walked if lacks]
+    if not (local_main() if acts is None else acts):
         return newest, [(folder, lacks, None) for folder, lacks in incomplete]
     journal.finish_deletes(output_dir)  # a delete of the package's own that a kill interrupted
-    scanned = [(p, lacks, bool(lacks) and checkpoints.own_cut(p)) for p, lacks in walked]
-    aside = [(p, checkpoints.own_cut(p)) for p in checkpoints.set_aside_folders(output_dir)]
-    sizes, free = _sizes(output_dir, [*([newest] if newest else []), *(p for p, _ in incomplete), *(p for p, _ in aside)])
-    plan = cleanup.cleanup(scanned, aside, sizes=sizes, free_bytes=free)
     fates: dict[Path, Path | str | None] = {}
     for folder, why in plan.delete:
         if _delete_own(folder):
@@ -199,25 +175,18 @@ def _determine(determine: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
         check_explicit(str(explicit), cfg.get("output_dir"))
         return determine(cfg, *args, **kwargs)
     update = kwargs.get("update", args[0] if args else True)
-    if not cfg.get("output_dir") or not update or not cfg.get("auto_resume_from_checkpoints"):
+    if not run_match.auto_resumes(cfg, update):
         # no auto-resume here (off, or the merge of sharded weights): nothing on disk changes
         result = determine(cfg, *args, **kwargs)
         if result is not None and not update:
             _warn_if_incomplete(str(result))
         return result
-    agreement = agree_on_resume(cfg.output_dir)  # the resume decision: every rank's
-    if agreement is not None and agreement.error:
-        raise NotSharedOutputDirError(agreement.error)
-    judge = agreement.judge if agreement is not None else _judge_noting
-    for note in agreement.notes if agreement is not None else ():
+    verdict = taken()  # several processes: the job's decision (seams.several_nodes); else this disk's own
+    judge = verdict.judge if verdict is not None else _judge_noting
+    for note in verdict.notes if verdict is not None else ():
         log_once(f"bad-input:{note}", note, logging.WARNING)
-    acts = agreement.walked if agreement is not None else None
-    newest, incomplete = set_aside_incomplete(cfg.output_dir, judge, acts=acts)
+    newest, incomplete = set_aside_incomplete(cfg.output_dir, judge, acts=verdict.walked if verdict is not None else None)
     result = determine(cfg, *args, **kwargs)
-    if agreement is not None and result is not None:
-        agreed = str(Path(cfg.output_dir) / f"{checkpoints.PREFIX}{agreement.step}") if agreement.step is not None else None
-        if result != agreed:  # never ranks on different steps
-            result = cfg["resume_from_checkpoint"] = agreed
     moved = {str(p) for p, _, _ in incomplete}
     if result is not None and str(result) in moved:
         # another rank: it listed the folders before the main process moved one aside

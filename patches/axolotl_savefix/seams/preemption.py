@@ -40,19 +40,19 @@ Signals as schedulers send them (issue 30):
   (SIGKILL, an exception) still fails the run loudly, as in stock. At the preemption exit, workers
   still alive after 2 s are killed, so the exit never waits on one.
 * A launcher that forwards the notice (srun, torchrun) delivers it twice within milliseconds: the
-  same signal again within :data:`REPEAT_SECONDS` of the first is the same notice. A signal after
+  same signal again within ``_infra.signals.REPEAT_SECONDS`` of the first is the same notice. A signal after
   that (a person's second Ctrl-C) exits at once, as before.
 * The step's evaluation never runs before the notice save: a notice agreed at a step whose eval is
   due saves first and skips that eval (so ``save_strategy: best`` cannot turn the save off), and a
   notice that arrives during an evaluation stops it at the next eval batch (every rank agrees at
-  each batch). Either way the checkpoint records :data:`PENDING_EVAL`, and the resumed run evaluates
+  each batch). Either way the checkpoint records ``savefix_pending_eval.json``, and the resumed run evaluates
   that step again (``eval_on_start``, which the resume otherwise turns off).
 * The exit line says ``saved`` only after the completeness rule found the checkpoint complete;
   otherwise it names what is missing and the checkpoint the next run resumes from.
 * Transformers' own SIGTERM handler (``enable_jit_checkpoint``) is taken out when the run starts:
   one handler decides, and ours agrees across ranks and keeps the schedule.
 
-The preemption checkpoint is extra to the schedule: it carries a marker file (:data:`MARKER`, written
+The preemption checkpoint is extra to the schedule: it carries a record (``savefix_preemption.json``, written
 before the save starts), rotation never counts it, and it is removed once a later checkpoint is
 complete (at the next save, or at the end of training). The resumed run saves exactly the scheduled
 steps still ahead (the per-epoch guard is rebuilt from the restored ``state.epoch``).
@@ -60,7 +60,6 @@ steps still ahead (the per-epoch guard is rebuilt from the restored ``state.epoc
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -75,11 +74,10 @@ from transformers import TrainerCallback
 from .._infra import hooks, journal, signals
 from .._infra.collectives import NoticeFlag, world
 from .._infra.log import log_once
-from ..rules import checkpoints, keys, plan
-from ..rules.records import PENDING_EVAL, PREEMPTION, eval_pending
+from ..rules import checkpoints, keys, plan, records
+from ..rules.records import PREEMPTION, eval_pending
 
 NAME = "preemption"
-MARKER = PREEMPTION  # inside a checkpoint-N saved on a preemption notice (rules.records)
 exit_status = signals.exit_status
 
 
@@ -89,16 +87,13 @@ class EvalInterrupted(Exception):  # noqa: N818 - not an error: the notice stops
 
 def marked(output_dir: str | os.PathLike[str]) -> list[Path]:
     """The ``checkpoint-N`` folders of ``output_dir`` that were saved on a preemption notice, oldest first."""
-    return [folder for folder in checkpoints.checkpoints(output_dir) if (folder / MARKER).is_file()]
+    return [folder for folder in checkpoints.checkpoints(output_dir) if (folder / PREEMPTION).is_file()]
 
 
 def _fresh_notice(folder: Path) -> bool:
     """Whether ``folder``'s preemption record says the notice save created the folder (it was not there when its run started)."""
-    try:
-        record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(record, dict) and record.get("fresh") is True and record.get("global_step") == checkpoints.step_of(folder)
+    record = records.read_preemption(folder)
+    return record is not None and record["fresh"]
 
 
 def remove_superseded(output_dir: str | os.PathLike[str]) -> list[Path]:
@@ -128,7 +123,7 @@ def remove_superseded(output_dir: str | os.PathLike[str]) -> list[Path]:
                 " (a preemption checkpoint is extra to the schedule and never counted by save_total_limit)",
             )
         else:
-            (folder / MARKER).unlink(missing_ok=True)  # its own record: the folder is an ordinary checkpoint again
+            (folder / PREEMPTION).unlink(missing_ok=True)  # its own record: the folder is an ordinary checkpoint again
             log_once(
                 f"preempt-kept:{folder}",
                 f"kept {folder.name}, a preemption checkpoint saved into a folder that was there before the run: "
@@ -159,15 +154,9 @@ class PreemptionCallback(TrainerCallback):
             return control
         folder = Path(str(self.resume_from_checkpoint))
         why = "the newest complete checkpoint, a scheduled one"
-        notice = folder / MARKER
-        if notice.is_file():
-            why = "a preemption checkpoint"
-            try:
-                record = json.loads(notice.read_text())
-            except (OSError, ValueError, RecursionError):
-                record = None
-            if isinstance(record, dict) and isinstance(record.get("signal"), str) and type(record.get("global_step")) is int:
-                why = f"a preemption checkpoint ({record['signal'][:20]} at step {record['global_step']})"
+        if (folder / PREEMPTION).is_file():
+            record = records.read_preemption(folder)
+            why = "a preemption checkpoint" + (f" ({record['signal']} at step {record['global_step']})" if record else "")
         ahead = ""
         if train_dataloader is not None and len(train_dataloader) and state.max_steps > 0:
             run_plan = plan.make_plan(plan.Settings.from_config(self.cfg), len(train_dataloader), state.max_steps)
@@ -187,10 +176,9 @@ class PreemptionCallback(TrainerCallback):
         folder.mkdir(parents=True, exist_ok=True)
         name = signal.Signals(signum).name
         if not scheduled:
-            record = {"global_step": state.global_step, "signal": name, "scheduled": False, "fresh": fresh}
-            (folder / MARKER).write_text(json.dumps(record))  # before the save: a cut save is still marked
+            records.write_preemption(folder, int(state.global_step), name, fresh)  # before the save: a cut save is still marked
         if eval_cut:
-            (folder / PENDING_EVAL).write_text(json.dumps({"global_step": state.global_step, "signal": name}))
+            records.write_pending_eval(folder, int(state.global_step), name)
 
     def _stop(self, signum: int, state: Any, control: Any, *, scheduled: bool) -> None:
         self.stop_signal, self.stop_step, self.scheduled = signum, state.global_step, scheduled

@@ -8,7 +8,7 @@ also past this run's end, with other data or batches, or without optimizer state
 Targets (``_infra.targets``):
 
 * ``get_callbacks``: the run's fingerprint goes into every checkpoint's run record
-  (``_infra.journal.RECORD_FIELDS``); :class:`RunMatchCallback` stops, at train begin of a resumed
+  (a record field of the journal's run record); :class:`RunMatchCallback` stops, at train begin of a resumed
   run (before the first step and before ``eval_on_start``), a resume into a checkpoint that does not
   belong to the run, naming what differs and the fix (``savefix_resume_anyway: true`` goes on); a
   checkpoint whose save could not write its optimizer (Axolotl's fallback) resumes with one line and
@@ -27,7 +27,6 @@ step (``max_steps``) is only known once the dataloader is built. Upstream: docs/
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .._infra import hooks, journal
+from .._infra import hooks
 from .._infra.log import log_once
 from ..rules import checkpoints, keys, run_match
 from ..rules.plan import relora_restarts
@@ -127,10 +126,7 @@ class RunMatchCallback(TrainerCallback):
         if not checkpoint or not state.global_step or not Path(str(checkpoint)).is_dir():
             return control
         folder = Path(str(checkpoint))
-        try:
-            saved = json.loads((folder / checkpoints.STATE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved = {}
+        saved, _ = checkpoints.read_state(folder)  # bounded; None when missing or not JSON
         run, note = checkpoints.load_record(saved)
         if note:
             log_once(f"bad-input:{folder}/{note}", f"{folder.name}/{note}", logging.WARNING)
@@ -185,7 +181,7 @@ def _warn_save_only_model(call: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any
 def install() -> None:
     hooks.carry(keys.RESUME_ANYWAY, NAME, 20, keys.resume_anyway)  # first: Axolotl's schema would drop it
     hooks.add(hooks.Layer("validate_config", NAME, 5, _warn_save_only_model))
-    journal.RECORD_FIELDS["fingerprint"] = _fingerprint
+    hooks.add_record_field("fingerprint", NAME, _fingerprint)
     hooks.add_callbacks("run match", NAME, lambda builder: [RunMatchCallback(builder.cfg, _fingerprint(builder))])
     hooks.add_callbacks(
         "no eval on resume", NAME, lambda builder: [NoEvalOnResumeCallback()] if builder.eval_dataset is not None else []

@@ -1,10 +1,13 @@
 """Several nodes decide together, and ``save_on_each_node: true`` gives every node a whole checkpoint.
 
-The resume decision itself (every rank judges the checkpoints on its own disk, the ranks exchange
-what they found, all resume from the newest checkpoint every rank can load; a node-local
-``output_dir`` without ``save_on_each_node`` stops every rank with one error naming the node) is
-taken in ``seams.incomplete_checkpoints`` through ``_infra.collectives``. This seam makes the fix
-for that error work:
+* ``determine_last_checkpoint`` (an auto-resume start, several processes): every rank judges the
+  checkpoints on its own disk, the ranks exchange what they found (:func:`_infra.collectives.agree_on_resume`:
+  :mod:`rules.decision`, newest first, one walker per node, a few integers per round), and all resume
+  from the newest checkpoint every rank can load. A node-local ``output_dir`` without
+  ``save_on_each_node`` stops every rank with one error naming the node (:class:`NotSharedOutputDirError`),
+  instead of the silent restart from step 0 a per-process decision gave. The decision is what
+  ``seams.incomplete_checkpoints`` then judges by (:func:`_infra.collectives.taken`); without this
+  seam each process judges its own disk.
 
 * ``validate_config``: carries ``save_on_each_node`` past Axolotl's schema, which lacks it
   (:mod:`rules.keys`), and ``configure_strategy`` passes it on to Transformers' training args;
@@ -25,10 +28,12 @@ attribute for that save only) returns what it is given.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .._infra import hooks
-from ..rules import keys
+from .._infra.collectives import NotSharedOutputDirError, agree_on_resume
+from ..rules import checkpoints, keys, run_match
 
 NAME = "several_nodes"
 
@@ -74,7 +79,23 @@ def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, *
     return result
 
 
+def _decide_together(determine: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
+    """``determine_last_checkpoint``'s outer layer: the job's decision first, the same step on every rank after."""
+    if not run_match.auto_resumes(cfg, kwargs.get("update", args[0] if args else True)):
+        return determine(cfg, *args, **kwargs)
+    verdict = agree_on_resume(cfg.output_dir)  # None for one process
+    if verdict is not None and verdict.error:
+        raise NotSharedOutputDirError(verdict.error)
+    result = determine(cfg, *args, **kwargs)
+    if verdict is not None and result is not None:
+        agreed = str(Path(cfg.output_dir) / f"{checkpoints.PREFIX}{verdict.step}") if verdict.step is not None else None
+        if result != agreed:  # never ranks on different steps
+            result = cfg["resume_from_checkpoint"] = agreed
+    return result
+
+
 def install() -> None:
+    hooks.add(hooks.Layer("determine_last_checkpoint", NAME, 10, _decide_together))
     hooks.carry(keys.ON_EACH_NODE, NAME, 41, keys.save_on_each_node)
     hooks.add(hooks.Layer("configure_strategy", NAME, 21, _strategy))
     hooks.add(hooks.Layer("axolotl_save", NAME, 20, _save))
