@@ -53,7 +53,7 @@ def test_a_whole_checkpoint_is_complete(tmp_path):
 
 def test_no_trainer_state_is_incomplete(tmp_path):
     folder = make_checkpoint(tmp_path, 23, state=False)
-    assert checkpoints.missing(folder) == ["trainer_state.json (never written: the save was cut before its end)"]
+    assert checkpoints.missing(folder) == ["trainer_state.json (never written: a save cut before its end, or a folder no save wrote)"]
 
 
 def test_a_cut_trainer_state_is_incomplete(tmp_path):
@@ -106,7 +106,7 @@ def test_every_problem_is_named(tmp_path):
     folder = make_checkpoint(tmp_path, 23, state=False)
     truncate(folder / "optimizer.pt")
     assert checkpoints.missing(folder) == [
-        "trainer_state.json (never written: the save was cut before its end)",
+        "trainer_state.json (never written: a save cut before its end, or a folder no save wrote)",
         "optimizer.pt (cut while being written)",
     ]
 

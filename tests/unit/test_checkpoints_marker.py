@@ -45,10 +45,10 @@ def test_a_preemption_record_is_not_a_commit_marker(tmp_path):
     folder = tmp_path / "checkpoint-8"
     folder.mkdir()
     (folder / "savefix_preemption.json").write_text(json.dumps({"global_step": 8}))
-    assert checkpoints.missing(folder) == ["trainer_state.json (never written: the save was cut before its end)"]
+    assert checkpoints.missing(folder) == ["trainer_state.json (never written: a save cut before its end, or a folder no save wrote)"]
     cut = make_checkpoint(tmp_path, 9, state=False)
     (cut / "savefix_preemption.json").write_text(json.dumps({"global_step": 9}))
-    assert checkpoints.missing(cut) == ["trainer_state.json (never written: the save was cut before its end)"]
+    assert checkpoints.missing(cut) == ["trainer_state.json (never written: a save cut before its end, or a folder no save wrote)"]
 
 
 def test_a_marker_of_another_step_or_an_unreadable_one_is_bad_input_judged_file_by_file(tmp_path):

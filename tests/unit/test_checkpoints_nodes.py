@@ -59,7 +59,7 @@ def test_save_on_each_node_both_nodes_resume_from_the_newest_both_can_load(tmp_p
     assert v0.step == 8 and v0.error is None
     assert v0.judge(node0 / "checkpoint-8") == [] and v1.judge(node1 / "checkpoint-8") == []
     assert v1.judge(node1 / "checkpoint-12") == [
-        "trainer_state.json (never written: the save was cut before its end)",
+        "trainer_state.json (never written: a save cut before its end, or a folder no save wrote)",
         "rng_state_1.pth (cut while being written)",
     ]
     assert v0.judge(node0 / "checkpoint-12") == ["node 1 (rank 1): trainer_state.json (missing, cut, or of another step)"]
@@ -166,7 +166,7 @@ def test_older_checkpoints_are_judged_only_for_the_cleanup_and_only_by_walkers(t
     (shared / "checkpoint-4" / "optimizer.pt").unlink()  # a marked one is not judged below the step taken
     walker, other = decide(shared, shared)
     assert walker.step == 12 and walker.lacks == {} and walker.rounds == 2
-    assert walker.judge(half) == ["trainer_state.json (never written: the save was cut before its end)"]
+    assert walker.judge(half) == ["trainer_state.json (never written: a save cut before its end, or a folder no save wrote)"]
     assert walker.judge(shared / "checkpoint-4") == [] and walker.judge(shared / "checkpoint-12") == []
     assert other.judge(half) == []  # not a walker: deletes nothing, judges nothing
 

@@ -28,10 +28,9 @@ from typing import Any
 from . import targets
 from .patching import batch, patch_item, wraps
 
-# The order of this package's callbacks in every trainer. The commit marker comes first: the disk
-# rule's measurement (retention's plan callback, on_save) then counts it as the folder's last file.
+# The order of this package's callbacks in every trainer built by Axolotl's builders. The commit marker is
+# not among them: it joins the trainer last, at execute_training (_infra.journal), after every callback.
 CALLBACK_ORDER = (
-    "commit marker",  # _infra.journal
     "saves per epoch",  # seams.saves_per_epoch
     "plan",  # seams.retention: the plan at train begin, the unset limit against the disk
     "evals per epoch",  # seams.evals_per_epoch

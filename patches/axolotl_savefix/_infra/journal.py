@@ -148,13 +148,29 @@ class SaveFixCheckpointRecord(TrainerCallback, ExportableState):
         return {"args": {}, "attributes": attributes}
 
 
-class CommitMarker(TrainerCallback):
-    """After each save, once every rank's part is written: the node's main process writes the commit marker (rule 0).
+_after_commit: list[Callable[[Any, Any, Path], None]] = []  # one-shot: run once the save in progress is committed
+_committing = False  # a CommitMarker is in this process's trainer (install() put it there)
 
-    ``on_save`` runs on every rank after Transformers' ``_save_checkpoint`` returned there; a barrier
-    (one per save, none per step) waits for every rank, then each node's main process writes
-    ``savefix_commit.json`` into ``checkpoint-{global_step}`` (:func:`checkpoints.write_marker`). On an
-    ``output_dir`` the resume decision found shared with rank 0, rank 0 alone writes it.
+
+def after_commit(action: Callable[[Any, Any, Path], None], args: Any, state: Any) -> None:
+    """Run ``action(args, state, folder)`` once the save in progress is committed (every file of it written, the
+    marker last); at once where no commit marker is written in this process."""
+    if _committing:
+        _after_commit.append(action)
+    else:
+        action(args, state, Path(args.output_dir) / f"{checkpoints.PREFIX}{state.global_step}")
+
+
+class CommitMarker(TrainerCallback):
+    """After each save, once every rank's part and every callback's files are written: the commit marker (rule 0).
+
+    It is the trainer's last callback but the preemption notice's (:func:`_marker_last`): ``on_save``
+    runs on every rank after Transformers' ``_save_checkpoint`` returned there and after every other
+    callback's ``on_save`` (ReLoRA writes ``checkpoint-N/relora/`` there); a barrier (one per save,
+    none per step) waits for every rank, then each node's main process writes ``savefix_commit.json``
+    into ``checkpoint-{global_step}`` (:func:`rules.records.write_marker`). On an ``output_dir`` the
+    resume decision found shared with rank 0, rank 0 alone writes it. Then the actions waiting for
+    the commit run (:func:`after_commit`: the disk rule's measurement of the whole checkpoint).
     """
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - TrainerCallback's hook
@@ -178,7 +194,25 @@ class CommitMarker(TrainerCallback):
                     f"{folder.name}: commit marker not written ({error.strerror or error}); a resume judges it file by file",
                     logging.WARNING,
                 )
+        waiting = list(_after_commit)
+        _after_commit.clear()
+        for action in waiting:
+            action(args, state, folder)
         return control
+
+
+def _marker_last(execute: Callable[..., Any], cfg: Any, trainer: Any, *args: Any, **kwargs: Any) -> Any:
+    """``execute_training``'s layer: the commit marker joins the trainer last, after every callback Axolotl's
+    builders added (a callback's ``on_save`` files are part of the save). Outside the preemption seam's layer,
+    whose callback comes after it and writes no file at a save."""
+    global _committing
+    trainer.add_callback(CommitMarker())
+    _committing = True
+    try:
+        return execute(cfg, trainer, *args, **kwargs)
+    finally:
+        _committing = False
+        _after_commit.clear()
 
 
 def _say_no_optimizer(folder: Path) -> None:
@@ -331,6 +365,7 @@ def install() -> None:
     for target in ("trainer_save_checkpoint", "axolotl_save_checkpoint"):
         if not hooks.contributes(target, "journal"):
             hooks.add(hooks.Layer(target, "journal", 50, _pending_first))
-    hooks.add_callbacks("commit marker", "journal", lambda builder: [CommitMarker()])  # noqa: ARG005
+    if not hooks.contributes("execute_training", "journal"):
+        hooks.add(hooks.Layer("execute_training", "journal", 5, _marker_last))
     hooks.add_callbacks("run record", "journal", _record)
     hooks.add_rotation("journal", 10, _around_rotation)

@@ -22,7 +22,8 @@ therefore judged against its own save, never against an idea of a full one:
    parses and its ``global_step`` is N. It is written last, so every file the main process writes
    before it is there.
 2. Every weight, optimizer, scheduler and RNG file present is whole: a ``.safetensors`` file has a
-   readable header and exactly the size it says; a torch zip file ends with its central directory.
+   readable header and exactly the size it says; a torch zip file ends with its central directory;
+   also in a subfolder another writer fills after ``trainer_state.json`` (ReLoRA's ``relora/``).
 3. With the record of rule 4: the weights are there; the optimizer state only where the record
    says this save wrote it. Sharded weights are all there (an index's shards; FSDP's
    ``.metadata``; DeepSpeed's ``latest``).
@@ -221,6 +222,8 @@ def _judge_files(folder: Path, notes: tuple[str, ...] = (), ranks: list[int] | N
             continue
         if not kinds[name] and name != STATE and not name.startswith(OWN_RECORDS) and not _whole(folder / name):
             problems.append(f"{name} (cut while being written)")
+    for name in (n for n in names if kinds[n] and not n.startswith(SHARDED)):  # a subfolder another writer filled
+        problems += [f"{name}/{inner} (cut while being written)" for inner in _cut_inside(folder / name)]
     for name in (n for n in names if n.endswith(".index.json") and not kinds[n]):
         try:
             index = json.loads((folder / name).read_text(encoding="utf-8"))
@@ -248,6 +251,29 @@ def _judge_files(folder: Path, notes: tuple[str, ...] = (), ranks: list[int] | N
     optimizer = run.get("optimizer") if run and "optimizer" in run else (wrote_optimizer if wrote_optimizer else None)
     save_only = bool(run.get("save_only_model")) if run else None
     return Judgment(tuple(problems), notes, marked=False, optimizer=optimizer, save_only_model=save_only)
+
+
+SHARDED = ("pytorch_model_fsdp_", "optimizer_", "model_fsdp_", "global_step")  # folders with a completion file of their own
+
+
+def _cut_inside(folder: Path, depth: int = 2) -> list[str]:
+    """The weight and torch files under ``folder`` (``depth`` levels at most) that are not whole: rule 2 in a subfolder.
+
+    ReLoRA writes ``checkpoint-N/relora/`` and ``checkpoint-N/adapter/`` after ``trainer_state.json``;
+    without a commit marker their truncation is seen here. A file missing there is not (nothing names it).
+    """
+    cut: list[str] = []
+    try:
+        with os.scandir(folder) as scan:
+            entries = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in scan)
+    except OSError:
+        return cut
+    for name, is_dir in entries:
+        if is_dir and depth > 1:
+            cut += [f"{name}/{inner}" for inner in _cut_inside(folder / name, depth - 1)]
+        elif not is_dir and Path(name).suffix in (".safetensors", *TORCH_SUFFIXES) and not _whole(folder / name):
+            cut.append(name)
+    return cut
 
 
 def _missing(folder: Path, ranks: list[int] | None = None, *, skip_rng: bool = False) -> list[str]:

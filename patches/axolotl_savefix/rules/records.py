@@ -236,7 +236,7 @@ def read_state(folder: Path) -> tuple[dict | None, str | None]:
     except FileNotFoundError:
         if not folder.is_dir():
             raise
-        return None, f"{STATE} (never written: the save was cut before its end)"
+        return None, f"{STATE} (never written: a save cut before its end, or a folder no save wrote)"
     except OSError:
         return None, f"{STATE} (unreadable)"
     if len(data) > MAX_STATE_BYTES:

@@ -32,7 +32,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .._infra import hooks
+from .._infra import hooks, journal
 from .._infra.log import log_once
 from ..rules import checkpoints, disk, keys, plan
 
@@ -111,12 +111,16 @@ class PlanCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self.measured or self.shape is None or self.cfg.get("save_total_limit") is not None:
             return control
-        self.measured = True  # on every rank, so each joins the one barrier below
-        _wait_for_every_rank()  # FSDP / DeepSpeed: other ranks may still be writing their part
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.measured = True  # on every rank, so each joins the one barrier
+        journal.after_commit(self._measure, args, state)  # the whole checkpoint: every file, the marker last
+        return control
+
+    def _measure(self, args: Any, state: Any, folder: Path) -> None:
+        """The first checkpoint measured once committed: the unset limit resolved again from its bytes."""
+        _wait_for_every_rank()  # FSDP / DeepSpeed: other ranks may still be writing their part (no marker: no barrier yet)
         size = disk.dir_bytes(folder)
         if not size:  # not visible from this process (another node's local disk)
-            return control
+            return
         log_once(f"measured:{id(self)}", f"measured {folder.name}: {size} bytes allocated ({disk.human(size)}) for the disk rule")
         run_plan = self._plan(args, size, measured=True)
         args.save_total_limit = self._rotation_limit(run_plan)
@@ -133,7 +137,6 @@ class PlanCallback(TrainerCallback):
                 "Set save_total_limit to choose, free space, or lower savefix_disk_margin." + floor_note,
                 logging.WARNING,
             )
-        return control
 
 
 class RotateAtTrainEnd(TrainerCallback):
