@@ -340,8 +340,21 @@ class Resumed:
     first_step: int | None  # the first step the resumed run trained (step_log.py)
 
 
+def again(built: Built, workdir: Path, *, plugin: bool, extra: dict | None = None) -> Path:
+    """The run's own config (its model, data and keys) in ``workdir``, output_dir ``workdir/out``; the plugin line or not."""
+    cfg = yaml.safe_load(built.config.read_text())
+    cfg["output_dir"] = str(workdir / "out")
+    if not plugin:
+        cfg["plugins"] = [p for p in cfg["plugins"] if p != PLUGIN]
+    cfg.update(extra or {})
+    config = workdir / "config.yml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return config
+
+
 def resume(built: Built, root: Path, step: int, *, plugin: bool, extra: dict | None = None, name: str = "") -> Resumed:
-    """The same config again, on a copy of the output_dir with the checkpoint-N folders up to ``step``: an auto-resume."""
+    """The run's config again (``plugin``: with the plugin line, else without), on a copy of its output_dir holding the
+    checkpoint-N folders up to ``step``, as a run killed after that save leaves it: an auto-resume."""
     variant = name or ("patched" if plugin else "stock")
     workdir = workdir_root(built.spec, root) / f"{built.spec.name}-resume-{variant}"
     out = workdir / "out"
@@ -349,10 +362,7 @@ def resume(built: Built, root: Path, step: int, *, plugin: bool, extra: dict | N
     for folder in sorted(built.output_dir.glob("checkpoint-*")):
         if folder.is_dir() and int(folder.name.split("-")[1]) <= step:
             copy_checkpoint(folder, out / folder.name)
-    config = write_config(built.spec, workdir, plugin=plugin)
-    cfg = yaml.safe_load(config.read_text())
-    cfg.update(extra or {})
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    config = again(built, workdir, plugin=plugin, extra=extra)
     code, log = run(built.spec, config, "resume.log")
     return Resumed(variant, code, log, out, resumed_from(log, out), first_trained_step(out))
 

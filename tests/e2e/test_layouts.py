@@ -266,6 +266,8 @@ def test_relora_a_restart_folder_newest_is_set_aside_and_the_run_resumes_from_th
     assert _digest(resumed.output_dir / f"incomplete-checkpoint-{restart}") == before  # renamed, nothing removed
     stock = corpus.resume(built, restart, plugin=False, name="stock-restart-newest")
     assert stock.resumed_from == restart and stock.code != 0, _tail(stock.log)
+    missing = stock.output_dir / f"checkpoint-{restart}" / "trainer_state.json"
+    assert f"FileNotFoundError: [Errno 2] No such file or directory: '{missing}'" in stock.log  # Transformers' load
     corpus.rows["relora"]["stock"] = corpus.rows["relora"].get("stock", "") + (
         f"; restart folder newest: patched from {resumed_from}, stock fails on checkpoint-{restart}"
     )
@@ -412,7 +414,8 @@ def test_a_layout_that_dies_at_its_first_save_leaves_a_cut_judged_incomplete(nam
     report = layouts.checkpoint_json(built.output_dir)
     assert report["newest_incomplete"] and report["resume_from"] is None
     stock_dir = tmp_path / "stock"
-    config = layouts.write_config(built.spec, stock_dir, plugin=False)
+    stock_dir.mkdir()
+    config = layouts.again(built, stock_dir, plugin=False)
     code, log = layouts.run(built.spec, config, "stock.log")
     assert code != 0 and CANNOT_WRITE[name] in log, _tail(log)  # stock dies the same way
     stock_folder = stock_dir / "out" / f"checkpoint-{first}"
