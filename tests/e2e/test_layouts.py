@@ -247,6 +247,9 @@ def test_stock_auto_resume_beside(name, corpus):
         return
     assert resumed.code == 0, _tail(resumed.log)
     assert resumed.resumed_from == step and resumed.first_step == step + 1
+    for later in (s for s in _saves(built) if s > step):  # what stock itself wrote after the resume: complete, no marker
+        judged = checkpoints.judge(resumed.output_dir / f"checkpoint-{later}")
+        assert judged.complete and not judged.marked, f"stock's checkpoint-{later}: {judged.lacks}"
     corpus.rows[name]["stock"] = f"from {resumed.resumed_from}, first step {resumed.first_step}"
 
 
@@ -411,12 +414,15 @@ def test_a_layout_that_dies_at_its_first_save_leaves_a_cut_judged_incomplete(nam
     folder = built.folder(first)
     judged = checkpoints.judge(folder)
     assert not judged.complete and checkpoints.own_cut(folder)  # the save began with its pending record, never committed
+    assert checkpoints.read_pending(folder)["fresh"] is True  # a new folder: what layouts.cut writes into every cut
     report = layouts.checkpoint_json(built.output_dir)
     assert report["newest_incomplete"] and report["resume_from"] is None
     stock_dir = tmp_path / "stock"
     stock_dir.mkdir()
     config = layouts.again(built, stock_dir, plugin=False)
+    started = time.monotonic()
     code, log = layouts.run(built.spec, config, "stock.log")
+    corpus.seconds[name] += time.monotonic() - started
     assert code != 0 and CANNOT_WRITE[name] in log, _tail(log)  # stock dies the same way
     stock_folder = stock_dir / "out" / f"checkpoint-{first}"
     assert not checkpoints.judge(stock_folder).complete and not checkpoints.own_cut(stock_folder)
