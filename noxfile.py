@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import nox
-import nox.command
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -23,6 +22,7 @@ import build_check  # noqa: E402
 import compat_cases  # noqa: E402
 import compat_sweep  # noqa: E402
 import environments  # noqa: E402
+import layouts as layouts_ci  # noqa: E402
 import slurm as slurm_ci  # noqa: E402
 import upstream_check  # noqa: E402
 from environments import TARGETS, UNBUFFERED, venv_env  # noqa: E402
@@ -250,23 +250,7 @@ def layouts(session: nox.Session) -> None:
     Axolotl 0.19.0 (0.13.2 writes `save_safetensors: false`), then DeepSpeed's layouts in `deepspeed`'s environment.
     The table of issue 37's closing note: .nox/layouts.md.
     """
-    report = ROOT / ".nox" / "layouts.md"
-    report.unlink(missing_ok=True)
-    env = {"SAVEFIX_LAYOUTS_REPORT": str(report), "SAVEFIX_LAYOUTS_PYTHON_0_13_2": str(axolotl_env(session, "0.13.2"))}
-    failed = []
-    try:  # both parts run; the session fails at the end naming the part that failed
-        tests_impl(session, "tests/e2e/test_layouts.py", "-m", "layouts and not deepspeed", env=env)
-    except nox.command.CommandFailed:
-        failed.append("Axolotl 0.19.0/0.13.2 layouts")
-    python, run_env = deepspeed_venv(session, {"SAVEFIX_LAYOUTS_REPORT": str(report)})
-    test = ["tests/e2e/test_layouts.py", "-m", "layouts and deepspeed"]
-    try:
-        session.run(python, "-m", "pytest", "-p", "no:anyio", *test, *session.posargs, env=run_env, external=True)
-    except nox.command.CommandFailed:
-        failed.append("DeepSpeed layouts")
-    session.log(f"the table (issue 37): {report}\n{report.read_text() if report.exists() else ''}")
-    if failed:
-        session.error(f"failed: {', '.join(failed)}")
+    layouts_ci.run(session, tests_impl, deepspeed_venv, axolotl_env(session, "0.13.2"))
 
 
 @nox.session(python="3.11")

@@ -272,7 +272,7 @@ def saves(out: Path) -> list[int]:
 
 def write_pending(folder: Path, step: int, fresh: bool = True) -> None:
     """The pending-save record a save of this package begins with (``fresh``: it made the folder), as the package writes it."""
-    from axolotl_savefix import checkpoints
+    from axolotl_savefix.rules import checkpoints
 
     checkpoints.write_pending(folder, step, fresh, "layouts-test")
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import layouts
 import pytest
 
-from axolotl_savefix import checkpoints, decision
+from axolotl_savefix.rules import checkpoints, decision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.layouts]
 
@@ -283,8 +283,10 @@ def test_relora_a_restart_folder_newest_is_set_aside_and_the_run_resumes_from_th
 def test_a_save_cut_at_any_file_of_its_save_order_is_judged_incomplete(name, corpus, tmp_path):
     """Files before k whole, file k half (or missing), files after k absent, no marker, the fresh pending record.
 
-    Only the cut with every file there and the marker alone missing is complete (everything the save wrote is there).
-    With several processes, the job's decision (every rank, lockstep) must agree: the cut is never resumed from.
+    Only the cut with every file there and the marker alone missing is complete (everything the save wrote is there),
+    and, the rule's one documented limit, a cut whose absent files are all in a subfolder another writer fills after
+    ``trainer_state.json`` (ReLoRA's ``relora/``): without the marker nothing names them. A half-written one there is
+    caught. With several processes, the job's decision (every rank, lockstep) must agree: the cut is never resumed from.
     """
     built = corpus.get(name)
     assert built.code == 0, _tail(built.log)
@@ -297,7 +299,7 @@ def test_a_save_cut_at_any_file_of_its_save_order_is_judged_incomplete(name, cor
                 folder = layouts.cut(built.folder(step), out / f"checkpoint-{step}", order, k, how)
                 total += 1
                 judged = checkpoints.judge(folder)
-                whole = k == len(order)
+                whole = k == len(order) or (how == "missing" and _late_subfolder_files(order, k))
                 where = f"checkpoint-{step} cut at {k} ({order[k] if k < len(order) else 'only the marker missing'}, {how})"
                 if judged.complete != whole:
                     wrong.append(f"{where}: judged {'complete' if judged.complete else 'incomplete: ' + '; '.join(judged.lacks)}")
@@ -310,6 +312,13 @@ def test_a_save_cut_at_any_file_of_its_save_order_is_judged_incomplete(name, cor
                 shutil.rmtree(out)
     corpus.rows[name]["cuts"] = f"{total - len(wrong)}/{total}"
     assert not wrong, f"{name}: {len(wrong)} of {total} cuts misjudged:\n" + "\n".join(wrong)
+
+
+def _late_subfolder_files(order: list[str], k: int) -> bool:
+    """Whether every file from ``k`` on is in a subfolder (not a sharded save's) written after ``trainer_state.json``."""
+    if "trainer_state.json" not in order[:k]:
+        return False
+    return all("/" in name and not name.startswith(checkpoints.SHARDED) for name in order[k:])
 
 
 @pytest.mark.parametrize("name", WRITTEN)

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from axolotl_savefix.rules import checkpoints
 
+NEVER_WRITTEN = "trainer_state.json (never written: a save cut before its end, or a folder no save wrote)"
+
 
 def safetensors_bytes(n_floats: int = 4) -> bytes:
     header = json.dumps({"w": {"dtype": "F32", "shape": [n_floats], "data_offsets": [0, 4 * n_floats]}}).encode()
@@ -53,7 +55,7 @@ def test_a_whole_checkpoint_is_complete(tmp_path):
 
 def test_no_trainer_state_is_incomplete(tmp_path):
     folder = make_checkpoint(tmp_path, 23, state=False)
-    assert checkpoints.missing(folder) == ["trainer_state.json (never written: a save cut before its end, or a folder no save wrote)"]
+    assert checkpoints.missing(folder) == [NEVER_WRITTEN]
 
 
 def test_a_cut_trainer_state_is_incomplete(tmp_path):

@@ -6,6 +6,8 @@ from test_checkpoints import make_checkpoint, truncate
 
 from axolotl_savefix.rules import checkpoints
 
+NEVER_WRITTEN = "trainer_state.json (never written: a save cut before its end, or a folder no save wrote)"
+
 
 def commit(folder, *, world=1, only_model=False):
     step = checkpoints.step_of(folder)
@@ -45,10 +47,10 @@ def test_a_preemption_record_is_not_a_commit_marker(tmp_path):
     folder = tmp_path / "checkpoint-8"
     folder.mkdir()
     (folder / "savefix_preemption.json").write_text(json.dumps({"global_step": 8}))
-    assert checkpoints.missing(folder) == ["trainer_state.json (never written: a save cut before its end, or a folder no save wrote)"]
+    assert checkpoints.missing(folder) == [NEVER_WRITTEN]
     cut = make_checkpoint(tmp_path, 9, state=False)
     (cut / "savefix_preemption.json").write_text(json.dumps({"global_step": 9}))
-    assert checkpoints.missing(cut) == ["trainer_state.json (never written: a save cut before its end, or a folder no save wrote)"]
+    assert checkpoints.missing(cut) == [NEVER_WRITTEN]
 
 
 def test_a_marker_of_another_step_or_an_unreadable_one_is_bad_input_judged_file_by_file(tmp_path):

@@ -65,6 +65,7 @@ from pathlib import Path
 from .records import (  # noqa: F401 - the vocabulary of a checkpoint folder: its names and records (rules.records)  # the readers' own helpers, used by the rules below
     MARKER,
     MARKER_FORMAT,
+    MAX_STATE_BYTES,
     MAX_WORLD,
     OWN_RECORDS,
     PENDING,
@@ -135,7 +136,22 @@ def _torch_file_whole(path: Path) -> bool:
         return False
 
 
-def _whole(path: Path) -> bool:
+def _json_whole(path: Path) -> bool:
+    """A JSON file parses (at most :data:`MAX_STATE_BYTES` read): a cut one does not."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_STATE_BYTES + 1)
+        if len(data) > MAX_STATE_BYTES:
+            return True  # too large to read here: taken as whole
+        json.loads(data)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _whole(path: Path, *, json_too: bool = False) -> bool:
+    if json_too and path.suffix == ".json":
+        return _json_whole(path)
     if path.suffix == ".safetensors":
         return _safetensors_whole(path)
     if path.suffix in TORCH_SUFFIXES:
@@ -254,13 +270,14 @@ def _judge_files(folder: Path, notes: tuple[str, ...] = (), ranks: list[int] | N
 
 
 SHARDED = ("pytorch_model_fsdp_", "optimizer_", "model_fsdp_", "global_step")  # folders with a completion file of their own
+WHOLE_INSIDE = (".safetensors", ".json", *TORCH_SUFFIXES)  # what rule 2 opens in another writer's subfolder
 
 
 def _cut_inside(folder: Path, depth: int = 2) -> list[str]:
     """The weight and torch files under ``folder`` (``depth`` levels at most) that are not whole: rule 2 in a subfolder.
 
-    ReLoRA writes ``checkpoint-N/relora/`` and ``checkpoint-N/adapter/`` after ``trainer_state.json``;
-    without a commit marker their truncation is seen here. A file missing there is not (nothing names it).
+    ReLoRA writes ``checkpoint-N/relora/`` (weights and JSON) after ``trainer_state.json``; without a
+    commit marker their truncation is seen here. A file missing there is not (nothing names it).
     """
     cut: list[str] = []
     try:
@@ -271,7 +288,7 @@ def _cut_inside(folder: Path, depth: int = 2) -> list[str]:
     for name, is_dir in entries:
         if is_dir and depth > 1:
             cut += [f"{name}/{inner}" for inner in _cut_inside(folder / name, depth - 1)]
-        elif not is_dir and Path(name).suffix in (".safetensors", *TORCH_SUFFIXES) and not _whole(folder / name):
+        elif not is_dir and Path(name).suffix in WHOLE_INSIDE and not _whole(folder / name, json_too=True):
             cut.append(name)
     return cut
 
