@@ -139,15 +139,20 @@ def test_preempted_by_sigterm_resumes_from_upstream_code(e2e_root):
     )
     assert code == 128 + 15, first[-4000:]
     assert f"[signal_shim] SIGTERM at the end of step {step}" in first
-    assert json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["global_step"] == step
-    assert harness.observe(out, first).saved == [s for s in expected if s < step] + [step]
+    # the shim's callback runs after the trainer's own (it is added to the built trainer), so
+    # the signal lands after step 10's check: the next check (check_interval 1) saves
+    saved_at = step + 1
+    assert saved_at not in expected
+    assert f"SIGTERM: saved checkpoint-{saved_at}, exiting with status 143" in first
+    assert json.loads((out / f"checkpoint-{saved_at}" / "trainer_state.json").read_text())["global_step"] == saved_at
+    assert harness.observe(out, first).saved == [s for s in expected if s < saved_at] + [saved_at]
     code, second = harness.run_cli_raw(config, launcher=launch, env=env, log_name="second.log")
     assert code == 0, second[-4000:]
-    assert f"resume from checkpoint at {out / f'checkpoint-{step}'}" in second
+    assert f"resume from checkpoint at {out / f'checkpoint-{saved_at}'}" in second
     observed = harness.observe(out, second)
-    assert observed.saved == [s for s in expected if s > step]
+    assert observed.saved == [s for s in expected if s > saved_at]
     # an ordinary checkpoint to rotation
-    assert observed.kept == _kept(sorted([*expected, step]), case["save_total_limit"])
+    assert observed.kept == _kept(sorted([*expected, saved_at]), case["save_total_limit"])
 
 
 def test_resumed_eval_is_not_repeated_on_upstream_code(e2e_root):
