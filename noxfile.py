@@ -383,21 +383,21 @@ def bench_plan(session: nox.Session) -> None:
     session.run("python", str(ROOT / "tests" / "bench_plan.py"), out, env=UNBUFFERED)
 
 
-@nox.session(python="3.11")
+@nox.session(python="3.12")
 def upstream(session: nox.Session) -> None:
-    """The upstream series, verified patch by patch on Axolotl's own source (docs/upstream/series/).
+    """The upstream series, verified pull request by pull request on Axolotl 0.21.0's own source (docs/upstream/series/).
 
-    1. Each patch applies with no fuzz on top of the previous ones, to the newest release's
-       sdist (0.21.0) and to 0.19.0.
-    2. For each patch, on 0.19.0 with the patches up to it: Axolotl's pre-commit hooks on the
-       files it changes; Axolotl's tests for the changed code stock and patched (offline: tests
-       that need the Hub fail both ways, so the gate is "nothing that passed on stock fails
-       patched, and every test the series adds passes"); the series' own e2e test on the local
-       fixture; our e2e cases on the patched Axolotl without axolotl_savefix.
-    3. With the whole series installed, our package steps aside.
+    Python 3.12 (Axolotl 0.20 on needs it). Each pull request is applied with ``patch -p1 -F0``
+    on top of the previous ones to the 0.21.0 sdist (the series' base); then, for each: Axolotl's
+    pre-commit hooks on the files it changes; Axolotl's tests for the changed code, stock and
+    patched, and the pull request's own tests (offline: tests that need the Hub fail both ways, so
+    the gate is "nothing that passed on stock fails patched, and every test the pull request adds
+    passes"); our e2e cases on the patched Axolotl without axolotl_savefix. Each pull request's
+    added and removed lines are printed per kind (source, tests, docs). With $AXOLOTL_MAIN_TREE
+    (an upstream main checkout), the series is also tried there and what did not apply is reported.
 
-    ``nox -s upstream -- --from N --to M`` checks patches N to M only (all still apply in order;
-    step 3 only when M is the last). Writes .nox/upstream-series.json (per patch: lines, tests added, hooks, tests passed, seconds).
+    ``nox -s upstream -- --from N --to M`` checks pull requests N to M only (all still apply in
+    order). Writes .nox/upstream-series.json (per pull request: lines, hooks, tests, seconds).
     """
     upstream_check.run(session, axolotl_env)
 

@@ -1,18 +1,17 @@
 """The e2e cases on an Axolotl built from the upstream series, with no axolotl_savefix at all.
 
 Run only by ``nox -s upstream``, which passes this file by name (its name keeps it out of
-the default collection), in a venv whose Axolotl has the first ``SAVEFIX_UPSTREAM_PATCHES``
-patches of docs/upstream/series/ applied; the session selects the tests that patch count
-covers (``-k``). What each case must do depends on which patches are in (expected steps
-always come from tests/reference.py):
+the default collection), in a venv whose Axolotl 0.21.0 has the first ``SAVEFIX_UPSTREAM_PATCHES``
+pull requests of docs/upstream/series/ applied; the session selects the tests that many pull
+requests cover (``-k``, ci/upstream_check.py's ``UPSTREAM_CASES``). Expected steps always come
+from tests/reference.py:
 
-1. exact saves per epoch (kept: upstream's old limit of 4 until patch 3);
-2. exact evals per epoch and the best-model alignment;
-3. ``save_total_limit``: unset keeps what fits, 0 keeps all;
-4. resume skips an incomplete checkpoint (one run killed mid-save, then resumed);
-5., 6. (the resume agreement across nodes, a full disk): not seen by one process on a roomy disk;
-7. a preemption notice (SIGTERM) saves a checkpoint at the step and exits 143; the rerun resumes there;
-8. a shorter run in a reused output_dir stops before training (issue 22's first report); a longer one resumes.
+1. exact saves per epoch; ``save_total_limit``: unset keeps upstream's 4, ``0`` keeps all;
+2. exact evals per epoch, ``eval_on_start`` at step 0, and the best model with early stopping;
+3. auto-resume sets aside a checkpoint whose save was cut (one run killed mid-save, then resumed);
+4. ``dynamic_checkpoint.signals``: SIGTERM saves a checkpoint at the step and exits 143; the rerun resumes there;
+5. a resumed run does not evaluate its first step again (``eval_on_start``);
+6. a shorter run in a reused output_dir warns that it resumes past its end and trains nothing; a longer one resumes.
 """
 
 import importlib.util
@@ -28,13 +27,16 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 
-PATCHES = int(os.environ.get("SAVEFIX_UPSTREAM_PATCHES", "4"))
+PATCHES = int(os.environ.get("SAVEFIX_UPSTREAM_PATCHES", "6"))
 HERE = harness.Path(__file__).parent
+UPSTREAM_LIMIT = 4  # save_total_limit unset: upstream keeps its default
 
 
 def test_our_package_is_not_there_and_axolotl_has_the_fix():
+    import axolotl.utils.callbacks
+
     assert importlib.util.find_spec("axolotl_savefix") is None
-    assert importlib.util.find_spec("axolotl.utils.callbacks.per_epoch") is not None
+    assert hasattr(axolotl.utils.callbacks, "SavesPerEpochCallback")
 
 
 def _observe(name, root):
@@ -49,8 +51,27 @@ def _observe(name, root):
 
 
 def _kept(saved, limit):
-    # before patch 3, upstream's limit: unset and 0 become 4
-    return reference.kept(saved, limit if PATCHES >= 3 else reference.stock_limit(limit))
+    """Transformers' rotation under the series' builder: unset keeps 4, 0 (or less) keeps all."""
+    limit = UPSTREAM_LIMIT if limit is None else limit
+    return reference.kept(saved, limit if limit > 0 else None)
+
+
+def _reported():
+    case = cases.case("reported")
+    L, G = case["samples"] // case["micro_batch"], case["grad_accum"]
+    M = reference.axolotl_max_steps(case["samples"], case["micro_batch"], G, case["num_epochs"])
+    return case, L, G, M, reference.patched_saves(L, G, case["saves_per_epoch"], M)
+
+
+def _launch():
+    # one process, no launcher in between: what a scheduler's notice reaches (as test_preemption_notice.py)
+    return [str(harness.Path(sys.executable).parent / "python"), "-m", "axolotl.cli.train"]
+
+
+def _write(config, **changes):
+    cfg = yaml.safe_load(config.read_text())
+    cfg.update(changes)
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 @pytest.mark.parametrize("name", list(cases.CASES))
@@ -78,87 +99,103 @@ def test_exact_evals_from_upstream_code(name, e2e_root):
 
 def test_killed_mid_save_resumes_from_upstream_code(e2e_root):
     """tests/e2e/test_preemption.py's case, on upstream code: killed while writing the optimizer."""
-    case = cases.case("reported")
-    L = case["samples"] // case["micro_batch"]
-    M = reference.axolotl_max_steps(case["samples"], case["micro_batch"], case["grad_accum"], case["num_epochs"])
-    expected = reference.patched_saves(L, case["grad_accum"], case["saves_per_epoch"], M)
+    case, L, G, M, expected = _reported()
     cut = expected[2]
     config = harness.write_config(case, e2e_root / "upstream-preempt", plugin=False)
-    cfg = yaml.safe_load(config.read_text())
-    cfg.update(plugins=["kill_shim.KillShim"], auto_resume_from_checkpoints=True)
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    _write(config, plugins=["kill_shim.KillShim"], auto_resume_from_checkpoints=True)
     env = {"PYTHONPATH": str(HERE)}
     out = harness.output_dir(config)
     launch = ("--launcher", "python")
     code, first = harness.run_cli_raw(config, *launch, env={**env, "SAVEFIX_KILL_AT": f"{cut}:optimizer"}, log_name="first.log")
     assert code != 0 and "[kill_shim] SIGKILL" in first
+    kept_before = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     code, second = harness.run_cli_raw(config, *launch, env=env, log_name="second.log")
     assert code == 0, second[-4000:]
     observed = harness.observe(out, second)
     assert observed.saved == [s for s in expected if s > expected[1]]
-    assert observed.kept == expected
+    assert observed.kept == _kept(expected, case["save_total_limit"])
     assert (out / f"incomplete-checkpoint-{cut}").is_dir()
-    assert second.count(f"checkpoint-{cut} is incomplete") == 1
+    assert second.count(f"checkpoint-{cut} has no readable trainer_state.json") == 1
+    assert kept_before == [*expected[:2], cut]  # the older checkpoints were not touched
 
 
 def test_preempted_by_sigterm_resumes_from_upstream_code(e2e_root):
     """tests/e2e/test_preemption_notice.py's shape, on upstream code: SIGTERM at a step off the schedule."""
-    case = cases.case("reported")
-    L = case["samples"] // case["micro_batch"]
-    M = reference.axolotl_max_steps(case["samples"], case["micro_batch"], case["grad_accum"], case["num_epochs"])
-    expected = reference.patched_saves(L, case["grad_accum"], case["saves_per_epoch"], M)
+    case, L, G, M, expected = _reported()
     step = expected[0] + 2  # off the schedule, scheduled saves ahead
     assert step not in expected
     config = harness.write_config(case, e2e_root / "upstream-sigterm", plugin=False)
-    cfg = yaml.safe_load(config.read_text())
-    cfg.update(plugins=["signal_shim.SignalShim"], auto_resume_from_checkpoints=True)
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    _write(
+        config,
+        plugins=["signal_shim.SignalShim"],
+        auto_resume_from_checkpoints=True,
+        dynamic_checkpoint={"enabled": True, "check_interval": 1, "signals": ["SIGTERM"]},
+    )
     out = harness.output_dir(config)
-    # one process, no launcher in between: what a scheduler's notice reaches (as test_preemption_notice.py)
-    launch = [str(harness.Path(sys.executable).parent / "python"), "-m", "axolotl.cli.train", str(config)]
+    launch = [*_launch(), str(config)]
     env = {"PYTHONPATH": str(HERE)}
     code, first = harness.run_cli_raw(
         config, launcher=launch, env={**env, "SAVEFIX_SIGNAL_AT": f"{step}:SIGTERM"}, log_name="first.log"
     )
     assert code == 128 + 15, first[-4000:]
     assert f"[signal_shim] SIGTERM at the end of step {step}" in first
-    assert json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["global_step"] == step
-    assert harness.observe(out, first).saved == [s for s in expected if s < step] + [step]
+    # the shim's callback runs after the trainer's own (it is added to the built trainer), so
+    # the signal lands after step 10's check: the next check (check_interval 1) saves
+    saved_at = step + 1
+    assert saved_at not in expected
+    assert f"SIGTERM: saved checkpoint-{saved_at}, exiting with status 143" in first
+    assert json.loads((out / f"checkpoint-{saved_at}" / "trainer_state.json").read_text())["global_step"] == saved_at
+    assert harness.observe(out, first).saved == [s for s in expected if s < saved_at] + [saved_at]
     code, second = harness.run_cli_raw(config, launcher=launch, env=env, log_name="second.log")
     assert code == 0, second[-4000:]
-    assert f"resume from checkpoint at {out / f'checkpoint-{step}'}" in second
+    assert f"resume from checkpoint at {out / f'checkpoint-{saved_at}'}" in second
     observed = harness.observe(out, second)
-    assert observed.saved == [s for s in expected if s > step]
-    # an ordinary checkpoint to rotation: patch 3's unset limit keeps the len(expected) scheduled ones' count
-    assert observed.kept == reference.kept(sorted([*expected, step]), len(expected))
+    assert observed.saved == [s for s in expected if s > saved_at]
+    # an ordinary checkpoint to rotation
+    assert observed.kept == _kept(sorted([*expected, saved_at]), case["save_total_limit"])
 
 
-def test_a_shorter_run_in_a_reused_output_dir_stops_past_the_end_on_upstream_code(e2e_root):
-    """Issue 22's first report on upstream code: run 2 (1 epoch) into run 1's (2 epochs) checkpoints; run 3 (3 epochs)."""
-    case = cases.case("reported")
-    L, G = case["samples"] // case["micro_batch"], case["grad_accum"]
-    M = reference.axolotl_max_steps(case["samples"], case["micro_batch"], G, case["num_epochs"])
-    config = harness.write_config(case, e2e_root / "upstream-reused", plugin=False)
+def test_resumed_eval_is_not_repeated_on_upstream_code(e2e_root):
+    """#3305 through eval_on_start: run 2 (3 epochs) auto-resumes from run 1's evaluated checkpoint-60."""
+    case = cases.case("evals_reported")
+    G = case["grad_accum"]
+    config = harness.write_config(case, e2e_root / "upstream-resumed-eval", plugin=False)
+    _write(config, auto_resume_from_checkpoints=True)
     out = harness.output_dir(config)
-    launch = [str(harness.Path(sys.executable).parent / "python"), "-m", "axolotl.cli.train", str(config)]
-
-    def run(log_name, **changes):
-        cfg = yaml.safe_load(config.read_text())
-        cfg.update(auto_resume_from_checkpoints=True, **changes)
-        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        return harness.run_cli_raw(config, launcher=launch, log_name=log_name)
-
-    code, first = run("first.log")
+    launch = [*_launch(), str(config)]
+    code, first = harness.run_cli_raw(config, launcher=launch, log_name="first.log")
     assert code == 0, first[-4000:]
-    saved = reference.patched_saves(L, G, case["saves_per_epoch"], M)
+    run1 = harness.observe(out, first)
+    L, M = run1.batches_per_epoch(G), run1.max_steps
+    assert run1.evals == reference.patched_evals(L, G, case["evals_per_epoch"], M)
+    _write(config, num_epochs=3)
+    code, second = harness.run_cli_raw(config, launcher=launch, log_name="second.log")
+    assert code == 0, second[-4000:]
+    run2 = harness.observe(out, second)
+    assert run2.evals == reference.patched_evals(L, G, case["evals_per_epoch"], run2.max_steps)
+    assert run2.evals.count(M) == 1
+
+
+def test_a_shorter_run_in_a_reused_output_dir_warns_past_the_end_on_upstream_code(e2e_root):
+    """Run 2 (1 epoch) auto-resumes from run 1's (2 epochs) checkpoint-60: a warning, nothing trained; run 3 (3 epochs) resumes."""
+    case, L, G, M, saved = _reported()
+    config = harness.write_config(case, e2e_root / "upstream-reused", plugin=False)
+    _write(config, auto_resume_from_checkpoints=True)
+    out = harness.output_dir(config)
+    launch = [*_launch(), str(config)]
+    code, first = harness.run_cli_raw(config, launcher=launch, log_name="first.log")
+    assert code == 0, first[-4000:]
     assert harness.observe(out, first).saved == saved
     shorter = reference.axolotl_max_steps(case["samples"], case["micro_batch"], G, 1)
-    code, second = run("second.log", num_epochs=1, learning_rate=0.0005)
-    assert code != 0
-    assert f"checkpoint-{M} is at step {M}, at or past the end of this run ({shorter} steps" in second
-    assert harness.observe(out, second).saved == []  # stopped before training: nothing written
+    _write(config, num_epochs=1)
+    code, second = harness.run_cli_raw(config, launcher=launch, log_name="second.log")
+    assert code == 0, second[-4000:]
+    assert f"Resuming at step {M}, at or past the end of this run ({shorter} steps)" in second
+    assert harness.observe(out, second).saved == []
     longer = reference.axolotl_max_steps(case["samples"], case["micro_batch"], G, 3)
-    code, third = run("third.log", num_epochs=3, learning_rate=0.001)
+    _write(config, num_epochs=3)
+    code, third = harness.run_cli_raw(config, launcher=launch, log_name="third.log")
     assert code == 0, third[-4000:]
     assert f"resume from checkpoint at {out / f'checkpoint-{M}'}" in third
+    assert "past the end" not in third
     assert harness.observe(out, third).saved == [s for s in reference.patched_saves(L, G, case["saves_per_epoch"], longer) if s > M]

@@ -105,20 +105,24 @@ def test_the_readme_does_not_deny_what_a_session_runs(session, denial):
     assert not re.search(denial, README), f"the README says {denial!r}, but `nox -s {session}` runs it"
 
 
-def test_the_upstream_marker_reads_the_markers_the_package_writes(tmp_path):
-    """0005's description: "the same name and fields as axolotl-savefix's marker": checkpoints the package marked stay whole."""
+def test_the_upstream_resume_sets_aside_only_what_the_package_judges_incomplete(tmp_path):
+    """0003's rule (no readable trainer_state.json: a cut save) never sets aside a checkpoint the package judges complete."""
     from axolotl_savefix.rules import checkpoints
 
-    diff = next((ROOT / "docs/upstream/series").glob("0005-*.diff")).read_text()
+    diff = next((ROOT / "docs/upstream/series").glob("0003-*.diff")).read_text()
     added = "\n".join(line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++"))
-    assert re.search(r'^COMMIT_MARKER = "' + re.escape(checkpoints.MARKER) + '"', added, re.M)
-    written = re.search(r"marker = \{(.*?)\n    \}", added, re.S)
-    assert written, "0005's write_commit_marker: no marker literal found"
-    keys = set(re.findall(r'^\s+"(\w+)":', written.group(1), re.M))
-    folder = tmp_path / "checkpoint-10"
-    folder.mkdir()
-    (folder / "model.safetensors").write_bytes(b"x" * 10)
-    ours = checkpoints.marker_content(folder, 10, 2, False)
-    assert keys and keys <= set(ours), (keys, set(ours))
-    read = set(re.findall(r'marker(?:\.get\(|\[)"(\w+)"', added))
-    assert read and read <= set(ours), (read, set(ours))
+    source = re.search(r"^def _save_was_cut\(.*?(?=^\S)", added + "\n_", re.M | re.S)
+    assert source, "0003: no _save_was_cut found"
+    namespace: dict = {}
+    exec("import json\nfrom pathlib import Path\n" + source.group(0), namespace)  # noqa: S102 - our own diff
+    cut = namespace["_save_was_cut"]
+    states = {"complete": '{"global_step": 10}', "missing": None, "empty": "", "cut": '{"global_st'}
+    for name, state in states.items():
+        folder = tmp_path / name / "checkpoint-10"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{}      ")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+        assert cut(folder) == (name != "complete"), name
+        if cut(folder):
+            assert checkpoints.missing(folder), name
