@@ -128,7 +128,7 @@ def test_before_transformers_5_3_rotation_is_the_trainer_method_and_never_counts
 
 SCRIPT = """
 import os, signal, sys, time
-from axolotl_savefix.seams import preemption
+from axolotl_savefix._infra import signals
 signals.install([signal.SIGTERM], grace={grace})
 os.kill(os.getpid(), signal.SIGTERM)
 {second}
