@@ -91,3 +91,72 @@ def test_resume_mid_epoch_saves_nothing_twice_and_skips_nothing(model_dir, tmp_p
     assert 0 < state["epoch"] < 1
     saved, _ = _train(model_dir, run, samples=30, micro=2, accum=1, k=4, epochs=2, resume=str(run / f"checkpoint-{stop}"))
     assert saved == [s for s in expected if s > stop]
+
+
+@pytest.mark.parametrize("seam", ["saves per epoch", "evals per epoch"])
+def test_axolotls_gc_collects_before_each_per_epoch_save_and_eval_as_before_stocks(model_dir, tmp_path, monkeypatch, seam):
+    """With ``gc_collect_steps``, Axolotl's GCCallback collects garbage before each save and eval of stock's schedule.
+
+    It reads ``control.should_evaluate`` at on_step_end, set in stock by Transformers' DefaultFlowCallback before
+    Axolotl's callbacks run: the per-epoch eval callback comes before them too. For saves it reads Transformers'
+    interval, which a per-epoch run never reaches: the per-epoch save callback collects itself. (Found by the
+    upstream review of PR #1.)
+    """
+    import gc
+
+    from axolotl.utils.callbacks import GCCallback
+    from axolotl.utils.dict import DictDefault
+
+    from axolotl_savefix._infra import hooks
+    from axolotl_savefix.seams import evals_per_epoch, saves_per_epoch
+
+    seam_module = saves_per_epoch if seam == "saves per epoch" else evals_per_epoch
+    monkeypatch.setattr(hooks._registry, "callbacks", {seam: ("test", seam_module._callbacks)})
+    builder = type("Builder", (), {})()
+    builder.cfg = DictDefault({"saves_per_epoch": 4, "evals_per_epoch": 4, "gc_collect_steps": 1000})
+    builder.eval_dataset = Rows(4)
+    at = {"step": None}
+    collected, done = [], []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: (at["step"] is not None and collected.append(at["step"]), collect(*a))[1])
+
+    class StepEnd(TrainerCallback):
+        def __init__(self, step):
+            self.step = step
+
+        def on_step_end(self, args, state, control, **kw):
+            at["step"] = state.global_step if self.step else None
+
+    class Done(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            done.append(state.global_step)
+
+        def on_evaluate(self, args, state, control, **kw):
+            done.append(state.global_step)
+
+    axolotls = [GCCallback(gc_collect_steps=1000), StepEnd(False)]  # what Axolotl's get_callbacks returns
+    callbacks = [StepEnd(True), *hooks._with_callbacks(lambda builder: axolotls, builder), Done()]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        num_train_epochs=2,
+        save_strategy="steps" if seam == "saves per epoch" else "no",
+        save_steps=NEVER,
+        eval_strategy="steps" if seam == "evals per epoch" else "no",
+        eval_steps=NEVER,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+    )
+    trainer = Trainer(
+        model=LlamaForCausalLM.from_pretrained(model_dir),
+        args=args,
+        train_dataset=Rows(30),
+        eval_dataset=Rows(4),
+        callbacks=callbacks,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
+    trainer.train()
+    assert done == reference.patched_saves(15, 1, 4, trainer.state.max_steps)  # 4 per epoch, the last step included
+    assert set(done) <= set(collected), (done, collected)

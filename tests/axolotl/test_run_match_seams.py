@@ -42,6 +42,20 @@ def test_eval_on_start_is_skipped_on_resume_only():
     assert args.eval_on_start is True
 
 
+def test_an_explicit_eval_on_start_is_kept_on_resume():
+    """Axolotl 0.21's ``eval_on_start: true`` is the user's choice: the resumed step is evaluated again (upstream review)."""
+    axolotl_savefix.apply()
+    builder, _ = _builder({"val_set_size": 0.1, "eval_on_start": True}, eval_dataset=[1])
+    callback = next(cb for cb in builder.get_callbacks() if isinstance(cb, NoEvalOnResumeCallback))
+    args, control = SimpleNamespace(eval_on_start=True), object()
+    callback.on_train_begin(args, SimpleNamespace(global_step=15), control)
+    assert args.eval_on_start is True
+    unset, _ = _builder({"val_set_size": 0.1}, eval_dataset=[1])
+    callback = next(cb for cb in unset.get_callbacks() if isinstance(cb, NoEvalOnResumeCallback))
+    callback.on_train_begin(args, SimpleNamespace(global_step=15), control)
+    assert args.eval_on_start is False  # Axolotl's default, not the user's: the restored step is not evaluated twice
+
+
 def test_auto_resume_past_the_end_stops_at_train_begin(tmp_path):
     checkpoint = tmp_path / "checkpoint-60"
     checkpoint.mkdir()

@@ -9,8 +9,9 @@ every call, so :func:`axolotl_savefix.apply` can add a seam to a target already 
 
 Three kinds of contribution have their own shape, because their order is part of the behaviour:
 
-* callbacks (:func:`add_callbacks`): the trainer builder's ``get_callbacks`` returns Axolotl's
-  callbacks, then this package's, in :data:`CALLBACK_ORDER` (data, not the order seams were applied);
+* callbacks (:func:`add_callbacks`): the trainer builder's ``get_callbacks`` returns this package's
+  callbacks in :data:`CALLBACK_ORDER` (data, not the order seams were applied): those of
+  :data:`FLAG_SETTERS` before Axolotl's callbacks, the others after them;
 * carried config keys (:func:`carry`): checked before Axolotl's ``validate_config`` (its schema
   would drop them), put back on the validated config after it;
 * rotation (:func:`add_rotation`): adjustments of ``save_total_limit`` and work around Transformers'
@@ -41,6 +42,10 @@ CALLBACK_ORDER = (
     "best follows output_dir",  # seams.backports
     "disk guard",  # seams.full_disk
 )
+# Callbacks that decide a step's save or eval (they set ``control.should_save``/``should_evaluate``) run before
+# Axolotl's own callbacks, where Transformers' DefaultFlowCallback decides them in stock: Axolotl's callbacks read
+# the flags at the same step (GCCallback collects garbage before a save or an eval, and after an eval).
+FLAG_SETTERS = ("saves per epoch", "evals per epoch")
 
 
 @dataclass(frozen=True)
@@ -164,11 +169,15 @@ def add_callbacks(name: str, seam: str, provide: Callable[[Any], list[Any]]) -> 
 
 
 def _with_callbacks(call: Callable[..., Any], builder: Any, *args: Any, **kwargs: Any) -> Any:
-    callbacks = call(builder, *args, **kwargs)
+    axolotls = call(builder, *args, **kwargs)
+    first: list[Any] = []
+    last: list[Any] = []
     for name in CALLBACK_ORDER:
         if name in _registry.callbacks:
-            callbacks.extend(_registry.callbacks[name][1](builder))
-    return callbacks
+            (first if name in FLAG_SETTERS else last).extend(_registry.callbacks[name][1](builder))
+    axolotls[:0] = first  # the same list object: a caller holding it sees the callbacks
+    axolotls.extend(last)
+    return axolotls
 
 
 def add_record_field(name: str, seam: str, provide: Callable[[Any], Any]) -> None:  # noqa: ARG001 - the seam, for symmetry

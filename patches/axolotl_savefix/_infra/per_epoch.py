@@ -38,8 +38,10 @@ class PerEpochCallback(TrainerCallback):
     key: ClassVar[str]  # the config key, for messages
     verb: ClassVar[str]
 
-    def __init__(self, per_epoch: int) -> None:
+    def __init__(self, per_epoch: int, before: Callable[[], None] | None = None) -> None:
+        """``before``: called at each step where this callback sets its flag, ahead of the save or eval."""
         self.per_epoch = per_epoch
+        self.before = before
         self.targets_done = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kwargs: Any) -> Any:
@@ -58,11 +60,12 @@ class PerEpochCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         reached = schedule.targets_reached(state.epoch, self.per_epoch)
-        if reached > self.targets_done:
-            self.targets_done = reached
+        fire = reached > self.targets_done or (state.max_steps > 0 and state.global_step >= state.max_steps)
+        self.targets_done = max(self.targets_done, reached)
+        if fire:
             setattr(control, self.flag, True)
-        if state.max_steps > 0 and state.global_step >= state.max_steps:
-            setattr(control, self.flag, True)
+            if self.before is not None:
+                self.before()
         return control
 
 

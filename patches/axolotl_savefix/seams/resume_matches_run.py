@@ -14,7 +14,7 @@ Targets (``_infra.targets``):
   checkpoint whose save could not write its optimizer (Axolotl's fallback) resumes with one line and
   the scheduler put at the step; :class:`NoEvalOnResumeCallback` turns ``eval_on_start`` off for a
   resumed run (the restored step was evaluated before the stop), unless a preemption notice cut that
-  evaluation (``savefix_pending_eval.json``);
+  evaluation (``savefix_pending_eval.json``) or the config sets ``eval_on_start: true`` itself;
 * ``validate_config``: carries ``savefix_resume_anyway`` past Axolotl's schema and warns when
   ``save_only_model`` meets auto-resume;
 * ``relora_on_train_begin``: ReLoRA's logged ``num_lora_restarts`` starts at the restarts made so far
@@ -47,10 +47,12 @@ class NoEvalOnResumeCallback(TrainerCallback):
     """Skip ``eval_on_start`` on a resumed run: the restored step was evaluated before the stop.
 
     ``args.eval_on_start`` is turned off in ``on_train_begin`` (Transformers reads
-    it right after) when ``global_step`` > 0, and put back at train end.
+    it right after) when ``global_step`` > 0, and put back at train end. ``explicit``: the config
+    itself sets ``eval_on_start: true`` (a key from Axolotl 0.21): the user's choice, kept.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, explicit: bool = False) -> None:
+        self.explicit = explicit
         self.restore: bool | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> Any:
@@ -62,7 +64,7 @@ class NoEvalOnResumeCallback(TrainerCallback):
                 "skipped its evaluation)",
             )
             return control
-        if state.global_step > 0 and getattr(args, "eval_on_start", False):
+        if state.global_step > 0 and getattr(args, "eval_on_start", False) and not self.explicit:
             self.restore, args.eval_on_start = args.eval_on_start, False
             log_once(
                 f"no-eval-on-resume:{state.global_step}",
@@ -155,7 +157,6 @@ class RunMatchCallback(TrainerCallback):
         return control
 
 
-
 def _relora_restarts(on_train_begin: Any, self: Any, args: Any, state: Any, *rest: Any, **kwargs: Any) -> Any:
     """``ReLoRACallback.on_train_begin``'s layer: after any resume, ``num_lora_restarts`` counts the restarts made so far."""
     step = int(getattr(state, "global_step", 0) or 0)
@@ -163,7 +164,6 @@ def _relora_restarts(on_train_begin: Any, self: Any, args: Any, state: Any, *res
     if step > 0 and getattr(self, "num_lora_restarts", None) == 0 and isinstance(every, int) and every > 0:
         self.num_lora_restarts = relora_restarts(step, every)
     return on_train_begin(self, args, state, *rest, **kwargs)
-
 
 
 def _fingerprint(builder: Any) -> dict:
@@ -184,6 +184,10 @@ def install() -> None:
     hooks.add_record_field("fingerprint", NAME, _fingerprint)
     hooks.add_callbacks("run match", NAME, lambda builder: [RunMatchCallback(builder.cfg, _fingerprint(builder))])
     hooks.add_callbacks(
-        "no eval on resume", NAME, lambda builder: [NoEvalOnResumeCallback()] if builder.eval_dataset is not None else []
+        "no eval on resume",
+        NAME,
+        lambda builder: (
+            [NoEvalOnResumeCallback(builder.cfg.get("eval_on_start") is True)] if builder.eval_dataset is not None else []
+        ),
     )
     hooks.add(hooks.Layer("relora_on_train_begin", NAME, 20, _relora_restarts))

@@ -38,8 +38,23 @@ def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, *
     return result
 
 
+def _collect_garbage() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def _callbacks(builder: Any) -> list[Any]:
-    return [SavesPerEpochCallback(builder.cfg.saves_per_epoch)] if builder.cfg.saves_per_epoch else []
+    cfg = builder.cfg
+    if not cfg.saves_per_epoch:
+        return []
+    # Axolotl's GCCallback (gc_collect_steps, gc_steps before 0.14) collects before the saves of Transformers'
+    # interval, which a per-epoch run never reaches: the callback collects before its own saves instead.
+    collects = bool(cfg.get("gc_collect_steps") or cfg.get("gc_steps"))
+    return [SavesPerEpochCallback(cfg.saves_per_epoch, _collect_garbage if collects else None)]
 
 
 def install() -> None:
