@@ -158,6 +158,21 @@ def test_builder_hands_evals_to_the_callback():
     assert EvalsPerEpochCallback not in {type(cb) for cb in builder.get_callbacks()}
 
 
+def test_load_best_model_at_end_asked_for_is_kept_with_per_epoch_saves_and_evals():
+    """Stock's builder decides it on the float ratios the per-epoch seams never set (issue 39's review): kept."""
+    from axolotl_savefix._infra.per_epoch import NEVER
+
+    best = {"evals_per_epoch": 4, "val_set_size": 0.1, "saves_per_epoch": 2, "load_best_model_at_end": True}
+    axolotl_savefix.apply()
+    builder, kwargs = _builder(best, eval_dataset=[1])
+    assert (kwargs["save_steps"], kwargs["eval_steps"]) == (NEVER, NEVER)
+    kwargs["load_best_model_at_end"] = False  # what the causal builder computed from cfg.save_steps (unset)
+    assert builder.hook_pre_create_training_args(kwargs)["load_best_model_at_end"] is True
+    builder, kwargs = _builder({**best, "load_best_model_at_end": False}, eval_dataset=[1])
+    kwargs["load_best_model_at_end"] = False
+    assert builder.hook_pre_create_training_args(kwargs)["load_best_model_at_end"] is False  # not asked for
+
+
 def _minimal_cfg(tmp_path, **extra):
     return DictDefault(
         base_model="tiny",

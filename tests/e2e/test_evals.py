@@ -56,6 +56,11 @@ def test_best_checkpoint_follows_an_eval_and_survives_the_limit(e2e_root):
     assert observed.best_model_checkpoint.endswith(f"checkpoint-{best}")
     assert observed.kept == reference.kept_with_best(saved, case["save_total_limit"], best)
     assert best in observed.kept
+    # early stopping asks for the best model at the end, as stock's builder gives it on aligned ratios
+    import torch
+
+    args = torch.load(next((e2e_root / "best_model-patched").rglob("training_args.bin")), weights_only=False)
+    assert args.load_best_model_at_end is True
 
 
 def test_stock_best_model_sees_stale_metrics(e2e_root):

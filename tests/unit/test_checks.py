@@ -7,6 +7,7 @@ from axolotl_savefix.rules.checks import (
     check_best_model_alignment,
     check_eval_config,
     check_save_config,
+    loads_best_model,
 )
 
 
@@ -149,3 +150,22 @@ def test_divisors_of_a_huge_evals_per_epoch_are_listed_at_once():
     ):
         check_best_model_alignment(cfg)
     assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize(
+    ("cfg", "loads"),
+    [
+        ({"load_best_model_at_end": True, "val_set_size": 0.1, "saves_per_epoch": 2, "evals_per_epoch": 4}, True),
+        ({"early_stopping_patience": 3, "load_best_model_at_end": False, "val_set_size": 0.1, "saves_per_epoch": 1,
+          "evals_per_epoch": 1}, True),
+        ({"load_best_model_at_end": False, "val_set_size": 0.1, "saves_per_epoch": 2, "evals_per_epoch": 4}, False),
+        ({"load_best_model_at_end": True, "val_set_size": 0, "saves_per_epoch": 2, "evals_per_epoch": 4}, False),
+        ({"load_best_model_at_end": True, "val_set_size": 0, "test_datasets": [{"path": "t"}], "saves_per_epoch": 2,
+          "evals_per_epoch": 4}, True),
+        ({"load_best_model_at_end": True, "val_set_size": 0.1, "saves_per_epoch": 2}, False),
+        ({"load_best_model_at_end": True, "val_set_size": 0.1, "saves_per_epoch": 3, "evals_per_epoch": 4}, False),
+    ],
+)  # fmt: skip
+def test_the_best_model_is_loaded_by_stocks_rule_with_the_per_epoch_alignment(cfg, loads):
+    """Axolotl's causal builder: asked for (true or early stopping), a validation set, saves aligned with evals."""
+    assert loads_best_model(cfg) is loads

@@ -151,6 +151,8 @@ TARGETS: dict[str, Target] = {
         Target("configure_strategy", BUILDER_MODULE, "TrainerBuilderBase._configure_save_and_eval_strategy",
                ("training_args_kwargs",), builder=True),
         Target("get_callbacks", BUILDER_MODULE, "TrainerBuilderBase.get_callbacks", builder=True),
+        Target("pre_training_args", BUILDER_MODULE, "TrainerBuilderBase.hook_pre_create_training_args",
+               ("training_arguments_kwargs",), builder=True),
         Target("trainer_save_checkpoint", "transformers.trainer", "Trainer._save_checkpoint", ("model", "trial"), builder=True),
         Target("axolotl_save_checkpoint", "axolotl.core.trainers.base", "AxolotlTrainer._save_checkpoint", ("model", "trial"),
                builder=True),

@@ -108,6 +108,22 @@ def _instead_of(cfg: Mapping[str, Any], steps_key: str, strategy_key: str) -> st
     return f" instead of {key}: {value!r}." if value else "."
 
 
+def loads_best_model(cfg: Mapping[str, Any]) -> bool:
+    """Whether a run with both per-epoch keys loads the best model at its end: stock Axolotl's rule, aligned.
+
+    Axolotl's causal builder turns ``load_best_model_at_end`` on when it is asked for (``true``, or
+    ``early_stopping_patience``), the run has a validation set, and ``save_steps % eval_steps == 0``
+    on the float ratios ``normalize_config`` sets. The per-epoch seams set no ratio, so that rule is
+    false for every per-epoch run; here the alignment is the per-epoch one (``saves_per_epoch``
+    divides ``evals_per_epoch``: :func:`check_best_model_alignment`).
+    """
+    asked = cfg.get("load_best_model_at_end") is not False or bool(cfg.get("early_stopping_patience"))
+    val_set_size = cfg.get("val_set_size") or 0
+    validates = (not cfg.get("test_datasets") and val_set_size > 0) or (bool(cfg.get("test_datasets")) and val_set_size == 0)
+    k_save, k_eval = per_epoch_value(cfg, "saves_per_epoch"), per_epoch_value(cfg, "evals_per_epoch")
+    return bool(asked and validates and k_save and k_eval and k_eval % k_save == 0)
+
+
 def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
     """``load_best_model_at_end`` / ``early_stopping_patience`` need an evaluation at every save.
 

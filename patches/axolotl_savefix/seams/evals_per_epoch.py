@@ -14,7 +14,10 @@ Targets (``_infra.targets``):
   let through Axolotl's validator with per-epoch keys (it asks for ``save_steps``/``eval_steps``);
 * ``configure_strategy``: Transformers keeps the ``steps`` strategy with an interval no run reaches,
   ``eval_on_start`` as upstream (on, unless the config says otherwise);
-* ``get_callbacks``: :class:`EvalsPerEpochCallback`.
+* ``get_callbacks``: :class:`EvalsPerEpochCallback`;
+* ``pre_training_args`` (the causal builder's last word before its training args): with both
+  per-epoch keys, ``load_best_model_at_end`` follows stock's rule with the per-epoch alignment in place
+  of the ratios (:func:`rules.checks.loads_best_model`); stock's rule reads ratios these seams never set.
 
 Runs without a validation set, or with ``eval_strategy: no``, do not evaluate, as upstream.
 Upstream: docs/upstream/series, PR 2.
@@ -27,7 +30,7 @@ from typing import Any
 from .._infra import hooks
 from .._infra.patching import key_hidden
 from .._infra.per_epoch import NEVER, EvalsPerEpochCallback, hiding
-from ..rules.checks import check_best_model_alignment, check_eval_config
+from ..rules.checks import check_best_model_alignment, check_eval_config, loads_best_model
 
 NAME = "evals_per_epoch"
 __all__ = ["EvalsPerEpochCallback", "install"]  # the callback lives with the trigger it subclasses (_infra.per_epoch)
@@ -64,8 +67,16 @@ def _callbacks(builder: Any) -> list[Any]:
     return []
 
 
+def _best_model(call: Any, builder: Any, training_arguments_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
+    per_epoch = training_arguments_kwargs.get("save_steps") == NEVER and training_arguments_kwargs.get("eval_steps") == NEVER
+    if per_epoch and loads_best_model(builder.cfg):
+        training_arguments_kwargs["load_best_model_at_end"] = True
+    return call(builder, training_arguments_kwargs, *args, **kwargs)
+
+
 def install() -> None:
     hooks.add(hooks.Layer("validate_config", NAME, 50, _validate))
     hooks.add(hooks.Layer("normalize_config", NAME, 10, hiding("evals_per_epoch")))
     hooks.add(hooks.Layer("configure_strategy", NAME, 10, _strategy))
+    hooks.add(hooks.Layer("pre_training_args", NAME, 10, _best_model))
     hooks.add_callbacks("evals per epoch", NAME, _callbacks)
