@@ -37,11 +37,13 @@ UPSTREAM_TESTS = [
 # which of our e2e cases (tests/e2e/upstream_cases.py) hold once pull requests 1 to N are in
 CASES_ADDED = {
     1: "our_package or exact_checkpoints",
-    2: "exact_evals",
-    3: "killed",
-    4: "preempted",
-    5: "resumed_eval",
-    6: "past_the_end",
+    # 0 keeps all: exact_checkpoints[limit_zero_keeps_all] expects it from pull request 2 on
+    2: "limit_zero_keeps_all",
+    3: "exact_evals",
+    4: "killed",
+    5: "preempted",
+    6: "resumed_eval",
+    7: "past_the_end",
 }
 UPSTREAM_CASES = {n: " or ".join(CASES_ADDED[m] for m in range(1, n + 1)) for n in CASES_ADDED}
 # hooks of Axolotl's .pre-commit-config.yaml that cannot run here, and why
