@@ -37,13 +37,18 @@ UPSTREAM_TESTS = [
 # which of our e2e cases (tests/e2e/upstream_cases.py) hold once pull requests 1 to N are in
 CASES_ADDED = {
     1: "our_package or exact_checkpoints",
-    2: "exact_evals",
-    3: "killed",
-    4: "preempted",
-    5: "resumed_eval",
-    6: "past_the_end",
+    # 0 keeps all: exact_checkpoints[limit_zero_keeps_all] expects it from pull request 2 on
+    2: "limit_zero_keeps_all",
+    3: "exact_evals",
+    4: "killed",
+    5: "preempted",
+    6: "resumed_eval",
+    7: "past_the_end",
 }
 UPSTREAM_CASES = {n: " or ".join(CASES_ADDED[m] for m in range(1, n + 1)) for n in CASES_ADDED}
+# `-- --own-cases`: each pull request runs only the e2e cases it adds, the last one checked runs them
+# all (UPSTREAM_CASES grows with every pull request; this keeps a run of the whole series shorter)
+OWN_CASES = "--own-cases"
 # hooks of Axolotl's .pre-commit-config.yaml that cannot run here, and why
 HOOKS_NOT_RUN = {"no-commit-to-branch": "checks the git branch of a commit; the series is not committed to a branch here"}
 # an upstream main checkout to try the series on as well (`patch -p1 -F0`, reported, not a gate)
@@ -160,7 +165,7 @@ def first_checked(posargs: list[str]) -> tuple[int, int | None, list[str]]:
     while posargs[:1] in (["--from"], ["--to"]) and len(posargs) >= 2 and posargs[1].isdigit():
         bounds[posargs[0]] = int(posargs[1])
         posargs = posargs[2:]
-    return bounds.get("--from", 1), bounds.get("--to"), posargs
+    return bounds.get("--from", 1), bounds.get("--to"), [a for a in posargs if a != OWN_CASES]
 
 
 def apply(session: nox.Session, tree: Path, patch: Path) -> None:
@@ -198,11 +203,13 @@ def try_on_main(session: nox.Session, patches: list[Path], work: Path) -> dict[s
 def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -> None:
     """The ``upstream`` session: ``axolotl_env(session, version)`` gives the shared Axolotl venv's python.
 
-    ``nox -s upstream -- --from N --to M`` checks pull requests N to M only (all apply, in order).
+    ``nox -s upstream -- --from N --to M`` checks pull requests N to M only (all apply, in order);
+    ``-- --own-cases``: each runs only the e2e cases it adds, the last one checked all of them.
     Writes .nox/upstream-series.json (per pull request: lines per kind, hooks, tests, seconds).
     """
     wall = time.monotonic()
     start, end, pytest_args = first_checked(list(session.posargs))
+    own_cases = OWN_CASES in session.posargs
     patches = series()
     end = len(patches) if end is None else end
     if not 1 <= start <= end <= len(patches):
@@ -243,6 +250,7 @@ def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -
         if n > end:
             break
         started = time.monotonic()
+        cases = CASES_ADDED[n] if own_cases and n < end else UPSTREAM_CASES[n]
         session.run(python, "-m", "pip", "install", "--quiet", "--no-deps", str(tree), external=True)
         hooks = precommit_hooks(session, tree, changed, python)
         results = axolotl_tests(session, python, tree, work / f"patched-{n}.xml", *selection)
@@ -255,7 +263,7 @@ def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -
             session.error(f"{patch.name}: regressions {regressions}; failing tests the series added {failing_new}")
         session.run(
             python, "-m", "pytest", "-p", "no:anyio", "-p", "no:cacheprovider", "-q",
-            str(ROOT / "tests" / "e2e" / "upstream_cases.py"), "-k", UPSTREAM_CASES[n], *pytest_args,
+            str(ROOT / "tests" / "e2e" / "upstream_cases.py"), "-k", cases, *pytest_args,
             env=venv_env(python, {"SAVEFIX_UPSTREAM_PATCHES": str(n)}), external=True,
         )  # fmt: skip
         lines = diff_lines(patch)
@@ -269,7 +277,7 @@ def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -
             "axolotl_tests_patched": [len(results), sum(v == "passed" for v in results.values())],
             "tests_added_so_far": [len(new), len(new) - len(failing_new)],
             "regressions": len(regressions),
-            "our_e2e_selection": UPSTREAM_CASES[n],
+            "our_e2e_selection": cases,
             "on_main": main.get(patch.name),
             "seconds": round(time.monotonic() - started),
         }
@@ -279,7 +287,7 @@ def run(session: nox.Session, axolotl_env: Callable[[nox.Session, str], Path]) -
             f"{entry['axolotl_tests_stock'][1]}/{entry['axolotl_tests_stock'][0]}, patched "
             f"{entry['axolotl_tests_patched'][1]}/{entry['axolotl_tests_patched'][0]}; added by the series "
             f"{entry['tests_added_so_far'][1]}/{entry['tests_added_so_far'][0]}; regressions 0; "
-            f"{entry['seconds']} s"
+            f"e2e -k {cases!r}; {entry['seconds']} s"
         )
     name = "upstream-series.json" if (start, end) == (1, len(patches)) else f"upstream-series-{start}-to-{end}.json"
     (ROOT / ".nox" / name).write_text(json.dumps(report, indent=2))

@@ -6,12 +6,13 @@ pull requests of docs/upstream/series/ applied; the session selects the tests th
 requests cover (``-k``, ci/upstream_check.py's ``UPSTREAM_CASES``). Expected steps always come
 from tests/reference.py:
 
-1. exact saves per epoch; ``save_total_limit``: unset keeps upstream's 4, ``0`` keeps all;
-2. exact evals per epoch, ``eval_on_start`` at step 0, and the best model with early stopping;
-3. auto-resume sets aside a checkpoint whose save was cut (one run killed mid-save, then resumed);
-4. ``dynamic_checkpoint.signals``: SIGTERM saves a checkpoint at the step and exits 143; the rerun resumes there;
-5. a resumed run does not evaluate its first step again (``eval_on_start``);
-6. a shorter run in a reused output_dir warns that it resumes past its end and trains nothing; a longer one resumes.
+1. saves at the epoch fractions; ``save_total_limit``: unset keeps upstream's 4, ``0`` still becomes 4;
+2. ``save_total_limit: 0`` keeps all (the same cases);
+3. exact evals per epoch, ``eval_on_start`` at step 0, and the best model with early stopping;
+4. auto-resume sets aside a checkpoint whose save was cut (one run killed mid-save, then resumed);
+5. ``dynamic_checkpoint.signals``: SIGTERM saves a checkpoint at the step and exits 143; the rerun resumes there;
+6. a resumed run does not evaluate its first step again (``eval_on_start``);
+7. a shorter run in a reused output_dir warns that it resumes past its end and trains nothing; a longer one resumes.
 """
 
 import importlib.util
@@ -27,7 +28,7 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 
-PATCHES = int(os.environ.get("SAVEFIX_UPSTREAM_PATCHES", "6"))
+PATCHES = int(os.environ.get("SAVEFIX_UPSTREAM_PATCHES", "7"))
 HERE = harness.Path(__file__).parent
 UPSTREAM_LIMIT = 4  # save_total_limit unset: upstream keeps its default
 
@@ -51,8 +52,10 @@ def _observe(name, root):
 
 
 def _kept(saved, limit):
-    """Transformers' rotation under the series' builder: unset keeps 4, 0 (or less) keeps all."""
-    limit = UPSTREAM_LIMIT if limit is None else limit
+    """Transformers' rotation under the series' builder: unset keeps 4; 0 (or less) keeps all
+    from pull request 2 on (before it, stock turns 0 into 4)."""
+    if limit is None or (limit == 0 and PATCHES < 2):
+        limit = UPSTREAM_LIMIT
     return reference.kept(saved, limit if limit > 0 else None)
 
 
@@ -190,7 +193,7 @@ def test_a_shorter_run_in_a_reused_output_dir_warns_past_the_end_on_upstream_cod
     _write(config, num_epochs=1)
     code, second = harness.run_cli_raw(config, launcher=launch, log_name="second.log")
     assert code == 0, second[-4000:]
-    assert f"Resuming at step {M}, at or past the end of this run ({shorter} steps)" in second
+    assert f"Resuming at step {M}, past the end of this run ({shorter} steps)" in second
     assert harness.observe(out, second).saved == []
     longer = reference.axolotl_max_steps(case["samples"], case["micro_batch"], G, 3)
     _write(config, num_epochs=3)

@@ -106,13 +106,13 @@ def test_the_readme_does_not_deny_what_a_session_runs(session, denial):
 
 
 def test_the_upstream_resume_sets_aside_only_what_the_package_judges_incomplete(tmp_path):
-    """0003's rule (no readable trainer_state.json: a cut save) never sets aside a checkpoint the package judges complete."""
+    """0004's rule (no readable trainer_state.json: a cut save) never sets aside a checkpoint the package judges complete."""
     from axolotl_savefix.rules import checkpoints
 
-    diff = next((ROOT / "docs/upstream/series").glob("0003-*.diff")).read_text()
+    diff = next((ROOT / "docs/upstream/series").glob("0004-*.diff")).read_text()
     added = "\n".join(line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++"))
     source = re.search(r"^def _save_was_cut\(.*?(?=^\S)", added + "\n_", re.M | re.S)
-    assert source, "0003: no _save_was_cut found"
+    assert source, "0004: no _save_was_cut found"
     namespace: dict = {}
     exec("import json\nfrom pathlib import Path\n" + source.group(0), namespace)  # noqa: S102 - our own diff
     cut = namespace["_save_was_cut"]

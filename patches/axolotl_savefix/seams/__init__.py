@@ -31,18 +31,18 @@ class Seam:
 
 SEAMS: tuple[Seam, ...] = (
     Seam("saves_per_epoch", "saves at the exact epoch fractions, every epoch end included", (), "PR 1"),
-    Seam("evals_per_epoch", "evaluations at the exact epoch fractions; the best model from fresh metrics", (), "PR 2"),
+    Seam("evals_per_epoch", "evaluations at the exact epoch fractions; the best model from fresh metrics", (), "PR 3"),
     Seam("retention", "save_total_limit: 0 keeps all, unset keeps what the disk holds", ("journal",),
-         "PR 1 (0 keeps all, a warning); the disk rule stays in the plugin"),
+         "PR 2 (0 keeps all, a warning); the disk rule stays in the plugin"),
     Seam("incomplete_checkpoints", "a run killed mid-save resumes by itself; nothing of yours is destroyed", ("journal",),
-         "PR 3 (auto-resume skips a cut save; slim)"),
+         "PR 4 (auto-resume skips a cut save; slim)"),
     Seam("several_nodes", "every rank resumes from the same checkpoint; save_on_each_node works", ("journal",),
          "stays in the plugin (a cross-node protocol)"),
     Seam("full_disk", "a full disk stops the run with one line and never loops", ("journal",), "stays in the plugin"),
     Seam("preemption", "a notice (SIGTERM) saves where the run is and exits 128 + signal", ("journal",),
-         "PR 4 (opt-in, in dynamic_checkpoint)"),
+         "PR 5 (opt-in, in dynamic_checkpoint)"),
     Seam("resume_matches_run", "a resume matches the run; no step evaluated twice", ("journal",),
-         "PR 5 (eval_on_start on resume; past-the-end as a warning)"),
+         "PRs 6 and 7 (eval_on_start on resume; past-the-end as a warning)"),
     Seam("backports", "fixes bound to releases (epoch order, token counters, a moved output_dir)", (), "plugin only"),
 )  # fmt: skip
 NAMES = tuple(seam.name for seam in SEAMS)
