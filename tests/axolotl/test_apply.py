@@ -99,6 +99,7 @@ def test_changed_signature_fails_clearly(monkeypatch):
 def test_steps_aside_when_axolotl_already_has_the_fix(monkeypatch):
     fixed = types.ModuleType(_targets.UPSTREAM_FIX_MODULE)
     fixed.__spec__ = importlib.machinery.ModuleSpec(_targets.UPSTREAM_FIX_MODULE, None)
+    setattr(fixed, _targets.UPSTREAM_FIX_NAME, type(_targets.UPSTREAM_FIX_NAME, (), {}))  # upstream PR #1's callback
     monkeypatch.setitem(sys.modules, _targets.UPSTREAM_FIX_MODULE, fixed)
     before = _snapshot()
     assert axolotl_savefix.apply() is False

@@ -80,3 +80,26 @@ def test_outside_the_proven_range_is_one_warning_naming_it(version, warns):
     assert (message is not None) == warns
     if warns:
         assert version in message and _targets.SUPPORTED in message
+
+
+def test_the_upstream_fix_is_found_in_axolotls_source_without_importing_it(tmp_path, monkeypatch):
+    """Upstream PR #1 adds SavesPerEpochCallback to axolotl.utils.callbacks: there, the package steps aside."""
+    import importlib
+    import sys
+
+    from axolotl_savefix._infra import releases
+
+    callbacks = tmp_path / "axolotl" / "utils" / "callbacks"
+    callbacks.mkdir(parents=True)
+    for folder in (tmp_path / "axolotl", tmp_path / "axolotl" / "utils"):
+        (folder / "__init__.py").write_text("")
+    (callbacks / "__init__.py").write_text("class GCCallback:\n    pass\n")
+    for name in ("axolotl", "axolotl.utils", releases.UPSTREAM_FIX_MODULE):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert releases.upstream_fixed() is False
+    upstream = "class GCCallback:\n    pass\n\n\nclass SavesPerEpochCallback(TrainerCallback):\n    pass\n"
+    (callbacks / "__init__.py").write_text(upstream)
+    assert releases.upstream_fixed() is True
+    assert "axolotl" not in sys.modules  # found by reading, not importing

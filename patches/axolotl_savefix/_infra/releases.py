@@ -8,6 +8,7 @@ loads this file on its own (ci/environments.py): nox runs outside the package's 
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -18,9 +19,10 @@ from pathlib import Path
 PROVEN = ("0.13.2", "0.14.0", "0.15.0", "0.16.1", "0.17.0", "0.18.0", "0.19.0", "0.20.0", "0.21.0")
 SUPPORTED = f"{PROVEN[0]} to {PROVEN[-1]}"
 
-# The upstream fix (docs/upstream/) adds this module. Where it exists, the
+# The upstream fix (docs/upstream/series, PR #1) adds this callback to this module. Where it is there, the
 # installed Axolotl already saves per epoch exactly and our patches step aside.
-UPSTREAM_FIX_MODULE = "axolotl.utils.callbacks.per_epoch"
+UPSTREAM_FIX_MODULE = "axolotl.utils.callbacks"
+UPSTREAM_FIX_NAME = "SavesPerEpochCallback"
 
 
 def axolotl_version() -> str:
@@ -75,18 +77,28 @@ def outside_proven(version: str | None = None) -> str | None:
 
 
 def upstream_fixed() -> bool:
-    """True where the installed Axolotl ships the exact per-epoch schedule itself.
+    """True where the installed Axolotl ships the exact per-epoch schedule itself (upstream PR #1's callback).
 
-    Looks for the module's file without importing anything: ``find_spec`` of a
-    submodule imports its parent package (``axolotl.utils.callbacks``, about a
-    second and a half of imports) at plugin registration.
+    Reads the module's source for the class instead of importing it: the import of
+    ``axolotl.utils.callbacks`` is about a second and a half at plugin registration.
     """
-    if sys.modules.get(UPSTREAM_FIX_MODULE) is not None:
-        return True
+    loaded = sys.modules.get(UPSTREAM_FIX_MODULE)
+    if loaded is not None:
+        return hasattr(loaded, UPSTREAM_FIX_NAME)
     try:
         spec = importlib.util.find_spec("axolotl")
     except (ImportError, ValueError):
         return False
+    relative = Path(*UPSTREAM_FIX_MODULE.split(".")[1:])
+    defined = re.compile(rf"^class {UPSTREAM_FIX_NAME}\b", re.MULTILINE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        for source in (Path(location) / relative / "__init__.py", (Path(location) / relative).with_suffix(".py")):
+            try:
+                if source.is_file() and defined.search(source.read_text(encoding="utf-8", errors="replace")):
+                    return True
+            except OSError:
+                continue
+    return False
     *_, leaf = UPSTREAM_FIX_MODULE.split(".")
     relative = Path(*UPSTREAM_FIX_MODULE.split(".")[1:-1])
     for location in (spec.submodule_search_locations or []) if spec else []:

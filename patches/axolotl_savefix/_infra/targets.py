@@ -22,6 +22,7 @@ from .releases import (  # noqa: F401 - re-exported: the targets' errors name th
     PROVEN,
     SUPPORTED,
     UPSTREAM_FIX_MODULE,
+    UPSTREAM_FIX_NAME,
     axolotl_version,
     outside_proven,
     package_version,
