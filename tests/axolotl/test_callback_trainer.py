@@ -134,7 +134,7 @@ def test_axolotls_gc_collects_before_each_per_epoch_save_and_eval_as_before_stoc
         def on_evaluate(self, args, state, control, **kw):
             done.append(state.global_step)
 
-    axolotls = [GCCallback(gc_collect_steps=1000), StepEnd(False)]  # what Axolotl's get_callbacks returns
+    axolotls = [GCCallback(1000), StepEnd(False)]  # what get_callbacks returns (gc_collect_steps; gc_steps before 0.14)
     callbacks = [StepEnd(True), *hooks._with_callbacks(lambda builder: axolotls, builder), Done()]
     args = TrainingArguments(
         output_dir=str(tmp_path),
