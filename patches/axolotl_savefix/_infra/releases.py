@@ -99,12 +99,5 @@ def upstream_fixed() -> bool:
             except OSError:
                 continue
     return False
-    *_, leaf = UPSTREAM_FIX_MODULE.split(".")
-    relative = Path(*UPSTREAM_FIX_MODULE.split(".")[1:-1])
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        folder = Path(location) / relative
-        if (folder / f"{leaf}.py").is_file() or (folder / leaf / "__init__.py").is_file():
-            return True
-    return False
 
 
