@@ -108,6 +108,11 @@ def _instead_of(cfg: Mapping[str, Any], steps_key: str, strategy_key: str) -> st
     return f" instead of {key}: {value!r}." if value else "."
 
 
+def _saves_follow_evals(k_save: int | None, k_eval: int | None) -> bool:
+    """Both per-epoch keys set and every save target j/k_save an eval target: ``saves_per_epoch`` divides ``evals_per_epoch``."""
+    return bool(k_save and k_eval and k_eval % k_save == 0)
+
+
 def loads_best_model(cfg: Mapping[str, Any]) -> bool:
     """Whether a run with both per-epoch keys loads the best model at its end: stock Axolotl's rule, aligned.
 
@@ -121,7 +126,7 @@ def loads_best_model(cfg: Mapping[str, Any]) -> bool:
     val_set_size = cfg.get("val_set_size") or 0
     validates = (not cfg.get("test_datasets") and val_set_size > 0) or (bool(cfg.get("test_datasets")) and val_set_size == 0)
     k_save, k_eval = per_epoch_value(cfg, "saves_per_epoch"), per_epoch_value(cfg, "evals_per_epoch")
-    return bool(asked and validates and k_save and k_eval and k_eval % k_save == 0)
+    return bool(asked and validates) and _saves_follow_evals(k_save, k_eval)
 
 
 def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
@@ -139,7 +144,7 @@ def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
     k_save, k_eval = per_epoch_value(cfg, "saves_per_epoch"), per_epoch_value(cfg, "evals_per_epoch")
     if not (k_save or k_eval) or strategy_of(cfg, "save_strategy") == "best":
         return
-    if k_save and k_eval and k_eval % k_save == 0:
+    if _saves_follow_evals(k_save, k_eval):
         return
     why = f"early_stopping_patience: {patience}" if patience else "load_best_model_at_end: true"
     if k_save and k_eval:
