@@ -14,8 +14,8 @@ import shutil
 import fixture
 import pytest
 import transformers.trainer
-from test_callback_trainer import Rows
-from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainingArguments
+from test_callback_trainer import tiny_trainer
+from transformers import TrainingArguments
 
 # Transformers 5.20 drops a recorded best checkpoint that is not a folder when it loads the resumed state
 from axolotl_savefix.rules import checkpoints
@@ -35,14 +35,7 @@ def _trainer(model_dir, out, max_steps, callbacks):
         eval_strategy="steps", eval_steps=2, save_total_limit=1, load_best_model_at_end=True,
         metric_for_best_model="eval_loss", greater_is_better=False, learning_rate=1e-3, report_to=[], use_cpu=True, seed=0,
     )  # fmt: skip
-    return Trainer(
-        model=LlamaForCausalLM.from_pretrained(model_dir),
-        args=args,
-        train_dataset=Rows(8),
-        eval_dataset=Rows(4),
-        callbacks=callbacks,
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
-    )
+    return tiny_trainer(model_dir, args, callbacks, samples=8, evals=4)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,18 @@ def model_dir(tmp_path_factory):
     return fixture.build(tmp_path_factory.mktemp("fixture"))
 
 
+def tiny_trainer(model_dir, args, callbacks, *, samples, evals=0):
+    """A Trainer on the fixture's tiny Llama: ``samples`` training rows, ``evals`` validation rows (none: 0)."""
+    return Trainer(
+        model=LlamaForCausalLM.from_pretrained(model_dir),
+        args=args,
+        train_dataset=Rows(samples),
+        eval_dataset=Rows(evals) if evals else None,
+        callbacks=callbacks,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
+
+
 def _train(model_dir, out, *, samples, micro, accum, k, epochs, resume=None, limit=None):
     args = TrainingArguments(
         output_dir=str(out),
@@ -45,13 +57,7 @@ def _train(model_dir, out, *, samples, micro, accum, k, epochs, resume=None, lim
         seed=0,
         dataloader_drop_last=False,
     )
-    trainer = Trainer(
-        model=LlamaForCausalLM.from_pretrained(model_dir),
-        args=args,
-        train_dataset=Rows(samples),
-        callbacks=[SavesPerEpochCallback(k)],
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
-    )
+    trainer = tiny_trainer(model_dir, args, [SavesPerEpochCallback(k)], samples=samples)
     saved = []
 
     class Record(TrainerCallback):
@@ -149,14 +155,7 @@ def test_axolotls_gc_collects_before_each_per_epoch_save_and_eval_as_before_stoc
         use_cpu=True,
         seed=0,
     )
-    trainer = Trainer(
-        model=LlamaForCausalLM.from_pretrained(model_dir),
-        args=args,
-        train_dataset=Rows(30),
-        eval_dataset=Rows(4),
-        callbacks=callbacks,
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
-    )
+    trainer = tiny_trainer(model_dir, args, callbacks, samples=30, evals=4)
     trainer.train()
     assert done == reference.patched_saves(15, 1, 4, trainer.state.max_steps)  # 4 per epoch, the last step included
     assert set(done) <= set(collected), (done, collected)
