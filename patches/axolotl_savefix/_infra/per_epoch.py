@@ -77,6 +77,25 @@ class SavesPerEpochCallback(PerEpochCallback):
     verb = "saving"
 
 
+def _collect_garbage() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def saves_callback(cfg: Any, per_epoch: int) -> SavesPerEpochCallback:
+    """The :class:`SavesPerEpochCallback` of a run with ``cfg``: ``per_epoch`` saves per epoch.
+
+    Axolotl's GCCallback (``gc_collect_steps``, ``gc_steps`` before 0.14) collects before the saves of
+    Transformers' interval, which a per-epoch run never reaches: the callback collects before its own saves instead.
+    """
+    collects = bool(cfg.get("gc_collect_steps") or cfg.get("gc_steps"))
+    return SavesPerEpochCallback(per_epoch, _collect_garbage if collects else None)
+
+
 class EvalsPerEpochCallback(PerEpochCallback):
     """Evaluate at the first step that reaches each target j/``evals_per_epoch``, and at the last step (once)."""
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._infra import hooks
-from .._infra.per_epoch import NEVER, SavesPerEpochCallback, hiding
+from .._infra.per_epoch import NEVER, SavesPerEpochCallback, hiding, saves_callback
 from ..rules.checks import check_save_config
 
 NAME = "saves_per_epoch"
@@ -38,23 +38,9 @@ def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, *
     return result
 
 
-def _collect_garbage() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    torch.cuda.empty_cache()
-
-
 def _callbacks(builder: Any) -> list[Any]:
     cfg = builder.cfg
-    if not cfg.saves_per_epoch:
-        return []
-    # Axolotl's GCCallback (gc_collect_steps, gc_steps before 0.14) collects before the saves of Transformers'
-    # interval, which a per-epoch run never reaches: the callback collects before its own saves instead.
-    collects = bool(cfg.get("gc_collect_steps") or cfg.get("gc_steps"))
-    return [SavesPerEpochCallback(cfg.saves_per_epoch, _collect_garbage if collects else None)]
+    return [saves_callback(cfg, cfg.saves_per_epoch)] if cfg.saves_per_epoch else []
 
 
 def install() -> None:
