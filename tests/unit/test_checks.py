@@ -8,6 +8,7 @@ from axolotl_savefix.rules.checks import (
     check_eval_config,
     check_save_config,
     loads_best_model,
+    saves_each_epoch_for_best_model,
 )
 
 
@@ -82,6 +83,20 @@ VAL = {"val_set_size": 0.1}
             {"load_best_model_at_end": True, "evals_per_epoch": 6, "save_steps": 7},
             ["evals_per_epoch: 6", "saves_per_epoch", "1, 2, 3, 6", "save_steps: 7"],
         ),
+        # evals_per_epoch alone, but saves that are not Axolotl's default once per epoch: Transformers saves every
+        # 10 steps (no eval there), never, or every 500 steps (its default interval), not at each epoch end
+        (
+            {"load_best_model_at_end": True, "evals_per_epoch": 2, "save_steps": 10},
+            ["evals_per_epoch: 2", "divisor of 2 (1, 2)", "instead of save_steps: 10."],
+        ),
+        (
+            {"early_stopping_patience": 3, "evals_per_epoch": 2, "save_strategy": "no"},
+            ["early_stopping_patience: 3", "evals_per_epoch: 2", "instead of save_strategy: 'no'."],
+        ),
+        (
+            {"load_best_model_at_end": True, "evals_per_epoch": 2, "save_strategy": "steps"},
+            ["evals_per_epoch: 2", "instead of save_strategy: 'steps'."],
+        ),
     ],
 )
 def test_best_model_needs_saves_that_follow_evals(cfg, words):
@@ -100,10 +115,56 @@ def test_best_model_needs_saves_that_follow_evals(cfg, words):
         {**VAL, "saves_per_epoch": 3, "evals_per_epoch": 4},  # no best model: any mix is fine
         {"load_best_model_at_end": True, "saves_per_epoch": 3, "evals_per_epoch": 4},  # no val set: Axolotl turns it off
         {**VAL, "load_best_model_at_end": True, "save_steps": 10, "eval_steps": 5},  # upstream's own rules apply
+        {**VAL, "load_best_model_at_end": True, "save_strategy": "epoch", "eval_steps": 5},  # no per-epoch key: stock's
     ],
 )
 def test_aligned_or_unrelated_configs_pass(cfg):
     check_best_model_alignment(cfg)
+
+
+# evals_per_epoch alone: Axolotl's default saves (save_strategy unset or epoch, no save_steps) are once per epoch, at
+# each epoch end, and every epoch end is the eval target k/k: aligned for any k, as stock accepts it
+EVALS_ONLY = [
+    {**VAL, "load_best_model_at_end": True, "evals_per_epoch": 4},
+    {**VAL, "load_best_model_at_end": True, "evals_per_epoch": 3, "save_strategy": "epoch"},
+    {**VAL, "early_stopping_patience": 2, "evals_per_epoch": 1},
+    {"val_set_size": 0, "test_datasets": [{"path": "t"}], "load_best_model_at_end": True, "evals_per_epoch": 5},
+]
+
+
+@pytest.mark.parametrize("cfg", EVALS_ONLY)
+def test_evals_per_epoch_alone_is_aligned_with_axolotls_one_save_per_epoch(cfg):
+    check_best_model_alignment(cfg)
+    assert loads_best_model(cfg) is True
+    assert saves_each_epoch_for_best_model(cfg) is True  # the seams save as saves_per_epoch: 1
+
+
+@given(k_eval=st.integers(1, 10**6))
+def test_evals_per_epoch_alone_is_aligned_for_every_k(k_eval):
+    cfg = {**VAL, "load_best_model_at_end": True, "evals_per_epoch": k_eval}
+    check_best_model_alignment(cfg)
+    assert loads_best_model(cfg) is True
+
+
+def test_evals_per_epoch_alone_without_the_best_model_changes_nothing():
+    for cfg in (
+        {**VAL, "evals_per_epoch": 4, "load_best_model_at_end": False},  # Axolotl's validated default
+        {"load_best_model_at_end": True, "val_set_size": 0, "evals_per_epoch": 4},  # no validation set
+        {**VAL, "load_best_model_at_end": True, "evals_per_epoch": 4, "saves_per_epoch": 2},  # the key itself
+        {**VAL, "load_best_model_at_end": True, "evals_per_epoch": 4, "save_strategy": "best"},  # the metric decides
+        {**VAL, "load_best_model_at_end": True, "evals_per_epoch": 0},  # evals off
+    ):
+        check_best_model_alignment(cfg)
+        assert saves_each_epoch_for_best_model(cfg) is False, cfg
+
+
+def test_saves_per_epoch_zero_is_not_unset_for_the_best_model_rule():
+    """``saves_per_epoch: 0`` keeps its meaning, "no per-epoch saves": refused with evals_per_epoch, as before."""
+    cfg = {**VAL, "load_best_model_at_end": True, "saves_per_epoch": 0, "evals_per_epoch": 4}
+    with pytest.raises(SaveFixConfigError, match=r"with evals_per_epoch: 4, set saves_per_epoch to a divisor of 4 \(1, 2, 4\)\.$"):
+        check_best_model_alignment(cfg)
+    assert loads_best_model(cfg) is False
+    assert saves_each_epoch_for_best_model(cfg) is False
 
 
 @given(k_save=st.integers(1, 24), k_eval=st.integers(1, 24))
@@ -164,6 +225,14 @@ def test_divisors_of_a_huge_evals_per_epoch_are_listed_at_once():
           "evals_per_epoch": 4}, True),
         ({"load_best_model_at_end": True, "val_set_size": 0.1, "saves_per_epoch": 2}, False),
         ({"load_best_model_at_end": True, "val_set_size": 0.1, "saves_per_epoch": 3, "evals_per_epoch": 4}, False),
+        # evals_per_epoch alone: Axolotl's default saves, once per epoch, divide any evals_per_epoch
+        ({"load_best_model_at_end": True, "val_set_size": 0.1, "evals_per_epoch": 4}, True),
+        ({"early_stopping_patience": 3, "load_best_model_at_end": False, "val_set_size": 0.1, "evals_per_epoch": 3}, True),
+        ({"load_best_model_at_end": False, "val_set_size": 0.1, "evals_per_epoch": 4}, False),
+        ({"load_best_model_at_end": True, "val_set_size": 0, "evals_per_epoch": 4}, False),
+        ({"load_best_model_at_end": True, "val_set_size": 0.1, "evals_per_epoch": 4, "save_steps": 10}, False),
+        ({"load_best_model_at_end": True, "val_set_size": 0.1, "evals_per_epoch": 4, "save_strategy": "no"}, False),
+        ({"load_best_model_at_end": True, "val_set_size": 0.1, "evals_per_epoch": 4, "saves_per_epoch": 0}, False),
     ],
 )  # fmt: skip
 def test_the_best_model_is_loaded_by_stocks_rule_with_the_per_epoch_alignment(cfg, loads):

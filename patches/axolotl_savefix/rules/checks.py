@@ -108,25 +108,55 @@ def _instead_of(cfg: Mapping[str, Any], steps_key: str, strategy_key: str) -> st
     return f" instead of {key}: {value!r}." if value else "."
 
 
+def saves_each_epoch_by_default(cfg: Mapping[str, Any]) -> bool:
+    """Axolotl's default saves: once per epoch, at each epoch end (the builder's ``save_strategy: epoch``).
+
+    ``saves_per_epoch`` unset, no ``save_steps``, ``save_strategy`` unset or ``epoch``. An explicit
+    ``saves_per_epoch: 0`` is not this: it stays "no per-epoch saves" (:func:`per_epoch_value`).
+    """
+    return cfg.get("saves_per_epoch") is None and not cfg.get("save_steps") and strategy_of(cfg, "save_strategy") in (None, "epoch")
+
+
+def per_epoch_saves_and_evals(cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """``(saves_per_epoch, evals_per_epoch)`` as the best-model alignment reads them (``None``: off).
+
+    With ``evals_per_epoch`` and Axolotl's default saves (:func:`saves_each_epoch_by_default`), saves
+    count as 1 per epoch: each epoch end is a save, and the eval target k/k.
+    """
+    k_save, k_eval = per_epoch_value(cfg, "saves_per_epoch"), per_epoch_value(cfg, "evals_per_epoch")
+    if k_eval and k_save is None and saves_each_epoch_by_default(cfg):
+        k_save = 1
+    return k_save, k_eval
+
+
 def _saves_follow_evals(k_save: int | None, k_eval: int | None) -> bool:
-    """Both per-epoch keys set and every save target j/k_save an eval target: ``saves_per_epoch`` divides ``evals_per_epoch``."""
+    """Both per-epoch counts set and every save target j/k_save an eval target: ``saves_per_epoch`` divides ``evals_per_epoch``."""
     return bool(k_save and k_eval and k_eval % k_save == 0)
 
 
 def loads_best_model(cfg: Mapping[str, Any]) -> bool:
-    """Whether a run with both per-epoch keys loads the best model at its end: stock Axolotl's rule, aligned.
+    """Whether a per-epoch run loads the best model at its end: stock Axolotl's rule, aligned.
 
     Axolotl's causal builder turns ``load_best_model_at_end`` on when it is asked for (``true``, or
     ``early_stopping_patience``), the run has a validation set, and ``save_steps % eval_steps == 0``
     on the float ratios ``normalize_config`` sets. The per-epoch seams set no ratio, so that rule is
     false for every per-epoch run; here the alignment is the per-epoch one (``saves_per_epoch``
-    divides ``evals_per_epoch``: :func:`check_best_model_alignment`).
+    divides ``evals_per_epoch``, Axolotl's default saves counting as 1: :func:`per_epoch_saves_and_evals`).
     """
     asked = cfg.get("load_best_model_at_end") is not False or bool(cfg.get("early_stopping_patience"))
     val_set_size = cfg.get("val_set_size") or 0
     validates = (not cfg.get("test_datasets") and val_set_size > 0) or (bool(cfg.get("test_datasets")) and val_set_size == 0)
-    k_save, k_eval = per_epoch_value(cfg, "saves_per_epoch"), per_epoch_value(cfg, "evals_per_epoch")
-    return bool(asked and validates) and _saves_follow_evals(k_save, k_eval)
+    return bool(asked and validates) and _saves_follow_evals(*per_epoch_saves_and_evals(cfg))
+
+
+def saves_each_epoch_for_best_model(cfg: Mapping[str, Any]) -> bool:
+    """The best model is loaded with ``evals_per_epoch`` and Axolotl's default saves (no ``saves_per_epoch``).
+
+    The per-epoch seams then save as ``saves_per_epoch: 1`` does (each epoch end and the last step, the
+    steps of the ``epoch`` strategy), on Transformers' ``steps`` strategy: ``load_best_model_at_end``
+    needs the save strategy to be the eval strategy, and the per-epoch evals are on ``steps``.
+    """
+    return saves_each_epoch_by_default(cfg) and loads_best_model(cfg)
 
 
 def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
@@ -134,6 +164,8 @@ def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
 
     With per-epoch schedules that holds exactly when every save target j/k_save
     is an eval target, i.e. when ``saves_per_epoch`` divides ``evals_per_epoch``.
+    ``evals_per_epoch`` alone, with Axolotl's default saves (once per epoch, at each
+    epoch end: k_save = 1), is aligned: every epoch end is the eval target k/k.
     Runs without a validation set are left alone (Axolotl turns both off there).
     """
     patience = cfg.get("early_stopping_patience")
@@ -141,7 +173,7 @@ def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
         return
     if not (cfg.get("val_set_size") or cfg.get("test_datasets")):
         return
-    k_save, k_eval = per_epoch_value(cfg, "saves_per_epoch"), per_epoch_value(cfg, "evals_per_epoch")
+    k_save, k_eval = per_epoch_saves_and_evals(cfg)
     if not (k_save or k_eval) or strategy_of(cfg, "save_strategy") == "best":
         return
     if _saves_follow_evals(k_save, k_eval):
