@@ -174,6 +174,46 @@ def test_load_best_model_at_end_asked_for_is_kept_with_per_epoch_saves_and_evals
     assert builder.hook_pre_create_training_args(kwargs)["load_best_model_at_end"] is False  # not asked for
 
 
+def test_best_model_with_evals_per_epoch_alone_saves_once_per_epoch_on_the_evals_strategy():
+    """Saves unset are Axolotl's epoch strategy, which load_best_model_at_end would find at odds with the evals'
+    steps strategy (Transformers: "requires the save and eval strategy to match"): they become saves_per_epoch: 1."""
+    from axolotl_savefix._infra.per_epoch import NEVER, EvalsPerEpochCallback, SavesPerEpochCallback
+
+    best = {"evals_per_epoch": 4, "val_set_size": 0.1, "load_best_model_at_end": True}
+    _, stock = _builder(best, eval_dataset=[1])
+    assert stock["save_strategy"] == "epoch" and "save_steps" not in stock  # Axolotl's default saves
+    axolotl_savefix.apply()
+    for cfg in (best, {**best, "save_strategy": "epoch"}, {**best, "load_best_model_at_end": False, "early_stopping_patience": 3}):
+        builder, kwargs = _builder(cfg, eval_dataset=[1])
+        assert (kwargs["save_strategy"], kwargs["save_steps"]) == ("steps", NEVER)
+        assert (kwargs["eval_strategy"], kwargs["eval_steps"]) == ("steps", NEVER)
+        callbacks = builder.get_callbacks()
+        saves = [cb for cb in callbacks if type(cb) is SavesPerEpochCallback]
+        assert [cb.per_epoch for cb in saves] == [1]
+        assert [cb.per_epoch for cb in callbacks if type(cb) is EvalsPerEpochCallback] == [4]
+        kwargs["load_best_model_at_end"] = False  # what the causal builder computed from cfg.save_steps (unset)
+        assert builder.hook_pre_create_training_args(kwargs)["load_best_model_at_end"] is True
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"evals_per_epoch": 4, "val_set_size": 0.1, "load_best_model_at_end": False},  # not asked for
+        {"evals_per_epoch": 4, "val_set_size": 0, "load_best_model_at_end": True},  # no validation set
+        {"evals_per_epoch": 4, "val_set_size": 0.1, "load_best_model_at_end": True, "saves_per_epoch": 0},  # 0: off
+    ],
+)
+def test_evals_per_epoch_alone_without_the_best_model_keeps_axolotls_epoch_saves(cfg):
+    from axolotl_savefix._infra.per_epoch import SavesPerEpochCallback
+
+    _, stock = _builder(cfg, eval_dataset=[1] if cfg["val_set_size"] else None)
+    axolotl_savefix.apply()
+    builder, kwargs = _builder(cfg, eval_dataset=[1] if cfg["val_set_size"] else None)
+    saves = (kwargs["save_strategy"], kwargs.get("save_steps"))
+    assert saves == (stock["save_strategy"], stock.get("save_steps")) == ("epoch", None)
+    assert SavesPerEpochCallback not in {type(cb) for cb in builder.get_callbacks()}
+
+
 def _minimal_cfg(tmp_path, **extra):
     return DictDefault(
         base_model="tiny",
@@ -199,6 +239,21 @@ def test_early_stopping_with_aligned_per_epoch_keys_validates(tmp_path):
     assert validated.early_stopping_patience == 3 and cfg.early_stopping_patience == 3
     with pytest.raises(SaveFixConfigError, match="saves_per_epoch: 3 does not divide evals_per_epoch: 4"):
         cli_config.validate_config(_minimal_cfg(tmp_path, **{**per_epoch, "saves_per_epoch": 3}))
+
+
+def test_early_stopping_with_evals_per_epoch_alone_validates(tmp_path):
+    """Axolotl's default saves (once per epoch, at each epoch end) are aligned with any evals_per_epoch."""
+    evals_only = {"evals_per_epoch": 4, "early_stopping_patience": 3}
+    with pytest.raises(ValueError, match="early_stopping_patience"):  # stock: needs save_steps and eval_steps
+        utils_config.validate_config(_minimal_cfg(tmp_path, **evals_only))
+    axolotl_savefix.apply()
+    cfg = _minimal_cfg(tmp_path, **evals_only)
+    validated = cli_config.validate_config(cfg)
+    assert validated.early_stopping_patience == 3 and cfg.early_stopping_patience == 3
+    assert validated.get("saves_per_epoch") is None
+    # saves that are not once per epoch: Axolotl's own refusal, as in stock
+    with pytest.raises(ValueError, match="early_stopping_patience"):
+        cli_config.validate_config(_minimal_cfg(tmp_path, **evals_only, save_steps=10))
 
 
 def test_builder_hands_saves_to_the_callback_and_fixes_the_limit():
