@@ -47,8 +47,8 @@ def epoch_end_saves(batches_per_epoch: int, grad_accum: int, max_steps: int) -> 
     ]
 
 
-def patched_saves(batches_per_epoch: int, grad_accum: int, per_epoch: int, max_steps: int) -> list[int]:
-    if per_epoch == 0:  # off, as in stock: Axolotl's default strategy
+def patched_saves(batches_per_epoch: int, grad_accum: int, per_epoch: int | None, max_steps: int) -> list[int]:
+    if not per_epoch:  # 0 (off, as in stock) or unset: Axolotl's default strategy
         return epoch_end_saves(batches_per_epoch, grad_accum, max_steps)
     saved = []
     done_epoch, next_target = 0, 1
@@ -64,8 +64,8 @@ def patched_saves(batches_per_epoch: int, grad_accum: int, per_epoch: int, max_s
     return saved
 
 
-def stock_saves(batches_per_epoch: int, grad_accum: int, per_epoch: int, num_epochs: float, max_steps: int) -> list[int]:
-    if per_epoch == 0:  # `if cfg.saves_per_epoch:` is false: no ratio, Axolotl's default strategy
+def stock_saves(batches_per_epoch: int, grad_accum: int, per_epoch: int | None, num_epochs: float, max_steps: int) -> list[int]:
+    if not per_epoch:  # 0 or unset: `if cfg.saves_per_epoch:` is false: no ratio, Axolotl's default strategy
         return epoch_end_saves(batches_per_epoch, grad_accum, max_steps)
     ratio = 1.0 / (per_epoch * num_epochs)
     saved = []

@@ -18,6 +18,7 @@ BASE = {
     "val_set_size": 0,
     "evals_per_epoch": None,
     "early_stopping_patience": None,
+    "load_best_model_at_end": None,
 }
 
 CASES = {
@@ -51,6 +52,9 @@ EVAL_CASES = {
     # early stopping implies load_best_model_at_end: every save must follow an eval,
     # and the best checkpoint must survive a limit of 2
     "best_model": {"early_stopping_patience": 100, "save_total_limit": 2},
+    # the best model with evals_per_epoch alone: saves_per_epoch unset is Axolotl's default epoch strategy, one save
+    # at each epoch end, and every epoch end is an eval target (k/k): aligned, as stock accepts it
+    "best_model_evals_only": {"saves_per_epoch": None, "load_best_model_at_end": True},
     # evals_per_epoch: 0, as Axolotl's own examples write "no per-epoch evals": accepted, no evals
     "evals_zero": {"evals_per_epoch": 0},
 }

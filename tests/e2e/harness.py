@@ -95,7 +95,9 @@ def write_config(case: dict, workdir: Path, *, plugin: bool, device: str = "cpu"
         "flash_attention": False,
         "sdp_attention": False,
     }
-    for key in ("max_steps", "save_total_limit", "evals_per_epoch", "early_stopping_patience"):
+    if case["saves_per_epoch"] is None:  # unset: Axolotl's default save_strategy (epoch)
+        del cfg["saves_per_epoch"]
+    for key in ("max_steps", "save_total_limit", "evals_per_epoch", "early_stopping_patience", "load_best_model_at_end"):
         if case[key] is not None:
             cfg[key] = case[key]
     if case["sample_packing"]:

@@ -63,6 +63,62 @@ def test_best_checkpoint_follows_an_eval_and_survives_the_limit(e2e_root):
     assert args.load_best_model_at_end is True
 
 
+def test_best_model_with_evals_per_epoch_alone_saves_each_epoch_end_and_loads_the_best(e2e_root):
+    """``load_best_model_at_end: true`` with ``evals_per_epoch`` and no ``saves_per_epoch``: Axolotl's default saves
+    once per epoch, at each epoch end, and each epoch end is an eval target (k/k). Stock accepts it (and drops the
+    best model: its rule reads ``save_steps``); the fix accepts it, saves at every epoch end and loads the best."""
+    import torch
+
+    case, observed = run("best_model_evals_only", "patched", e2e_root)
+    L, G, M = observed.batches_per_epoch(case["grad_accum"]), case["grad_accum"], observed.max_steps
+    saved = reference.epoch_end_saves(L, G, M)
+    assert len(saved) == case["num_epochs"]  # one checkpoint per epoch: the end of epoch 1 and of the run
+    assert observed.saved == saved
+    assert observed.kept == saved  # save_total_limit unset: every scheduled checkpoint is kept
+    assert observed.evals == reference.patched_evals(L, G, case["evals_per_epoch"], M)
+    assert set(saved) <= set(observed.evals)  # every save follows an eval at its own step
+    args = torch.load(next(observed.output_dir.rglob("training_args.bin")), weights_only=False)
+    assert args.load_best_model_at_end is True
+    # the best checkpoint from trainer_state.json's log history, by Transformers' rule (reference.best_step: an eval
+    # with a lower loss at a step with no save moves nothing), and the final model in output_dir is that checkpoint's
+    best = reference.best_step(saved, {step: observed.eval_loss(step) for step in observed.evals})
+    assert best is not None
+    assert observed.best_model_checkpoint is not None
+    assert observed.best_model_checkpoint.endswith(f"checkpoint-{best}")
+    final = _weights(observed.output_dir / "model.safetensors")
+    assert _same(final, _weights(observed.output_dir / f"checkpoint-{best}" / "model.safetensors"))
+    if best != saved[-1]:  # the CPU run: best 30 of 30, 60: the last model was replaced by the best one
+        assert not _same(final, _weights(observed.output_dir / f"checkpoint-{saved[-1]}" / "model.safetensors"))
+
+
+@pytest.mark.matrix
+def test_stock_best_model_with_evals_per_epoch_alone_is_dropped(e2e_root):
+    """The same config on stock: the same saves (each epoch end), evals off the epoch end, and no best model loaded."""
+    import torch
+
+    case, observed = run("best_model_evals_only", "stock", e2e_root)
+    L, G, M = observed.batches_per_epoch(case["grad_accum"]), case["grad_accum"], observed.max_steps
+    saved = reference.epoch_end_saves(L, G, M)
+    assert observed.saved == saved
+    assert observed.evals == reference.stock_evals(L, G, case["evals_per_epoch"], case["num_epochs"], M)
+    args = torch.load(next(observed.output_dir.rglob("training_args.bin")), weights_only=False)
+    assert args.load_best_model_at_end is False  # stock's rule reads save_steps, which saves unset leave unset
+    final = _weights(observed.output_dir / "model.safetensors")
+    assert _same(final, _weights(observed.output_dir / f"checkpoint-{saved[-1]}" / "model.safetensors"))
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _same(a, b):
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
 def test_stock_best_model_sees_stale_metrics(e2e_root):
     """The defect, on stock: saves every ceil(M/4) steps, evals every ceil(M/8): most saves have no eval."""
     case = {**cases.case("best_model"), "early_stopping_patience": None}

@@ -8,7 +8,8 @@ from tests/reference.py:
 
 1. saves at the epoch fractions; ``save_total_limit``: unset keeps upstream's 4, ``0`` still becomes 4;
 2. ``save_total_limit: 0`` keeps all (the same cases);
-3. exact evals per epoch, ``eval_on_start`` at step 0, and the best model with early stopping;
+3. exact evals per epoch, ``eval_on_start`` at step 0, and the best model with early stopping, and with
+   ``evals_per_epoch`` alone (saves unset: Axolotl's one save per epoch, ``best_model_evals_only``);
 4. auto-resume sets aside a checkpoint whose save was cut (one run killed mid-save, then resumed);
 5. ``dynamic_checkpoint.signals``: SIGTERM saves a checkpoint at the step and exits 143; the rerun resumes there;
 6. a resumed run does not evaluate its first step again (``eval_on_start``);
@@ -92,7 +93,7 @@ def test_exact_evals_from_upstream_code(name, e2e_root):
     saved = reference.patched_saves(L, G, case["saves_per_epoch"], M)
     assert observed.saved == saved
     assert observed.evals == reference.patched_evals(L, G, case["evals_per_epoch"], M)
-    if case["early_stopping_patience"]:
+    if case["early_stopping_patience"] or case["load_best_model_at_end"]:
         best = reference.best_step(saved, {s: observed.eval_loss(s) for s in observed.evals})
         assert best is not None and observed.best_model_checkpoint.endswith(f"checkpoint-{best}")
         assert observed.kept == reference.kept_with_best(saved, case["save_total_limit"], best)
