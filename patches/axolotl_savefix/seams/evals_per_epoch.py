@@ -26,7 +26,7 @@ Targets (``_infra.targets``):
   of the ratios (:func:`rules.checks.loads_best_model`); stock's rule reads ratios these seams never set.
 
 Runs without a validation set, or with ``eval_strategy: no``, do not evaluate, as upstream.
-Upstream: docs/upstream/series, PR 2.
+Upstream: docs/upstream/series, PR 3.
 """
 
 from __future__ import annotations

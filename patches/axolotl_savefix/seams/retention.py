@@ -19,7 +19,7 @@ Targets (``_infra.targets``):
   interrupted after the last save (the rerun saves nothing, so it never rotates);
 * ``validate_config``: carries ``savefix_disk_margin`` past Axolotl's schema (:mod:`rules.keys`).
 
-Upstream: docs/upstream/series, PR 1 (``0`` keeps all, the warning for an unset limit); the disk
+Upstream: docs/upstream/series, PR 2 (``0`` keeps all, the warning for an unset limit); the disk
 rule stays in the plugin (PR.md says why).
 """
 
