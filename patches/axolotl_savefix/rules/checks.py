@@ -23,11 +23,25 @@ class SaveFixConfigError(ValueError):
 _STRATEGIES_WITHOUT_FRACTIONS = ("no", "epoch", "best")
 
 
-def per_epoch_value(cfg: Mapping[str, Any], key: str) -> int | None:
-    """``saves_per_epoch`` / ``evals_per_epoch`` as the fix uses it: ``None`` when off.
+def streamed_data(cfg: Mapping[str, Any]) -> bool:
+    """The train data is streamed: Axolotl's condition, ``cfg.streaming or cfg.pretraining_dataset`` (``utils/data/sft.py``).
 
-    Unset and ``0`` both mean off, as in stock Axolotl (``if cfg.saves_per_epoch:``).
+    The train dataloader then has no length, and Transformers counts the whole ``max_steps`` run as one
+    epoch (``state.epoch`` 0 to 1): there are no epoch fractions to act at. ``saves_per_epoch`` /
+    ``evals_per_epoch`` keep stock's ratio of the run, ``1 / (k * num_epochs)`` of ``max_steps``.
     """
+    return bool(cfg.get("streaming") or cfg.get("pretraining_dataset"))
+
+
+def per_epoch_value(cfg: Mapping[str, Any], key: str) -> int | None:
+    """``saves_per_epoch`` / ``evals_per_epoch`` as the fix uses it: ``None`` when off, or left to stock.
+
+    Unset and ``0`` both mean off, as in stock Axolotl (``if cfg.saves_per_epoch:``). With streamed data
+    (:func:`streamed_data`) the key is stock's (its ratio of ``max_steps``): ``None`` too, so no per-epoch
+    check, schedule or best-model rule applies.
+    """
+    if streamed_data(cfg):
+        return None
     value = cfg.get(key)
     if value is None or (value == 0 and not isinstance(value, str)):
         return None
@@ -45,7 +59,10 @@ def strategy_of(cfg: Mapping[str, Any], key: str) -> str | None:
 
 
 def check_per_epoch(cfg: Mapping[str, Any], key: str, interval_key: str, strategy_key: str) -> None:
-    """``saves_per_epoch`` / ``evals_per_epoch``: off (unset or 0), or a positive integer, alone."""
+    """``saves_per_epoch`` / ``evals_per_epoch``: off (unset or 0), or a positive integer, alone.
+
+    Streamed data: nothing is checked here (:func:`per_epoch_value`); stock's ratio and stock's own checks apply.
+    """
     value = per_epoch_value(cfg, key)
     if value is None:
         return
@@ -121,7 +138,8 @@ def per_epoch_saves_and_evals(cfg: Mapping[str, Any]) -> tuple[int | None, int |
     """``(saves_per_epoch, evals_per_epoch)`` as the best-model alignment reads them (``None``: off).
 
     With ``evals_per_epoch`` and Axolotl's default saves (:func:`saves_each_epoch_by_default`), saves
-    count as 1 per epoch: each epoch end is a save, and the eval target k/k.
+    count as 1 per epoch: each epoch end is a save, and the eval target k/k. Streamed data:
+    ``(None, None)``, stock's ratios (:func:`per_epoch_value`).
     """
     k_save, k_eval = per_epoch_value(cfg, "saves_per_epoch"), per_epoch_value(cfg, "evals_per_epoch")
     if k_eval and k_save is None and saves_each_epoch_by_default(cfg):

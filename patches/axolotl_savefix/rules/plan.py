@@ -16,9 +16,14 @@ from typing import Any
 
 from . import disk, run_match, schedule
 from .checks import strategy_name as _strategy
+from .checks import streamed_data
 from .disk import UPSTREAM_DEFAULT, resolve_default_limit
 
 PLUGIN = "axolotl_savefix.SaveFixPlugin"
+STREAMED_NOTE = (
+    "streamed data (streaming / pretraining_dataset): Transformers counts the whole run as one epoch; "
+    "saves_per_epoch / evals_per_epoch keep Axolotl's share of max_steps, 1/(k * num_epochs), stock and patched alike"
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class Settings:
     patched: bool = False
     margin: float = disk.DEFAULT_MARGIN
     resume_warning: str | None = None  # run_match.save_only_model_warning: save_only_model meets auto-resume
+    streamed: bool = False  # checks.streamed_data: no epoch length; the per-epoch keys keep stock's ratio
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Settings:
@@ -61,6 +67,7 @@ class Settings:
             patched=PLUGIN in plugins,
             margin=disk.DEFAULT_MARGIN if margin is None else float(margin),
             resume_warning=run_match.save_only_model_warning(cfg),
+            streamed=streamed_data(cfg),
         )
 
 
@@ -144,6 +151,8 @@ def _stock_saves(s: Settings, shape: schedule.RunShape) -> list[int] | None:
 
 
 def _patched_saves(s: Settings, shape: schedule.RunShape) -> list[int] | None:
+    if s.streamed:  # no epoch fractions: stock's ratio of max_steps
+        return _stock_saves(s, shape)
     if s.saves_per_epoch:
         return shape.per_epoch_steps(s.saves_per_epoch)
     return _interval_or_epochs(shape, s.save_steps, _strategy(s.save_strategy))
@@ -160,7 +169,7 @@ def _evals(s: Settings, shape: schedule.RunShape, *, patched: bool) -> list[int]
     if not s.has_eval or strategy == "no":
         return []
     if s.evals_per_epoch:
-        if patched:
+        if patched and not s.streamed:
             return [0, *shape.per_epoch_steps(s.evals_per_epoch)]
         ratio = schedule.stock_per_epoch_ratio(s.evals_per_epoch, s.num_epochs)
         return [0, *shape.interval_steps(ratio)] if ratio is not None else []
@@ -200,8 +209,14 @@ def make_plan(
     free_bytes: int | None = None,
     final_bytes: int | None = None,
 ) -> Plan:
-    """The plan for a run of ``batches_per_epoch`` batches per epoch that stops at ``max_steps``."""
+    """The plan for a run of ``batches_per_epoch`` batches per epoch that stops at ``max_steps``.
+
+    Streamed data (``settings.streamed``): Transformers' epoch is the whole run, ``max_steps`` times the
+    accumulation in batches, whatever ``batches_per_epoch`` says; stock and patched save and evaluate alike.
+    """
     s = settings
+    if s.streamed:
+        batches_per_epoch = max_steps * s.grad_accum
     shape = schedule.RunShape(batches_per_epoch, s.grad_accum, max_steps)
     stock_saved = _first_step(s, _stock_saves(s, shape))
     patched_saved = _first_step(s, _patched_saves(s, shape))
@@ -232,12 +247,14 @@ def make_plan(
     need = disk.peak_bytes(run.saved, run.limit, checkpoint_bytes, final_bytes)
     short = need is not None and free_bytes is not None and need > free_bytes
     S = shape.steps_per_epoch
-    epochs_end_at = math.ceil(s.num_epochs * S)
+    epochs_end_at = max_steps if s.streamed else math.ceil(s.num_epochs * S)
     notes = []
     for key, what in (("saves_per_epoch", "saves"), ("evals_per_epoch", "evals")):
         if getattr(s, key) == 0 and (what == "saves" or s.has_eval):
             notes.append(f"{key}: 0 is off, as in stock Axolotl; {what}: {_fallback(s, what)}")
-    if s.max_steps is None and max_steps < epochs_end_at:
+    if s.streamed and (s.saves_per_epoch or s.evals_per_epoch):
+        notes.append(STREAMED_NOTE)
+    if s.max_steps is None and max_steps < epochs_end_at and not s.streamed:
         notes.append(
             f"the last epoch ends at step {epochs_end_at}, the run stops at {max_steps}: Axolotl counts "
             "samples / batch size, one step short when gradient accumulation does not divide the batches per epoch"
