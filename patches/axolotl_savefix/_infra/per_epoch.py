@@ -24,11 +24,28 @@ from typing import Any, ClassVar
 from transformers import TrainerCallback
 
 from ..rules import schedule
+from ..rules.checks import streamed_data
 from .log import log_once
 from .patching import key_hidden
 
 # Transformers' own step interval for a per-epoch schedule: never reached.
 NEVER = 2**62
+
+
+def batches_per_epoch(train_dataloader: Any) -> int | None:
+    """``len(train_dataloader)``, or ``None`` where there is none: no dataloader, or streamed data (no length)."""
+    if train_dataloader is None:
+        return None
+    try:
+        return len(train_dataloader)
+    except TypeError:  # an IterableDataset: Transformers' has_length is False
+        return None
+
+
+STREAMED_LINE = (
+    "streamed data (streaming / pretraining_dataset): saves_per_epoch / evals_per_epoch keep Axolotl's share of "
+    "max_steps, 1/(k * num_epochs) of the run (no epoch length, so no epoch fractions)"
+)
 
 
 class PerEpochCallback(TrainerCallback):
@@ -47,8 +64,9 @@ class PerEpochCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kwargs: Any) -> Any:
         # Fresh run: epoch 0. Resume: the restored epoch, so targets done before the stop stay done.
         self.targets_done = schedule.targets_reached(state.epoch or 0.0, self.per_epoch)
-        if train_dataloader is not None and len(train_dataloader):
-            per_epoch = schedule.steps_per_epoch(len(train_dataloader), args.gradient_accumulation_steps)
+        batches = batches_per_epoch(train_dataloader)
+        if batches:
+            per_epoch = schedule.steps_per_epoch(batches, args.gradient_accumulation_steps)
             if self.per_epoch > per_epoch:
                 log_once(
                     f"k>S:{self.key}",
@@ -108,13 +126,17 @@ def hiding(key: str, check: Callable[[Any], None] | None = None) -> Callable[...
     """``normalize_config``'s layer for a per-epoch ``key``: ``check(cfg)`` first, then Axolotl's own with ``key`` hidden.
 
     Stock ``normalize_config`` turns ``saves_per_epoch``/``evals_per_epoch`` into a float ratio of the
-    run; hidden, it sets none, and the key is put back for the per-epoch callback.
+    run; hidden, it sets none, and the key is put back for the per-epoch callback. With streamed data
+    (:func:`rules.checks.streamed_data`) the key is not hidden: stock's ratio of ``max_steps``, said in one line.
     """
 
     def around(call: Callable[..., Any], cfg: Any, *args: Any, **kwargs: Any) -> Any:
         if check is not None:
             check(cfg)
         if not cfg.get(key):
+            return call(cfg, *args, **kwargs)
+        if streamed_data(cfg):
+            log_once("streamed-per-epoch", STREAMED_LINE)  # once per run, for either key
             return call(cfg, *args, **kwargs)
         with key_hidden(cfg, key):
             return call(cfg, *args, **kwargs)

@@ -25,7 +25,9 @@ Targets (``_infra.targets``):
   saves and evals, ``load_best_model_at_end`` follows stock's rule with the per-epoch alignment in place
   of the ratios (:func:`rules.checks.loads_best_model`); stock's rule reads ratios these seams never set.
 
-Runs without a validation set, or with ``eval_strategy: no``, do not evaluate, as upstream.
+Runs without a validation set, or with ``eval_strategy: no``, do not evaluate, as upstream. With streamed
+data (:func:`rules.checks.streamed_data`) every target above steps aside: ``evals_per_epoch`` keeps stock's
+ratio of ``max_steps``, stock's checks and stock's best-model rule (:func:`rules.checks.per_epoch_value`).
 Upstream: docs/upstream/series, PR 3.
 """
 
@@ -41,6 +43,7 @@ from ..rules.checks import (
     check_eval_config,
     loads_best_model,
     per_epoch_saves_and_evals,
+    per_epoch_value,
     saves_each_epoch_for_best_model,
 )
 
@@ -66,7 +69,7 @@ def _validate(call: Any, cfg: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
     result = call(builder, training_args_kwargs, *args, **kwargs)
-    if builder.cfg.evals_per_epoch and training_args_kwargs.get("eval_strategy") != "no":
+    if per_epoch_value(builder.cfg, "evals_per_epoch") and training_args_kwargs.get("eval_strategy") != "no":
         training_args_kwargs["eval_strategy"] = "steps"
         training_args_kwargs["eval_steps"] = NEVER
         on_start = builder.cfg.get("eval_on_start")
@@ -81,8 +84,9 @@ def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, *
 def _callbacks(builder: Any) -> list[Any]:
     cfg = builder.cfg
     callbacks = [saves_callback(cfg, 1)] if saves_each_epoch_for_best_model(cfg) else []  # as _strategy's saves
-    if cfg.evals_per_epoch and builder.eval_dataset is not None:
-        callbacks.append(EvalsPerEpochCallback(cfg.evals_per_epoch))
+    k = per_epoch_value(cfg, "evals_per_epoch")  # None with streamed data: stock's ratio
+    if k and builder.eval_dataset is not None:
+        callbacks.append(EvalsPerEpochCallback(k))
     return callbacks
 
 

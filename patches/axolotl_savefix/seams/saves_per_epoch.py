@@ -15,6 +15,10 @@ Targets (``_infra.targets``):
 * ``get_callbacks``: :class:`SavesPerEpochCallback` saves at the first optimizer step whose epoch
   progress reaches each target j/k (:func:`rules.schedule.targets_reached`), and at the last step.
 
+Streamed data (``streaming`` / ``pretraining_dataset``, :func:`rules.checks.streamed_data`): no dataset
+length, so Transformers counts the whole ``max_steps`` run as one epoch; every target above steps aside
+and ``saves_per_epoch`` keeps stock's ratio (``saves_per_epoch: 1``, ``num_epochs: 4``: 4 saves over the run).
+
 Upstream: docs/upstream/series, PR 1.
 """
 
@@ -24,7 +28,7 @@ from typing import Any
 
 from .._infra import hooks
 from .._infra.per_epoch import NEVER, SavesPerEpochCallback, hiding, saves_callback
-from ..rules.checks import check_save_config
+from ..rules.checks import check_save_config, per_epoch_value
 
 NAME = "saves_per_epoch"
 __all__ = ["SavesPerEpochCallback", "install"]  # the callback lives with the trigger it subclasses (_infra.per_epoch)
@@ -32,15 +36,15 @@ __all__ = ["SavesPerEpochCallback", "install"]  # the callback lives with the tr
 
 def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
     result = call(builder, training_args_kwargs, *args, **kwargs)
-    if builder.cfg.saves_per_epoch:
+    if per_epoch_value(builder.cfg, "saves_per_epoch"):  # None with streamed data: stock's ratio stays
         training_args_kwargs["save_strategy"] = "steps"
         training_args_kwargs["save_steps"] = NEVER
     return result
 
 
 def _callbacks(builder: Any) -> list[Any]:
-    cfg = builder.cfg
-    return [saves_callback(cfg, cfg.saves_per_epoch)] if cfg.saves_per_epoch else []
+    k = per_epoch_value(builder.cfg, "saves_per_epoch")
+    return [saves_callback(builder.cfg, k)] if k else []
 
 
 def install() -> None:
