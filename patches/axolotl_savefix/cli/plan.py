@@ -202,11 +202,13 @@ def plan_from_data(path: Path, raw: dict[str, Any]) -> Plan:
         checkpoint_bytes, final_bytes = estimate_bytes(cfg)
     settings = Settings.from_config(raw)  # the keys as the user wrote them, before Axolotl derives ratios
     world = int(cfg.world_size or 1)
-    if cfg.sample_packing:  # Axolotl's own packed count: steps per epoch times accumulation
+    max_steps = cfg.max_steps or meta.total_num_steps
+    if settings.streamed:  # no length (an IterableDataset): Transformers' one epoch is the whole run
+        batches = max_steps * settings.grad_accum
+    elif cfg.sample_packing:  # Axolotl's own packed count: steps per epoch times accumulation
         batches = max(1, round(meta.total_num_steps * settings.grad_accum / settings.num_epochs))
     else:
         batches = math.ceil(math.ceil(len(meta.train_dataset) / cfg.micro_batch_size) / world)
-    max_steps = cfg.max_steps or meta.total_num_steps
     return make_plan(
         settings,
         batches,

@@ -74,6 +74,7 @@ from transformers import TrainerCallback
 from .._infra import hooks, journal, signals
 from .._infra.collectives import NoticeFlag, world
 from .._infra.log import log_once
+from .._infra.per_epoch import batches_per_epoch
 from ..rules import checkpoints, keys, plan, records
 from ..rules.records import PREEMPTION, eval_pending
 
@@ -158,8 +159,12 @@ class PreemptionCallback(TrainerCallback):
             record = records.read_preemption(folder)
             why = "a preemption checkpoint" + (f" ({record['signal']} at step {record['global_step']})" if record else "")
         ahead = ""
-        if train_dataloader is not None and len(train_dataloader) and state.max_steps > 0:
-            run_plan = plan.make_plan(plan.Settings.from_config(self.cfg), len(train_dataloader), state.max_steps)
+        settings = plan.Settings.from_config(self.cfg)
+        batches = batches_per_epoch(train_dataloader)
+        if not batches and settings.streamed:  # no length: Transformers' one epoch is the run
+            batches = state.max_steps * args.gradient_accumulation_steps
+        if batches and state.max_steps > 0:
+            run_plan = plan.make_plan(settings, batches, state.max_steps)
             saved = run_plan.patched.saved or []
             ahead = f"; scheduled saves still ahead: {plan.steps_text([s for s in saved if s > state.global_step])}"
         log_once(f"preempt-resumed:{id(self)}", f"resumed at step {state.global_step} from {folder.name}, {why}{ahead}")

@@ -34,6 +34,7 @@ from transformers import TrainerCallback
 
 from .._infra import hooks, journal
 from .._infra.log import log_once
+from .._infra.per_epoch import batches_per_epoch
 from ..rules import checkpoints, disk, keys, plan
 
 NAME = "retention"
@@ -88,9 +89,12 @@ class PlanCallback(TrainerCallback):
     def on_train_begin(
         self, args: Any, state: Any, control: Any, train_dataloader: Any = None, model: Any = None, **kwargs: Any
     ) -> Any:
-        if train_dataloader is None or not len(train_dataloader) or state.max_steps <= 0:
+        batches = batches_per_epoch(train_dataloader)
+        if not batches and self.settings.streamed and state.max_steps > 0:
+            batches = state.max_steps * args.gradient_accumulation_steps  # no length: Transformers' one epoch, the run
+        if not batches or state.max_steps <= 0:
             return control
-        self.shape = (len(train_dataloader), state.max_steps)
+        self.shape = (batches, state.max_steps)
         estimate = None
         if model is not None:
             optim = str(getattr(args.optim, "value", args.optim))
