@@ -389,5 +389,5 @@ def log_lines(plan: Plan) -> list[str]:
     ]
     if p.evals:
         lines.append(f"plan: evaluates at {steps_text(p.evals)}")
-    lines += [f"plan: {note}" for note in plan.notes]
+    lines += [f"plan: {note}" for note in plan.notes if note != STREAMED_NOTE]  # a run said it at config time
     return lines

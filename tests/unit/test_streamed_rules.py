@@ -18,7 +18,7 @@ from axolotl_savefix.rules.checks import (
     saves_each_epoch_for_best_model,
     streamed_data,
 )
-from axolotl_savefix.rules.plan import Settings, make_plan, render
+from axolotl_savefix.rules.plan import Settings, log_lines, make_plan, render
 
 STREAMED = [{"streaming": True}, {"pretraining_dataset": [{"path": "data.jsonl"}]}, {"pretraining_dataset": "org/corpus"}]
 
@@ -123,3 +123,10 @@ def test_not_streamed_plan_unchanged():
     plan = make_plan(Settings.from_config(raw), 20, 20)  # one 20-step epoch: the end only
     assert plan.patched.saved == [20]
     assert not any("streamed" in note for note in plan.notes)
+
+
+def test_a_streamed_runs_plan_lines_leave_the_streamed_line_to_the_config_time_one():
+    raw = {"streaming": True, "num_epochs": 4, "saves_per_epoch": 2, "max_steps": 20}
+    lines = log_lines(make_plan(Settings.from_config(raw), 40, 20))
+    assert lines[0].startswith("plan: ") and "3 6 9 12 15 18 20" in lines[0]
+    assert not [line for line in lines if "streamed data" in line]
