@@ -26,9 +26,7 @@ from axolotl_savefix.rules.checks import (
             {"saves_per_epoch": 4, "save_strategy": "epoch"},
             ["save_strategy: 'epoch'", "Remove save_strategy"],
         ),
-        ({"saves_per_epoch": 4, "save_strategy": "no"}, ["save_strategy: 'no'"]),
         ({"saves_per_epoch": 4, "save_strategy": "best"}, ["save_strategy: 'best'"]),
-        ({"saves_per_epoch": 1, "save_strategy": "no"}, ["save_strategy: 'no'"]),
         ({"saves_per_epoch": 2, "save_strategy": "epoch"}, ["save_strategy: 'epoch'"]),
         ({"save_total_limit": 2.5}, ["save_total_limit: 2.5", "0 to keep every checkpoint"]),
     ],
@@ -53,6 +51,8 @@ def test_bad_settings_name_key_value_and_fix(cfg, words):
         {"saves_per_epoch": 0},  # off (`if cfg.saves_per_epoch:` upstream)
         {"saves_per_epoch": 0, "save_steps": 10},
         {"saves_per_epoch": 0, "save_strategy": "no"},
+        {"saves_per_epoch": 1, "save_strategy": "no"},  # save_strategy: no wins: no checkpoint saved (stock, ratio 1)
+        {"saves_per_epoch": 4, "save_strategy": "no"},  # the same (stock's ratio 1/4 would save anyway)
         {"saves_per_epoch": 1, "save_strategy": "epoch"},  # the same steps, asked for twice
         {"save_total_limit": -1},  # Transformers never rotates with a limit <= 0: keeps all
     ],

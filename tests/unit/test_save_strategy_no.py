@@ -101,6 +101,7 @@ def test_the_plan_with_streamed_data_and_save_strategy_no_saves_nothing():
     plan = make_plan(Settings.from_config(raw), 20, 20)
     assert plan.patched.saved == []
     assert plan.stock.saved == [5, 10, 15, 20]
+    assert not [note for note in plan.notes if "streamed data" in note]  # its saves_per_epoch is off, not stock's share
 
 
 def test_the_plan_without_save_strategy_no_is_unchanged():

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from transformers import TrainerCallback
 
 from ..rules import schedule
-from ..rules.checks import streamed_data
+from ..rules.checks import saves_turned_off, streamed_data
 from .log import log_once
 from .patching import key_hidden
 
@@ -46,6 +46,14 @@ STREAMED_LINE = (
     "streamed data (streaming / pretraining_dataset): saves_per_epoch / evals_per_epoch keep Axolotl's share of "
     "max_steps, 1/(k * num_epochs) of the run (no epoch length, so no epoch fractions)"
 )
+
+
+def save_strategy_no_line(cfg: Any) -> str:
+    """The one line of a run whose ``saves_per_epoch`` ``save_strategy: no`` turns off."""
+    return (
+        f"save_strategy: no with saves_per_epoch: {cfg.get('saves_per_epoch')}: no checkpoint is saved, "
+        "as save_strategy: no asks (saves_per_epoch is off)"
+    )
 
 
 class PerEpochCallback(TrainerCallback):
@@ -128,6 +136,8 @@ def hiding(key: str, check: Callable[[Any], None] | None = None) -> Callable[...
     Stock ``normalize_config`` turns ``saves_per_epoch``/``evals_per_epoch`` into a float ratio of the
     run; hidden, it sets none, and the key is put back for the per-epoch callback. With streamed data
     (:func:`rules.checks.streamed_data`) the key is not hidden: stock's ratio of ``max_steps``, said in one line.
+    ``saves_per_epoch`` with ``save_strategy: no`` (:func:`rules.checks.saves_turned_off`, streamed or not) is
+    hidden, said in one line: no ratio, so Axolotl's builder keeps ``save_strategy: no`` and saves nothing.
     """
 
     def around(call: Callable[..., Any], cfg: Any, *args: Any, **kwargs: Any) -> Any:
@@ -135,7 +145,9 @@ def hiding(key: str, check: Callable[[Any], None] | None = None) -> Callable[...
             check(cfg)
         if not cfg.get(key):
             return call(cfg, *args, **kwargs)
-        if streamed_data(cfg):
+        if key == "saves_per_epoch" and saves_turned_off(cfg):
+            log_once("save-strategy-no", save_strategy_no_line(cfg))  # once per run
+        elif streamed_data(cfg):
             log_once("streamed-per-epoch", STREAMED_LINE)  # once per run, for either key
             return call(cfg, *args, **kwargs)
         with key_hidden(cfg, key):

@@ -17,9 +17,11 @@ class SaveFixConfigError(ValueError):
 
 
 # Save/eval strategies that never act at epoch fractions. With a per-epoch key
-# stock Axolotl silently overrides them with its float ratio (saves anyway under
-# "no", at drifting steps under "epoch"), so the combination is refused; the one
-# exception is "epoch" with 1 per epoch, which asks for the same steps twice.
+# stock Axolotl silently overrides them with its float ratio (at drifting steps
+# under "epoch"), so the combination is refused; the one exception is "epoch"
+# with 1 per epoch, which asks for the same steps twice. "no" is refused with
+# evals_per_epoch only (as stock's validator does): save_strategy "no" turns
+# saves_per_epoch off (:func:`saves_turned_off`).
 _STRATEGIES_WITHOUT_FRACTIONS = ("no", "epoch", "best")
 
 
@@ -33,14 +35,26 @@ def streamed_data(cfg: Mapping[str, Any]) -> bool:
     return bool(cfg.get("streaming") or cfg.get("pretraining_dataset"))
 
 
+def saves_turned_off(cfg: Mapping[str, Any]) -> bool:
+    """``saves_per_epoch`` is set and ``save_strategy: no`` turns it off: no checkpoint is saved.
+
+    ``save_strategy: no`` is Axolotl's documented way to turn checkpoints off. Stock honours it only
+    where its ratio ``1 / (k * num_epochs)`` is 1 or more (and saves on ``steps`` anyway below 1); here,
+    as in the upstream series, ``no`` wins: no ratio, no per-epoch callback, no saves.
+    """
+    value = cfg.get("saves_per_epoch")
+    return value is not None and not (value == 0 and not isinstance(value, str)) and strategy_of(cfg, "save_strategy") == "no"
+
+
 def per_epoch_value(cfg: Mapping[str, Any], key: str) -> int | None:
     """``saves_per_epoch`` / ``evals_per_epoch`` as the fix uses it: ``None`` when off, or left to stock.
 
     Unset and ``0`` both mean off, as in stock Axolotl (``if cfg.saves_per_epoch:``). With streamed data
     (:func:`streamed_data`) the key is stock's (its ratio of ``max_steps``): ``None`` too, so no per-epoch
-    check, schedule or best-model rule applies.
+    check, schedule or best-model rule applies. ``saves_per_epoch`` with ``save_strategy: no`` is off
+    (:func:`saves_turned_off`): ``None``, streamed or not.
     """
-    if streamed_data(cfg):
+    if streamed_data(cfg) or (key == "saves_per_epoch" and saves_turned_off(cfg)):
         return None
     value = cfg.get(key)
     if value is None or (value == 0 and not isinstance(value, str)):
@@ -62,6 +76,7 @@ def check_per_epoch(cfg: Mapping[str, Any], key: str, interval_key: str, strateg
     """``saves_per_epoch`` / ``evals_per_epoch``: off (unset or 0), or a positive integer, alone.
 
     Streamed data: nothing is checked here (:func:`per_epoch_value`); stock's ratio and stock's own checks apply.
+    ``saves_per_epoch`` with ``save_strategy: no``: off, nothing to check (:func:`saves_turned_off`).
     """
     value = per_epoch_value(cfg, key)
     if value is None:
@@ -129,7 +144,8 @@ def saves_each_epoch_by_default(cfg: Mapping[str, Any]) -> bool:
     """Axolotl's default saves: once per epoch, at each epoch end (the builder's ``save_strategy: epoch``).
 
     ``saves_per_epoch`` unset, no ``save_steps``, ``save_strategy`` unset or ``epoch``. An explicit
-    ``saves_per_epoch: 0`` is not this: it stays "no per-epoch saves" (:func:`per_epoch_value`).
+    ``saves_per_epoch: 0`` is not this: it stays "no per-epoch saves" (:func:`per_epoch_value`); nor is
+    ``save_strategy: no``, with or without ``saves_per_epoch`` (it saves nothing).
     """
     return cfg.get("saves_per_epoch") is None and not cfg.get("save_steps") and strategy_of(cfg, "save_strategy") in (None, "epoch")
 

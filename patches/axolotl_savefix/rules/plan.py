@@ -150,7 +150,21 @@ def _stock_saves(s: Settings, shape: schedule.RunShape) -> list[int] | None:
     return _interval_or_epochs(shape, steps, strategy)
 
 
+def _saves_turned_off(s: Settings) -> bool:
+    """checks.saves_turned_off on the settings: ``saves_per_epoch`` set, ``save_strategy: no`` wins."""
+    return bool(s.saves_per_epoch) and _strategy(s.save_strategy) == "no"
+
+
+def _save_strategy_no_note(s: Settings) -> str:
+    return (
+        f"saves_per_epoch: {s.saves_per_epoch} is off: save_strategy: 'no' saves no checkpoint"
+        " (stock saves on its ratio 1/(k * num_epochs) anyway when that is below 1)"
+    )
+
+
 def _patched_saves(s: Settings, shape: schedule.RunShape) -> list[int] | None:
+    if _saves_turned_off(s):  # streamed or not
+        return []
     if s.streamed:  # no epoch fractions: stock's ratio of max_steps
         return _stock_saves(s, shape)
     if s.saves_per_epoch:
@@ -252,7 +266,9 @@ def make_plan(
     for key, what in (("saves_per_epoch", "saves"), ("evals_per_epoch", "evals")):
         if getattr(s, key) == 0 and (what == "saves" or s.has_eval):
             notes.append(f"{key}: 0 is off, as in stock Axolotl; {what}: {_fallback(s, what)}")
-    if s.streamed and (s.saves_per_epoch or s.evals_per_epoch):
+    if _saves_turned_off(s):
+        notes.append(_save_strategy_no_note(s))
+    if s.streamed and ((s.saves_per_epoch and not _saves_turned_off(s)) or s.evals_per_epoch):
         notes.append(STREAMED_NOTE)
     if s.max_steps is None and max_steps < epochs_end_at and not s.streamed:
         notes.append(
@@ -389,5 +405,6 @@ def log_lines(plan: Plan) -> list[str]:
     ]
     if p.evals:
         lines.append(f"plan: evaluates at {steps_text(p.evals)}")
-    lines += [f"plan: {note}" for note in plan.notes if note != STREAMED_NOTE]  # a run said it at config time
+    said = (STREAMED_NOTE, "save_strategy: 'no' saves no checkpoint")  # a run said these at config time
+    lines += [f"plan: {note}" for note in plan.notes if not any(line in note for line in said)]
     return lines
