@@ -127,7 +127,12 @@ def test_patched_normalize_config_sets_no_float_ratio_and_checks_first():
         utils_config.normalize_config(DictDefault(saves_per_epoch=4, save_strategy="epoch"))
 
 
-def _builder(cfg, eval_dataset=None):
+def configured_builder(cfg, eval_dataset=None):
+    """Axolotl's builder for ``cfg`` (no model), and the save/eval training args it configured.
+
+    Shared by the seam tests of this folder (``from test_apply import configured_builder``).
+    """
+
     class Builder(TrainerBuilderBase):
         def build(self, total_num_steps):  # abstract upstream
             raise NotImplementedError
@@ -141,20 +146,27 @@ def _builder(cfg, eval_dataset=None):
     return builder, kwargs
 
 
+def per_epoch_callbacks(builder):
+    """The package's per-epoch callbacks among the builder's."""
+    from axolotl_savefix._infra.per_epoch import PerEpochCallback
+
+    return [cb for cb in builder.get_callbacks() if isinstance(cb, PerEpochCallback)]
+
+
 def test_builder_hands_evals_to_the_callback():
     from axolotl_savefix._infra.per_epoch import NEVER
     from axolotl_savefix.seams.evals_per_epoch import EvalsPerEpochCallback
 
     evals = {"evals_per_epoch": 4, "val_set_size": 0.1, "saves_per_epoch": 2}
     axolotl_savefix.apply()
-    builder, kwargs = _builder(evals, eval_dataset=[1])
+    builder, kwargs = configured_builder(evals, eval_dataset=[1])
     assert (kwargs["eval_strategy"], kwargs["eval_steps"], kwargs["eval_on_start"]) == ("steps", NEVER, True)
     assert kwargs["save_steps"] % kwargs["eval_steps"] == 0  # what load_best_model_at_end asks Transformers
     assert EvalsPerEpochCallback in {type(cb) for cb in builder.get_callbacks()}
-    _, kwargs = _builder({**evals, "eval_on_start": False}, eval_dataset=[1])
+    _, kwargs = configured_builder({**evals, "eval_on_start": False}, eval_dataset=[1])
     assert kwargs["eval_on_start"] is False
     # no validation set: no evaluation, as upstream
-    builder, kwargs = _builder({**evals, "val_set_size": 0})
+    builder, kwargs = configured_builder({**evals, "val_set_size": 0})
     assert kwargs["eval_strategy"] == "no"
     assert EvalsPerEpochCallback not in {type(cb) for cb in builder.get_callbacks()}
 
@@ -165,11 +177,11 @@ def test_load_best_model_at_end_asked_for_is_kept_with_per_epoch_saves_and_evals
 
     best = {"evals_per_epoch": 4, "val_set_size": 0.1, "saves_per_epoch": 2, "load_best_model_at_end": True}
     axolotl_savefix.apply()
-    builder, kwargs = _builder(best, eval_dataset=[1])
+    builder, kwargs = configured_builder(best, eval_dataset=[1])
     assert (kwargs["save_steps"], kwargs["eval_steps"]) == (NEVER, NEVER)
     kwargs["load_best_model_at_end"] = False  # what the causal builder computed from cfg.save_steps (unset)
     assert builder.hook_pre_create_training_args(kwargs)["load_best_model_at_end"] is True
-    builder, kwargs = _builder({**best, "load_best_model_at_end": False}, eval_dataset=[1])
+    builder, kwargs = configured_builder({**best, "load_best_model_at_end": False}, eval_dataset=[1])
     kwargs["load_best_model_at_end"] = False
     assert builder.hook_pre_create_training_args(kwargs)["load_best_model_at_end"] is False  # not asked for
 
@@ -180,11 +192,11 @@ def test_best_model_with_evals_per_epoch_alone_saves_once_per_epoch_on_the_evals
     from axolotl_savefix._infra.per_epoch import NEVER, EvalsPerEpochCallback, SavesPerEpochCallback
 
     best = {"evals_per_epoch": 4, "val_set_size": 0.1, "load_best_model_at_end": True}
-    _, stock = _builder(best, eval_dataset=[1])
+    _, stock = configured_builder(best, eval_dataset=[1])
     assert stock["save_strategy"] == "epoch" and "save_steps" not in stock  # Axolotl's default saves
     axolotl_savefix.apply()
     for cfg in (best, {**best, "save_strategy": "epoch"}, {**best, "load_best_model_at_end": False, "early_stopping_patience": 3}):
-        builder, kwargs = _builder(cfg, eval_dataset=[1])
+        builder, kwargs = configured_builder(cfg, eval_dataset=[1])
         assert (kwargs["save_strategy"], kwargs["save_steps"]) == ("steps", NEVER)
         assert (kwargs["eval_strategy"], kwargs["eval_steps"]) == ("steps", NEVER)
         callbacks = builder.get_callbacks()
@@ -206,9 +218,9 @@ def test_best_model_with_evals_per_epoch_alone_saves_once_per_epoch_on_the_evals
 def test_evals_per_epoch_alone_without_the_best_model_keeps_axolotls_epoch_saves(cfg):
     from axolotl_savefix._infra.per_epoch import SavesPerEpochCallback
 
-    _, stock = _builder(cfg, eval_dataset=[1] if cfg["val_set_size"] else None)
+    _, stock = configured_builder(cfg, eval_dataset=[1] if cfg["val_set_size"] else None)
     axolotl_savefix.apply()
-    builder, kwargs = _builder(cfg, eval_dataset=[1] if cfg["val_set_size"] else None)
+    builder, kwargs = configured_builder(cfg, eval_dataset=[1] if cfg["val_set_size"] else None)
     saves = (kwargs["save_strategy"], kwargs.get("save_steps"))
     assert saves == (stock["save_strategy"], stock.get("save_steps")) == ("epoch", None)
     assert SavesPerEpochCallback not in {type(cb) for cb in builder.get_callbacks()}
@@ -260,17 +272,7 @@ def test_builder_hands_saves_to_the_callback_and_fixes_the_limit():
     from axolotl_savefix.seams.retention import PlanCallback
     from axolotl_savefix.seams.saves_per_epoch import NEVER, SavesPerEpochCallback
 
-    class Builder(TrainerBuilderBase):
-        def build(self, total_num_steps):  # abstract upstream
-            raise NotImplementedError
-
-    def configure(cfg):
-        builder = Builder.__new__(Builder)
-        builder.cfg = DictDefault(cfg)
-        builder.eval_dataset = None
-        kwargs = {}
-        builder._configure_save_and_eval_strategy(kwargs)
-        return builder, kwargs
+    configure = configured_builder
 
     _, stock = configure({"saves_per_epoch": 4, "save_total_limit": 0, "val_set_size": 0})
     assert stock["save_total_limit"] == 4 and stock["save_strategy"] == "epoch"  # the defects

@@ -11,11 +11,11 @@ import axolotl.cli.config as cli_config
 import axolotl.utils.config as utils_config
 import fixture
 import pytest
-from axolotl.core.builders.base import TrainerBuilderBase
 from axolotl.utils.dict import DictDefault
+from test_apply import configured_builder, per_epoch_callbacks
 
 import axolotl_savefix
-from axolotl_savefix._infra.per_epoch import NEVER, PerEpochCallback, SavesPerEpochCallback
+from axolotl_savefix._infra.per_epoch import NEVER, SavesPerEpochCallback
 
 RUNS = [(1, 1), (4, 2)]  # (saves_per_epoch, num_epochs): stock's ratio 1 (honours no) and 1/8 (ignores it)
 
@@ -45,24 +45,6 @@ def _loaded(cfg):
     return validated
 
 
-def _builder(cfg, eval_dataset=None):
-    class Builder(TrainerBuilderBase):
-        def build(self, total_num_steps):  # abstract upstream
-            raise NotImplementedError
-
-    builder = Builder.__new__(Builder)
-    builder.cfg = cfg
-    builder.eval_dataset = eval_dataset
-    builder.model = None
-    kwargs = {}
-    builder._configure_save_and_eval_strategy(kwargs)
-    return builder, kwargs
-
-
-def _per_epoch_callbacks(builder):
-    return [cb for cb in builder.get_callbacks() if isinstance(cb, PerEpochCallback)]
-
-
 def _strategy(kwargs):
     value = kwargs["save_strategy"]
     return str(getattr(value, "value", value))
@@ -74,19 +56,19 @@ def test_save_strategy_no_wins_over_saves_per_epoch(model_dir, tmp_path, k, epoc
     axolotl_savefix.apply()
     cfg = _loaded(_cfg(model_dir, tmp_path, **keys))  # validates: no SaveFixConfigError
     assert not cfg.get("save_steps")
-    builder, kwargs = _builder(cfg)
+    builder, kwargs = configured_builder(cfg)
     assert _strategy(kwargs) == "no" and "save_steps" not in kwargs
     assert NEVER not in kwargs.values()
-    assert not [cb for cb in _per_epoch_callbacks(builder) if isinstance(cb, SavesPerEpochCallback)]
+    assert not [cb for cb in per_epoch_callbacks(builder) if isinstance(cb, SavesPerEpochCallback)]
 
 
 def test_stock_ignores_save_strategy_no_where_its_ratio_is_below_one(model_dir, tmp_path):
     """What the fix corrects (stock, unpatched): saves_per_epoch: 4 over 2 epochs saves on steps despite no."""
     stock = _loaded(_cfg(model_dir, tmp_path, saves_per_epoch=4, num_epochs=2, save_strategy="no"))
-    _, kwargs = _builder(stock)
+    _, kwargs = configured_builder(stock)
     assert (_strategy(kwargs), kwargs["save_steps"]) == ("steps", 0.125)
     stock = _loaded(_cfg(model_dir, tmp_path, saves_per_epoch=1, num_epochs=1, save_strategy="no"))
-    _, kwargs = _builder(stock)
+    _, kwargs = configured_builder(stock)
     assert _strategy(kwargs) == "no" and "save_steps" not in kwargs  # ratio 1: stock honours no
 
 
@@ -95,9 +77,9 @@ def test_without_save_strategy_no_the_per_epoch_saves_are_unchanged(model_dir, t
     axolotl_savefix.apply()
     cfg = _loaded(_cfg(model_dir, tmp_path, saves_per_epoch=k, num_epochs=epochs))
     assert not cfg.get("save_steps") and cfg.saves_per_epoch == k
-    builder, kwargs = _builder(cfg)
+    builder, kwargs = configured_builder(cfg)
     assert (_strategy(kwargs), kwargs["save_steps"]) == ("steps", NEVER)
-    assert [cb.per_epoch for cb in _per_epoch_callbacks(builder)] == [k]
+    assert [cb.per_epoch for cb in per_epoch_callbacks(builder)] == [k]
 
 
 def test_save_strategy_no_with_streamed_data_saves_nothing(model_dir, tmp_path):
@@ -106,9 +88,9 @@ def test_save_strategy_no_with_streamed_data_saves_nothing(model_dir, tmp_path):
     axolotl_savefix.apply()
     cfg = _loaded(_cfg(model_dir, tmp_path, **keys))
     assert not cfg.get("save_steps")
-    builder, kwargs = _builder(cfg)
+    builder, kwargs = configured_builder(cfg)
     assert _strategy(kwargs) == "no" and "save_steps" not in kwargs
-    assert _per_epoch_callbacks(builder) == []
+    assert per_epoch_callbacks(builder) == []
 
 
 def test_save_strategy_no_with_evals_per_epoch_evaluates_per_epoch_and_saves_nothing(model_dir, tmp_path):
@@ -116,10 +98,10 @@ def test_save_strategy_no_with_evals_per_epoch_evaluates_per_epoch_and_saves_not
     keys["test_datasets"] = [{"path": "eval.jsonl", "type": "completion"}]
     axolotl_savefix.apply()
     cfg = _loaded(_cfg(model_dir, tmp_path, **keys))
-    builder, kwargs = _builder(cfg, eval_dataset=[1])
+    builder, kwargs = configured_builder(cfg, eval_dataset=[1])
     assert _strategy(kwargs) == "no" and "save_steps" not in kwargs
     assert (kwargs["eval_strategy"], kwargs["eval_steps"]) == ("steps", NEVER)
-    assert [type(cb).__name__ for cb in _per_epoch_callbacks(builder)] == ["EvalsPerEpochCallback"]
+    assert [type(cb).__name__ for cb in per_epoch_callbacks(builder)] == ["EvalsPerEpochCallback"]
 
 
 def test_one_line_says_save_strategy_no_saves_no_checkpoint(model_dir, tmp_path, monkeypatch):

@@ -9,11 +9,11 @@ once where stock saves 4 times. The seams step aside: Axolotl's real ``normalize
 import axolotl.utils.config as utils_config
 import fixture
 import pytest
-from axolotl.core.builders.base import TrainerBuilderBase
 from axolotl.utils.dict import DictDefault
+from test_apply import configured_builder, per_epoch_callbacks
 
 import axolotl_savefix
-from axolotl_savefix._infra.per_epoch import NEVER, PerEpochCallback
+from axolotl_savefix._infra.per_epoch import NEVER
 
 STREAMED = [{"streaming": True}, {"pretraining_dataset": [{"path": "data.jsonl"}]}]
 
@@ -44,36 +44,18 @@ def _normalized(cfg):
     return cfg
 
 
-def _builder(cfg, eval_dataset=None):
-    class Builder(TrainerBuilderBase):
-        def build(self, total_num_steps):  # abstract upstream
-            raise NotImplementedError
-
-    builder = Builder.__new__(Builder)
-    builder.cfg = cfg
-    builder.eval_dataset = eval_dataset
-    builder.model = None
-    kwargs = {}
-    builder._configure_save_and_eval_strategy(kwargs)
-    return builder, kwargs
-
-
-def _per_epoch_callbacks(builder):
-    return [cb for cb in builder.get_callbacks() if isinstance(cb, PerEpochCallback)]
-
-
 @pytest.mark.parametrize("streamed", STREAMED, ids=["streaming", "pretraining_dataset"])
 def test_streamed_saves_per_epoch_keep_stocks_ratio(model_dir, tmp_path, streamed):
     stock = _normalized(_cfg(model_dir, tmp_path, **streamed))
     assert stock.save_steps == 0.25  # 1 / (saves_per_epoch * num_epochs): saves at 5 10 15 20
-    _, stock_kwargs = _builder(stock)
+    _, stock_kwargs = configured_builder(stock)
     axolotl_savefix.apply()
     cfg = _normalized(_cfg(model_dir, tmp_path, **streamed))
     assert cfg.save_steps == 0.25 and cfg.saves_per_epoch == 1
-    builder, kwargs = _builder(cfg)
+    builder, kwargs = configured_builder(cfg)
     assert (kwargs["save_strategy"], kwargs["save_steps"]) == (stock_kwargs["save_strategy"], 0.25) == ("steps", 0.25)
     assert NEVER not in kwargs.values()
-    assert _per_epoch_callbacks(builder) == []
+    assert per_epoch_callbacks(builder) == []
 
 
 @pytest.mark.parametrize("streamed", STREAMED, ids=["streaming", "pretraining_dataset"])
@@ -84,10 +66,10 @@ def test_streamed_evals_per_epoch_keep_stocks_ratio_and_stocks_best_model_rule(m
     axolotl_savefix.apply()
     cfg = _normalized(_cfg(model_dir, tmp_path, **evals))
     assert (cfg.save_steps, cfg.eval_steps) == (0.25, 0.125)
-    builder, kwargs = _builder(cfg, eval_dataset=[1])
+    builder, kwargs = configured_builder(cfg, eval_dataset=[1])
     assert (kwargs["eval_strategy"], kwargs["eval_steps"]) == ("steps", 0.125)
     assert NEVER not in kwargs.values()
-    assert _per_epoch_callbacks(builder) == []
+    assert per_epoch_callbacks(builder) == []
     kwargs["load_best_model_at_end"] = False  # stock's rule on the ratios decided it: not overridden
     assert builder.hook_pre_create_training_args(kwargs)["load_best_model_at_end"] is False
 
@@ -98,18 +80,18 @@ def test_streamed_evals_per_epoch_alone_with_the_best_model_keeps_axolotls_epoch
     cfg = _cfg(model_dir, tmp_path, **cfg)
     del cfg["saves_per_epoch"]
     axolotl_savefix.apply()
-    builder, kwargs = _builder(_normalized(cfg), eval_dataset=[1])
+    builder, kwargs = configured_builder(_normalized(cfg), eval_dataset=[1])
     assert kwargs["save_strategy"] == "epoch" and "save_steps" not in kwargs  # Axolotl's default, as stock
-    assert _per_epoch_callbacks(builder) == []
+    assert per_epoch_callbacks(builder) == []
 
 
 def test_without_streamed_data_the_per_epoch_seams_are_unchanged(model_dir, tmp_path):
     axolotl_savefix.apply()
     cfg = _normalized(_cfg(model_dir, tmp_path))
     assert cfg.get("save_steps") is None and cfg.saves_per_epoch == 1
-    builder, kwargs = _builder(cfg)
+    builder, kwargs = configured_builder(cfg)
     assert (kwargs["save_strategy"], kwargs["save_steps"]) == ("steps", NEVER)
-    assert [cb.per_epoch for cb in _per_epoch_callbacks(builder)] == [1]
+    assert [cb.per_epoch for cb in per_epoch_callbacks(builder)] == [1]
 
 
 @pytest.mark.parametrize("streamed", STREAMED, ids=["streaming", "pretraining_dataset"])
