@@ -25,6 +25,11 @@ class SaveFixConfigError(ValueError):
 _STRATEGIES_WITHOUT_FRACTIONS = ("no", "epoch", "best")
 
 
+def _off(value: Any) -> bool:
+    """A per-epoch key's value that means off: unset or ``0``, as stock's ``if cfg.saves_per_epoch:`` reads it."""
+    return value is None or (value == 0 and not isinstance(value, str))
+
+
 def streamed_data(cfg: Mapping[str, Any]) -> bool:
     """The train data is streamed: Axolotl's condition, ``cfg.streaming or cfg.pretraining_dataset`` (``utils/data/sft.py``).
 
@@ -42,8 +47,7 @@ def saves_turned_off(cfg: Mapping[str, Any]) -> bool:
     where its ratio ``1 / (k * num_epochs)`` is 1 or more (and saves on ``steps`` anyway below 1); here,
     as in the upstream series, ``no`` wins: no ratio, no per-epoch callback, no saves.
     """
-    value = cfg.get("saves_per_epoch")
-    return value is not None and not (value == 0 and not isinstance(value, str)) and strategy_of(cfg, "save_strategy") == "no"
+    return not _off(cfg.get("saves_per_epoch")) and strategy_of(cfg, "save_strategy") == "no"
 
 
 def per_epoch_value(cfg: Mapping[str, Any], key: str) -> int | None:
@@ -57,7 +61,7 @@ def per_epoch_value(cfg: Mapping[str, Any], key: str) -> int | None:
     if streamed_data(cfg) or (key == "saves_per_epoch" and saves_turned_off(cfg)):
         return None
     value = cfg.get(key)
-    if value is None or (value == 0 and not isinstance(value, str)):
+    if _off(value):
         return None
     return value
 
