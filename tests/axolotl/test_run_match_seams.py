@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import axolotl.utils.config as utils_config
 import pytest
-from test_apply import _builder, _minimal_cfg
+from test_apply import _minimal_cfg, configured_builder
 
 import axolotl_savefix
 from axolotl_savefix import SaveFixConfigError
@@ -23,7 +23,7 @@ def test_savefix_resume_anyway_is_checked_and_kept_past_axolotls_schema(tmp_path
 
 def test_builder_adds_the_record_the_match_check_and_no_eval_on_resume():
     axolotl_savefix.apply()
-    builder, _ = _builder({"val_set_size": 0.1, "sequence_len": 64, "micro_batch_size": 2}, eval_dataset=[1])
+    builder, _ = configured_builder({"val_set_size": 0.1, "sequence_len": 64, "micro_batch_size": 2}, eval_dataset=[1])
     callbacks = builder.get_callbacks()
     record = next(cb for cb in callbacks if isinstance(cb, SaveFixCheckpointRecord))
     assert record.fingerprint["sequence_len"] == 64 and record.fingerprint["micro_batch_size"] == 2
@@ -45,12 +45,12 @@ def test_eval_on_start_is_skipped_on_resume_only():
 def test_an_explicit_eval_on_start_is_kept_on_resume():
     """Axolotl 0.21's ``eval_on_start: true`` is the user's choice: the resumed step is evaluated again (upstream review)."""
     axolotl_savefix.apply()
-    builder, _ = _builder({"val_set_size": 0.1, "eval_on_start": True}, eval_dataset=[1])
+    builder, _ = configured_builder({"val_set_size": 0.1, "eval_on_start": True}, eval_dataset=[1])
     callback = next(cb for cb in builder.get_callbacks() if isinstance(cb, NoEvalOnResumeCallback))
     args, control = SimpleNamespace(eval_on_start=True), object()
     callback.on_train_begin(args, SimpleNamespace(global_step=15), control)
     assert args.eval_on_start is True
-    unset, _ = _builder({"val_set_size": 0.1}, eval_dataset=[1])
+    unset, _ = configured_builder({"val_set_size": 0.1}, eval_dataset=[1])
     callback = next(cb for cb in unset.get_callbacks() if isinstance(cb, NoEvalOnResumeCallback))
     callback.on_train_begin(args, SimpleNamespace(global_step=15), control)
     assert args.eval_on_start is False  # Axolotl's default, not the user's: the restored step is not evaluated twice
