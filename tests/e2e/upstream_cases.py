@@ -6,11 +6,12 @@ pull requests of docs/upstream/series/ applied; the session selects the tests th
 requests cover (``-k``, ci/upstream_check.py's ``UPSTREAM_CASES``). Expected steps always come
 from tests/reference.py:
 
-1. saves at the epoch fractions (a run set by ``max_steps`` keeps the share of the run: stock's steps); ``save_total_limit``:
-   unset keeps upstream's 4, ``0`` still becomes 4;
+1. one save per epoch saves at the epoch ends; more saves per epoch, and a run set by ``max_steps``, keep the
+   share of the run (stock's steps); ``save_total_limit``: unset keeps upstream's 4, ``0`` still becomes 4;
 2. ``save_total_limit: 0`` keeps all (the same cases);
-3. exact evals per epoch, ``eval_on_start`` at step 0, and the best model with early stopping, and with
-   ``evals_per_epoch`` alone (saves unset: Axolotl's one save per epoch, ``best_model_evals_only``);
+3. saves at every epoch fraction (``max_steps`` still keeps stock's steps), exact evals per epoch,
+   ``eval_on_start`` at step 0, and the best model with early stopping, and with ``evals_per_epoch`` alone
+   (saves unset: Axolotl's one save per epoch, ``best_model_evals_only``);
 4. auto-resume sets aside a checkpoint whose save was cut (one run killed mid-save, then resumed);
 5. ``dynamic_checkpoint.signals``: SIGTERM saves a checkpoint at the step and exits 143; the rerun resumes there;
 6. a resumed run does not evaluate its first step again (``eval_on_start``);
@@ -39,7 +40,8 @@ def test_our_package_is_not_there_and_axolotl_has_the_fix():
     import axolotl.utils.callbacks
 
     assert importlib.util.find_spec("axolotl_savefix") is None
-    assert hasattr(axolotl.utils.callbacks, "SavesPerEpochCallback")
+    # pull request 1 changes normalize_config alone (exact_checkpoints[one_per_epoch_fractional] shows it)
+    assert hasattr(axolotl.utils.callbacks, "SavesPerEpochCallback") == (PATCHES >= 3)
 
 
 def _observe(name, root):
@@ -83,8 +85,9 @@ def _write(config, **changes):
 def test_exact_checkpoints_from_upstream_code(name, e2e_root):
     case, observed, L = _observe(name, e2e_root)
     G, k, M = case["grad_accum"], case["saves_per_epoch"], observed.max_steps
-    # the series leaves a run set by max_steps to the share of the run (stock's schedule); epoch runs move
-    if case["max_steps"]:
+    # the series leaves a run set by max_steps to the share of the run (stock's schedule); epoch runs move,
+    # one save per epoch from pull request 1 on, more saves per epoch from pull request 3 on
+    if case["max_steps"] or (PATCHES < 3 and (case["saves_per_epoch"] or 0) > 1):
         saved = reference.stock_saves(L, G, k, case["num_epochs"], M)
     else:
         saved = reference.patched_saves(L, G, k, M)
