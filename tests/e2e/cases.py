@@ -38,8 +38,9 @@ CASES = {
     "lora": {"samples": 40, "saves_per_epoch": 6, "num_epochs": 1, "adapter": "lora"},
     # 0 is off, as in stock: Axolotl's default applies (a save at every epoch end)
     "saves_zero": {"saves_per_epoch": 0},
-    # one save per epoch over 2.5 epochs of 9 steps: stock's interval is ceil(23 / 2.5) = 10, off every epoch end
-    "one_per_epoch_fractional": {"samples": 18, "saves_per_epoch": 1, "num_epochs": 2.5},
+    # one save per epoch, packed, accumulation 2: Axolotl counts floor(7 * 2 / 4) = 3 steps per epoch where the
+    # trainer's epoch is ceil(7 / 2) = 4, so stock's interval ceil(9 / 3) = 3 misses every epoch end
+    "one_per_epoch_packed": {"saves_per_epoch": 1, "num_epochs": 3, "sample_packing": True, "grad_accum": 2},
 }
 
 # Runs with a validation split: 75 samples, 0.2 held out, 60 train (L = 30 with micro batch 2).

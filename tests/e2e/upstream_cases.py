@@ -40,7 +40,7 @@ def test_our_package_is_not_there_and_axolotl_has_the_fix():
     import axolotl.utils.callbacks
 
     assert importlib.util.find_spec("axolotl_savefix") is None
-    # pull request 1 changes normalize_config alone (exact_checkpoints[one_per_epoch_fractional] shows it)
+    # pull request 1 changes normalize_config alone (exact_checkpoints[one_per_epoch_packed] shows it)
     assert hasattr(axolotl.utils.callbacks, "SavesPerEpochCallback") == (PATCHES >= 3)
 
 
