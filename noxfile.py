@@ -414,9 +414,10 @@ def build(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff on everything; mypy on the package (pyproject's [tool.mypy])."""
+    """ruff (lint and format) on everything; mypy on the package (pyproject's [tool.mypy])."""
     session.install("ruff", "mypy", "pydantic", "pyyaml", "types-PyYAML")
     session.run("ruff", "check", "patches", "tests", "ci", "noxfile.py")
+    session.run("ruff", "format", "--check", "patches", "tests", "ci", "noxfile.py")
     session.run("mypy")
 
 

@@ -109,5 +109,3 @@ def install_check(session: nox.Session, uv: str, axolotl: str, python_version: s
     lap("plan")
     each = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in steps.items())
     session.log(f"install check: README's `pip install .` beside axolotl {axolotl}: {sum(steps.values()):.0f} s ({each})")
-
-

@@ -70,6 +70,7 @@ def case_outcomes(outcomes: dict[str, str]) -> dict[str, dict[str, str]]:
     ``skipped: <reason>``; ``{}`` for no report). A test not in it is ``not run`` (deselected, or the
     session stopped first). ``stock`` only for the cases that have a stock test.
     """
+
     def outcome(test: str) -> str:
         return outcomes.get(junit_key(test), "not run")
 

@@ -70,7 +70,7 @@ def render_cases(sweep: dict) -> list[str]:
         names += [name for name in entry.get("cases", {}) if name not in names]
     lines = [
         "One real run per patch, per release (patched test; stock test beside, which passes while stock behaves as "
-        "recorded: the defect the patch removes; for \"resume in epoch 2\", the defect before Transformers 5.0 and a "
+        'recorded: the defect the patch removes; for "resume in epoch 2", the defect before Transformers 5.0 and a '
         "match from 5.0, where stock has no defect there; for the token counters, counters restarted at the resume up "
         "to 0.19.0 and a match from 0.20.0, which fixed Axolotl issue 3940):",
         "",

@@ -187,9 +187,7 @@ def try_on_main(session: nox.Session, patches: list[Path], work: Path) -> dict[s
     shutil.copytree(source, tree, ignore=shutil.ignore_patterns(".git"))
     said = {}
     for patch in patches:
-        done = subprocess.run(
-            ["patch", "-p1", "-F0", "--batch", "-i", str(patch)], cwd=tree, capture_output=True, text=True
-        )
+        done = subprocess.run(["patch", "-p1", "-F0", "--batch", "-i", str(patch)], cwd=tree, capture_output=True, text=True)
         lines, current = [], ""
         for line in done.stdout.splitlines():
             if line.startswith("patching file "):

@@ -39,7 +39,7 @@ def _written_name():
     """The name ``AxolotlTrainer._save`` writes the counters under (its module's ``TOKENS_STATE_FILE``)."""
     import importlib
 
-    return importlib.import_module(targets.TARGETS['tokens_file_written'].module).TOKENS_STATE_FILE
+    return importlib.import_module(targets.TARGETS["tokens_file_written"].module).TOKENS_STATE_FILE
 
 
 @pytest.fixture

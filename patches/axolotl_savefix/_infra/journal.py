@@ -354,6 +354,7 @@ def finish_interrupted_rotation(output_dir: str | os.PathLike[str]) -> list[Path
 
 # --- installing the protocol -----------------------------------------------------------------------------------------
 
+
 def _record(builder: Any) -> list[Any]:
     record = SaveFixCheckpointRecord()
     record.fingerprint = hooks.record_fields(builder).get("fingerprint") or {}  # seams.resume_matches_run's

@@ -99,5 +99,3 @@ def upstream_fixed() -> bool:
             except OSError:
                 continue
     return False
-
-

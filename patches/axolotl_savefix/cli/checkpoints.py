@@ -94,5 +94,3 @@ def render_inventory(report: dict[str, Any]) -> str:
     if report["newest_incomplete"]:
         lines.append("  the newest checkpoint-N is incomplete: stock Axolotl's resume would fail on it (exit 1)")
     return "\n".join(lines)
-
-

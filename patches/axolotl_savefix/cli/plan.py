@@ -280,5 +280,3 @@ def _axolotl_failure(err: BaseException, raw: dict[str, Any], set_offline: bool,
     if log is not None:
         text += f"; Axolotl's log: {log}"
     return text
-
-

@@ -420,5 +420,3 @@ def set_aside_folders(output_dir: str | os.PathLike[str]) -> list[Path]:
         return []
     found = [p for p in folder.glob(f"{QUARANTINE_PREFIX}{PREFIX}*") if set_aside_step(p) is not None and p.is_dir()]
     return sorted(found, key=lambda p: set_aside_step(p) or (0, 0))
-
-

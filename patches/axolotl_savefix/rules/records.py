@@ -355,8 +355,6 @@ def own_cut(folder: Path) -> bool:
         return False
 
 
-
-
 def resumed_checkpoint(output_dir: str | os.PathLike[str], global_step: Any) -> str | None:
     """The ``checkpoint-<global_step>`` of ``output_dir`` a run resumed from, seen at train begin; None on a fresh run.
 

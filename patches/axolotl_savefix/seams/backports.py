@@ -160,7 +160,6 @@ class BestFollowsOutputDir(TrainerCallback):
         return best if isinstance(best, str) and best else None
 
 
-
 def install() -> None:
     hooks.add(hooks.Layer("skip_first_batches", NAME, 20, _epoch_order))
     hooks.add(hooks.Layer("tokens_on_train_begin", NAME, 20, _token_counters, when=_counters_need_it))

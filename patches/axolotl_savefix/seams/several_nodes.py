@@ -71,7 +71,6 @@ def _save(save: Any, self: Any, output_dir: Any = None, state_dict: Any = None, 
             del model.should_save_on_this_rank
 
 
-
 def _strategy(call: Any, builder: Any, training_args_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
     result = call(builder, training_args_kwargs, *args, **kwargs)
     if builder.cfg.get(keys.ON_EACH_NODE) is not None:  # carried past Axolotl's schema by validate_config
