@@ -74,11 +74,21 @@ def test_save_strategy_no_is_not_one_save_per_epoch(saves):
     assert per_epoch_saves_and_evals(cfg) == (None, 4)
 
 
-def test_the_best_model_with_save_strategy_no_is_refused_as_without_saves_per_epoch():
-    """No save to load: the same refusal as evals_per_epoch with save_strategy: no (it names the fix)."""
-    cfg = {"saves_per_epoch": 2, "evals_per_epoch": 4, "save_strategy": "no", "load_best_model_at_end": True}
-    with pytest.raises(SaveFixConfigError, match="instead of save_strategy: 'no'"):
+@pytest.mark.parametrize(
+    ("best", "off"),
+    [
+        ({"load_best_model_at_end": True}, "or set load_best_model_at_end: false."),
+        ({"early_stopping_patience": 3}, "or remove early_stopping_patience."),
+    ],
+)
+def test_the_best_model_with_save_strategy_no_is_refused_naming_both_fixes(best, off):
+    """No save to load the best model from: the message names the key that turned the saves off and both ways out."""
+    cfg = {"saves_per_epoch": 2, "evals_per_epoch": 4, "save_strategy": "no", **best}
+    with pytest.raises(SaveFixConfigError) as err:
         check_best_model_alignment({**cfg, "val_set_size": 0.1})
+    message = str(err.value)
+    assert "save_strategy: 'no' turns saves_per_epoch: 2 off and saves none" in message
+    assert "Remove save_strategy: 'no' to save with saves_per_epoch" in message and message.endswith(off)
     check_best_model_alignment(cfg)  # no validation set: left alone, as Axolotl does
 
 

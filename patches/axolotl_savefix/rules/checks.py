@@ -217,6 +217,12 @@ def check_best_model_alignment(cfg: Mapping[str, Any]) -> None:
     if _saves_follow_evals(k_save, k_eval):
         return
     why = f"early_stopping_patience: {patience}" if patience else "load_best_model_at_end: true"
+    if saves_turned_off(cfg):
+        off = "remove early_stopping_patience" if patience else "set load_best_model_at_end: false"
+        raise SaveFixConfigError(
+            f"{why} needs checkpoints, but save_strategy: 'no' turns saves_per_epoch: {cfg.get('saves_per_epoch')} "
+            f"off and saves none. Remove save_strategy: 'no' to save with saves_per_epoch, or {off}."
+        )
     if k_save and k_eval:
         raise SaveFixConfigError(
             f"{why} needs an evaluation at every save, but saves_per_epoch: {k_save} does not divide "
