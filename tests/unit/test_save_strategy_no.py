@@ -103,6 +103,7 @@ def test_the_plan_saves_nothing_and_says_why(k, epochs, stock, patched):
     notes = [note for note in plan.notes if "save_strategy: 'no'" in note]
     assert len(notes) == 1 and f"saves_per_epoch: {k}" in notes[0]
     assert notes[0] in render(plan)
+    assert render(plan).endswith("\n  no checkpoint is asked for: none is saved")
     assert not [line for line in log_lines(plan) if "save_strategy: 'no'" in line]  # the run says it at config time
 
 

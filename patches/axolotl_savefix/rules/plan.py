@@ -390,8 +390,10 @@ def render(plan: Plan, source: str = "") -> str:
         lines.append(f"  DISK SHORT: {warning}")
     if plan.lost:
         lines.append(f"  LOST by this run: {steps_text(plan.lost)} of the {len(plan.requested)} checkpoints asked for")
-    else:
+    elif plan.requested:
         lines.append(f"  every one of the {len(plan.requested)} checkpoints asked for is saved and kept")
+    else:
+        lines.append("  no checkpoint is asked for: none is saved")
     return "\n".join(lines)
 
 
