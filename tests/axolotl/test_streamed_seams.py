@@ -130,3 +130,11 @@ def test_one_line_says_streamed_data_keeps_stocks_share_only_with_a_per_epoch_ke
     lines = [m for m in said if "streamed data" in m]
     assert len(lines) == 1 and "keep Axolotl's share of max_steps" in lines[0]
     assert "saves_per_epoch" in lines[0] and "evals_per_epoch" in lines[0]
+    # save_strategy: no turns saves_per_epoch off: its own line says so, the streamed line names the evals only
+    log.forget()
+    said.clear()
+    _normalized(_cfg(model_dir, tmp_path, **both, save_strategy="no"))
+    lines = [m for m in said if "streamed data" in m]
+    assert len(lines) == 1 and "evals_per_epoch keeps Axolotl's share of max_steps" in lines[0]
+    assert "saves_per_epoch" not in lines[0]
+    assert len([m for m in said if "save_strategy: no with saves_per_epoch" in m]) == 1

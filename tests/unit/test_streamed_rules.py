@@ -17,6 +17,8 @@ from axolotl_savefix.rules.checks import (
     per_epoch_value,
     saves_each_epoch_for_best_model,
     streamed_data,
+    streamed_keys,
+    streamed_line,
 )
 from axolotl_savefix.rules.plan import Settings, log_lines, make_plan, render
 
@@ -130,3 +132,30 @@ def test_a_streamed_runs_plan_lines_leave_the_streamed_line_to_the_config_time_o
     lines = log_lines(make_plan(Settings.from_config(raw), 40, 20))
     assert lines[0].startswith("plan: ") and "3 6 9 12 15 18 20" in lines[0]
     assert not [line for line in lines if "streamed data" in line]
+
+
+@pytest.mark.parametrize("streamed", STREAMED)
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        ({"saves_per_epoch": 2, "evals_per_epoch": 4, "test_datasets": [{"path": "e"}]}, ["saves_per_epoch", "evals_per_epoch"]),
+        ({"saves_per_epoch": 2, "evals_per_epoch": 4}, ["saves_per_epoch"]),  # no eval split: stock sets no eval ratio
+        ({"saves_per_epoch": 2, "evals_per_epoch": 4, "val_set_size": 0.1, "save_strategy": "no"}, ["evals_per_epoch"]),
+        ({"saves_per_epoch": 2, "save_strategy": "no"}, []),
+        ({"saves_per_epoch": 0, "evals_per_epoch": 4, "val_set_size": 0.1}, ["evals_per_epoch"]),
+    ],
+)
+def test_the_streamed_line_and_note_name_only_the_keys_left_on_stocks_share(streamed, keys, named):
+    """save_strategy: no turns saves_per_epoch off: the streamed line does not name it (the no line does)."""
+    cfg = {**streamed, **keys, "num_epochs": 2, "max_steps": 20}
+    assert streamed_keys(cfg) == named
+    assert streamed_keys({k: v for k, v in cfg.items() if k not in streamed}) == []  # not streamed: none
+    notes = [n for n in make_plan(Settings.from_config(cfg), 10, 20).notes if n.startswith("streamed data")]
+    if not named:
+        assert notes == []
+        return
+    line = streamed_line(named)
+    assert len(notes) == 1
+    for text in (line, notes[0]):
+        assert f" {' / '.join(named)} {'keeps' if len(named) == 1 else 'keep'} Axolotl's share of max_steps" in text
+        assert ("saves_per_epoch" in text) == ("saves_per_epoch" in named)

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from transformers import TrainerCallback
 
 from ..rules import schedule
-from ..rules.checks import saves_turned_off, streamed_data
+from ..rules.checks import saves_turned_off, streamed_data, streamed_keys, streamed_line
 from .log import log_once
 from .patching import key_hidden
 
@@ -40,12 +40,6 @@ def batches_per_epoch(train_dataloader: Any) -> int | None:
         return len(train_dataloader)
     except TypeError:  # an IterableDataset: Transformers' has_length is False
         return None
-
-
-STREAMED_LINE = (
-    "streamed data (streaming / pretraining_dataset): saves_per_epoch / evals_per_epoch keep Axolotl's share of "
-    "max_steps, 1/(k * num_epochs) of the run (no epoch length, so no epoch fractions)"
-)
 
 
 def save_strategy_no_line(cfg: Any) -> str:
@@ -148,7 +142,9 @@ def hiding(key: str, check: Callable[[Any], None] | None = None) -> Callable[...
         if key == "saves_per_epoch" and saves_turned_off(cfg):
             log_once("save-strategy-no", save_strategy_no_line(cfg))  # once per run
         elif streamed_data(cfg):
-            log_once("streamed-per-epoch", STREAMED_LINE)  # once per run, for either key
+            keys = streamed_keys(cfg)
+            if keys:
+                log_once("streamed-per-epoch", streamed_line(keys))  # once per run, for either key
             return call(cfg, *args, **kwargs)
         with key_hidden(cfg, key):
             return call(cfg, *args, **kwargs)

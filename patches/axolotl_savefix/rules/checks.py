@@ -40,6 +40,32 @@ def streamed_data(cfg: Mapping[str, Any]) -> bool:
     return bool(cfg.get("streaming") or cfg.get("pretraining_dataset"))
 
 
+def streamed_keys(cfg: Mapping[str, Any]) -> list[str]:
+    """The per-epoch keys that keep stock's share of the run on streamed data, in the order the config reads.
+
+    ``saves_per_epoch`` when set and not turned off by ``save_strategy: no``; ``evals_per_epoch`` when set
+    with an eval split (``val_set_size`` or ``test_datasets``: stock's own condition for its ratio). Empty
+    when the data is not streamed.
+    """
+    if not streamed_data(cfg):
+        return []
+    keys = []
+    if not _off(cfg.get("saves_per_epoch")) and not saves_turned_off(cfg):
+        keys.append("saves_per_epoch")
+    if not _off(cfg.get("evals_per_epoch")) and (cfg.get("val_set_size") or cfg.get("test_datasets")):
+        keys.append("evals_per_epoch")
+    return keys
+
+
+def streamed_line(keys: list[str]) -> str:
+    """The one line a streamed run logs for its per-epoch ``keys`` (:func:`streamed_keys`), which stay stock's."""
+    verb = "keeps" if len(keys) == 1 else "keep"
+    return (
+        f"streamed data (streaming / pretraining_dataset): {' / '.join(keys)} {verb} Axolotl's share of "
+        "max_steps, 1/(k * num_epochs) of the run (no epoch length, so no epoch fractions)"
+    )
+
+
 def saves_turned_off(cfg: Mapping[str, Any]) -> bool:
     """``saves_per_epoch`` is set and ``save_strategy: no`` turns it off: no checkpoint is saved.
 

@@ -20,10 +20,15 @@ from .checks import streamed_data
 from .disk import UPSTREAM_DEFAULT, resolve_default_limit
 
 PLUGIN = "axolotl_savefix.SaveFixPlugin"
-STREAMED_NOTE = (
-    "streamed data (streaming / pretraining_dataset): Transformers counts the whole run as one epoch; "
-    "saves_per_epoch / evals_per_epoch keep Axolotl's share of max_steps, 1/(k * num_epochs), stock and patched alike"
-)
+STREAMED = "streamed data (streaming / pretraining_dataset)"
+
+
+def _streamed_note(keys: list[str]) -> str:
+    verb = "keeps" if len(keys) == 1 else "keep"
+    return (
+        f"{STREAMED}: Transformers counts the whole run as one epoch; {' / '.join(keys)} {verb} Axolotl's share of "
+        "max_steps, 1/(k * num_epochs), stock and patched alike"
+    )
 
 
 @dataclass(frozen=True)
@@ -268,8 +273,16 @@ def make_plan(
             notes.append(f"{key}: 0 is off, as in stock Axolotl; {what}: {_fallback(s, what)}")
     if _saves_turned_off(s):
         notes.append(_save_strategy_no_note(s))
-    if s.streamed and ((s.saves_per_epoch and not _saves_turned_off(s)) or s.evals_per_epoch):
-        notes.append(STREAMED_NOTE)
+    streamed_keys = [
+        key
+        for key, on in (
+            ("saves_per_epoch", s.saves_per_epoch and not _saves_turned_off(s)),
+            ("evals_per_epoch", s.evals_per_epoch and s.has_eval),
+        )
+        if on
+    ]
+    if s.streamed and streamed_keys:
+        notes.append(_streamed_note(streamed_keys))
     if s.max_steps is None and max_steps < epochs_end_at and not s.streamed:
         notes.append(
             f"the last epoch ends at step {epochs_end_at}, the run stops at {max_steps}: Axolotl counts "
@@ -407,6 +420,6 @@ def log_lines(plan: Plan) -> list[str]:
     ]
     if p.evals:
         lines.append(f"plan: evaluates at {steps_text(p.evals)}")
-    said = (STREAMED_NOTE, "save_strategy: 'no' saves no checkpoint")  # a run said these at config time
+    said = (STREAMED, "save_strategy: 'no' saves no checkpoint")  # a run said these at config time
     lines += [f"plan: {note}" for note in plan.notes if not any(line in note for line in said)]
     return lines
