@@ -35,4 +35,4 @@ def test_streamed_run_saves_at_stocks_ratio_of_max_steps_and_keeps_them_all(e2e_
     assert stock.kept == expected[-reference.stock_limit(None) :]  # stock's default limit of 4
     assert patched.kept == expected  # save_total_limit unset: every checkpoint of stock's schedule, counted right
     log = (patched_config.parent / "train.log").read_text()
-    assert log.count("keep Axolotl's share of max_steps") == 1
+    assert log.count("saves_per_epoch keeps Axolotl's share of max_steps") == 1  # said once, naming the one key
