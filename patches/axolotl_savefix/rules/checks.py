@@ -71,7 +71,8 @@ def saves_turned_off(cfg: Mapping[str, Any]) -> bool:
 
     ``save_strategy: no`` is Axolotl's documented way to turn checkpoints off. Stock honours it only
     where its ratio ``1 / (k * num_epochs)`` is 1 or more (and saves on ``steps`` anyway below 1); here,
-    as in the upstream series, ``no`` wins: no ratio, no per-epoch callback, no saves.
+    ``no`` wins: no ratio, no per-epoch callback, no saves (the upstream series refuses the pair at config
+    time instead, restoring Axolotl's own check of #944; the plugin keeps accepting what it accepted).
     """
     return not _off(cfg.get("saves_per_epoch")) and strategy_of(cfg, "save_strategy") == "no"
 
