@@ -57,12 +57,16 @@ def streamed_keys(cfg: Mapping[str, Any]) -> list[str]:
     return keys
 
 
+def keep_stocks_share(keys: list[str]) -> str:
+    """``keys`` (:func:`streamed_keys`) and the verb that agrees with them: "saves_per_epoch keeps Axolotl's share of max_steps"."""
+    return f"{' / '.join(keys)} {'keeps' if len(keys) == 1 else 'keep'} Axolotl's share of max_steps"
+
+
 def streamed_line(keys: list[str]) -> str:
     """The one line a streamed run logs for its per-epoch ``keys`` (:func:`streamed_keys`), which stay stock's."""
-    verb = "keeps" if len(keys) == 1 else "keep"
     return (
-        f"streamed data (streaming / pretraining_dataset): {' / '.join(keys)} {verb} Axolotl's share of "
-        "max_steps, 1/(k * num_epochs) of the run (no epoch length, so no epoch fractions)"
+        f"streamed data (streaming / pretraining_dataset): {keep_stocks_share(keys)}, 1/(k * num_epochs) of the run "
+        "(no epoch length, so no epoch fractions)"
     )
 
 

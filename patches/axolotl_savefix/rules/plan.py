@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import disk, run_match, schedule
+from .checks import keep_stocks_share, streamed_data
 from .checks import strategy_name as _strategy
-from .checks import streamed_data
 from .disk import UPSTREAM_DEFAULT, resolve_default_limit
 
 PLUGIN = "axolotl_savefix.SaveFixPlugin"
@@ -24,10 +24,9 @@ STREAMED = "streamed data (streaming / pretraining_dataset)"
 
 
 def _streamed_note(keys: list[str]) -> str:
-    verb = "keeps" if len(keys) == 1 else "keep"
     return (
-        f"{STREAMED}: Transformers counts the whole run as one epoch; {' / '.join(keys)} {verb} Axolotl's share of "
-        "max_steps, 1/(k * num_epochs), stock and patched alike"
+        f"{STREAMED}: Transformers counts the whole run as one epoch; {keep_stocks_share(keys)}, 1/(k * num_epochs), "
+        "stock and patched alike"
     )
 
 
